@@ -1,0 +1,61 @@
+# One command per check, for people and CI alike. Every target bootstraps .venv on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PY := $(BIN)/python
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint typecheck pytest bench api pipeline compactor dashboard stats verify clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP) ## start service, pipeline, compactor and dashboard together (Ctrl-C stops all)
+	$(PY) -m utils.launcher
+
+test: $(STAMP) lint typecheck pytest ## ruff, mypy and the full pytest suite
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP) ## every benchmark, side by side with its reference (benchmarks/results.md)
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+api: $(STAMP) ## the generator service alone
+	$(BIN)/uvicorn api.main:app --host $${API_HOST:-127.0.0.1} --port $${API_PORT:-8000}
+
+pipeline: $(STAMP) ## the ingestion pipeline (starts the compactor too)
+	$(PY) pipeline.py
+
+compactor: $(STAMP) ## the compaction process alone
+	$(PY) compaction_monitoring.py
+
+dashboard: $(STAMP) ## the Streamlit dashboard alone
+	$(BIN)/streamlit run analytics_app.py
+
+stats: $(STAMP) ## files, rows and bytes per lake zone
+	$(PY) -m lake stats
+
+verify: $(STAMP) ## check the live set holds every event exactly once
+	$(PY) -m lake verify
+
+clean: ## empty the lake (asks first)
+	@lake=$${DATA_LAKE_PATH:-./data_lake}; \
+	read -r -p "Delete everything under $$lake? [y/N] " ans; \
+	if [ "$$ans" = "y" ] || [ "$$ans" = "Y" ]; then rm -rf "$$lake" && echo "removed $$lake"; else echo "kept $$lake"; fi

@@ -1,0 +1,173 @@
+"""The live set: the one definition of what every reader of the lake sees.
+
+Rule (CONTRACT.md): all files in ``landing/`` and ``compacted/``, minus every file named in the
+``badge.sources`` of any file in ``compacted/``. Computed from the files alone, so any engine can
+apply it; at every instant, including after a crash, it holds each event exactly once.
+
+``landing/`` is listed *before* ``compacted/``: a compaction that commits between the two listings
+is then seen with its output (which hides its sources), never without both. Replaced files are
+deleted only after a grace period, so files a reader listed still exist while it reads them.
+Files whose footer is unreadable or lacks the badge metadata are left out (and reported), so a
+foreign file can never break a query.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from lake import layout
+from lake.storage import FileInfo, LocalStorage
+from utils.errors import CorruptFileError, LakeError
+
+log = logging.getLogger(__name__)
+
+_LISTING_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A data file with its badge metadata."""
+
+    info: FileInfo
+    event_id_min: int
+    event_id_max: int
+    row_count: int
+    sources: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.info.key
+
+
+def parse_badge_metadata(info: FileInfo, meta: dict[str, str]) -> DataFile:
+    """Interpret ``badge.*`` entries; raises CorruptFileError if they are missing or malformed."""
+    try:
+        lo = int(meta[layout.META_EVENT_ID_MIN])
+        hi = int(meta[layout.META_EVENT_ID_MAX])
+        rows = int(meta[layout.META_ROW_COUNT])
+        sources_raw = meta.get(layout.META_SOURCES)
+        sources: tuple[str, ...] = ()
+        if sources_raw is not None:
+            parsed = json.loads(sources_raw)
+            if not isinstance(parsed, list) or not all(isinstance(s, str) for s in parsed):
+                raise ValueError("badge.sources is not a JSON array of strings")
+            sources = tuple(parsed)
+    except (KeyError, ValueError) as exc:
+        raise CorruptFileError(f"{info.key}: missing or malformed badge metadata ({exc})") from exc
+    if rows < 0 or (rows > 0 and lo > hi):
+        raise CorruptFileError(f"{info.key}: inconsistent badge metadata ({lo}..{hi}, {rows} rows)")
+    return DataFile(info, lo, hi, rows, sources)
+
+
+class MetadataCache:
+    """Footer metadata by (key, size, mtime): data files are immutable, so an entry never goes stale."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[FileInfo, DataFile | CorruptFileError] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, storage: LocalStorage, info: FileInfo) -> DataFile:
+        with self._lock:
+            hit = self._entries.get(info)
+            if hit is not None:
+                self._entries.move_to_end(info)
+        if hit is None:
+            try:
+                hit = parse_badge_metadata(info, storage.read_metadata(info.key))
+            except CorruptFileError as exc:
+                hit = exc
+            with self._lock:
+                self._entries[info] = hit
+                if len(self._entries) > self._capacity:
+                    self._entries.popitem(last=False)
+        if isinstance(hit, CorruptFileError):
+            raise hit
+        return hit
+
+
+_CACHE = MetadataCache()
+
+
+@dataclass(frozen=True)
+class LiveSet:
+    """What a reader sees at one instant."""
+
+    storage: LocalStorage
+    files: tuple[DataFile, ...]  # sorted by first event id
+    replaced: tuple[DataFile, ...]  # still on disk, hidden by a compacted file naming them
+    invalid: tuple[str, ...]  # keys of unreadable or foreign files, left out
+
+    @property
+    def keys(self) -> list[str]:
+        return [f.key for f in self.files]
+
+    @property
+    def paths(self) -> list[Path]:
+        """Local paths of the live files, for DuckDB's ``read_parquet([...])``."""
+        return [self.storage.path(f.key) for f in self.files]
+
+    @property
+    def rows(self) -> int:
+        return sum(f.row_count for f in self.files)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.info.size for f in self.files)
+
+    @property
+    def max_event_id(self) -> int | None:
+        maxima = [f.event_id_max for f in self.files if f.row_count > 0]
+        return max(maxima) if maxima else None
+
+    @property
+    def next_event_id(self) -> int:
+        """The cursor a pipeline resumes at: one past the highest committed event."""
+        top = self.max_event_id
+        return 0 if top is None else top + 1
+
+    def in_zone(self, zone: str) -> list[DataFile]:
+        return [f for f in self.files if f.info.zone == zone]
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.files
+
+
+def _read_zone(storage: LocalStorage, zone: str, cache: MetadataCache) -> tuple[list[DataFile], list[str]]:
+    good: list[DataFile] = []
+    bad: list[str] = []
+    for info in storage.list_files(zone):
+        try:
+            good.append(cache.get(storage, info))
+        except CorruptFileError as exc:
+            log.debug("left out of the live set: %s", exc)
+            bad.append(info.key)
+    return good, bad
+
+
+def live_set(storage: LocalStorage, cache: MetadataCache | None = None) -> LiveSet:
+    """The files every query must read, computed by the contract's rule.
+
+    An empty or missing lake gives an empty live set, never an error.
+    """
+    cache = cache or _CACHE
+    for attempt in range(_LISTING_ATTEMPTS):
+        try:
+            landing, bad_landing = _read_zone(storage, layout.LANDING, cache)
+            compacted, bad_compacted = _read_zone(storage, layout.COMPACTED, cache)
+        except FileNotFoundError:
+            # A replaced file vanished between listing and reading its footer: list again.
+            log.debug("a file vanished while listing the live set (attempt %d)", attempt + 1)
+            continue
+        hidden = {src for f in compacted for src in f.sources}
+        everything = landing + compacted
+        live = sorted((f for f in everything if f.key not in hidden), key=lambda f: (f.event_id_min, f.key))
+        replaced = tuple(f for f in everything if f.key in hidden)
+        return LiveSet(storage, tuple(live), replaced, tuple(bad_landing + bad_compacted))
+    raise LakeError("the lake kept changing while its live set was listed")

@@ -1,0 +1,187 @@
+"""The lake's only door to the file system: publish, list, read metadata, move, delete.
+
+Everything else in ``lake/`` speaks in keys relative to the lake root (``"landing/x.parquet"``),
+so moving the lake to S3-compatible storage means a second class with these methods, not a rewrite.
+
+Guarantees of :class:`LocalStorage`:
+
+* ``publish`` is the commit point: the file is fsynced, then *linked* under its final name (which
+  fails instead of overwriting an existing file), the temporary name removed, and both directories
+  fsynced. A reader listing ``landing/`` or ``compacted/`` sees a whole file or nothing.
+* ``temp/`` and the zones live on one file system, so the link is atomic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from lake import layout
+from utils.errors import CommitError, CorruptFileError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, order=True)
+class FileInfo:
+    """A data file as listed: key relative to the lake root, size in bytes, modification time (ns)."""
+
+    key: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def zone(self) -> str:
+        return self.key.split("/", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStorage:
+    """A lake on a local (POSIX) file system."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({str(self.root)!r})"
+
+    # -- layout -------------------------------------------------------------------------------------
+    def ensure_layout(self) -> None:
+        """Create the lake root and its zones if missing (idempotent)."""
+        for zone in layout.ZONES:
+            (self.root / zone).mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        """The local path of a key (for engines that read files directly, such as DuckDB)."""
+        return self.root / key
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).exists()
+
+    # -- listing ------------------------------------------------------------------------------------
+    def list_files(self, zone: str, suffix: str = layout.PARQUET_SUFFIX) -> list[FileInfo]:
+        """Files directly in ``zone`` ending in ``suffix``, sorted by key; a missing zone is empty."""
+        out: list[FileInfo] = []
+        try:
+            entries = list(os.scandir(self.root / zone))
+        except FileNotFoundError:
+            return out
+        for entry in entries:
+            if not entry.name.endswith(suffix) or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # deleted between scandir and stat
+                continue
+            out.append(FileInfo(f"{zone}/{entry.name}", st.st_size, st.st_mtime_ns))
+        out.sort()
+        return out
+
+    def list_all(self, zone: str) -> list[FileInfo]:
+        """Every regular file in ``zone``, whatever its name (for temp/ cleanup and foreign files)."""
+        return self.list_files(zone, suffix="")
+
+    # -- metadata -----------------------------------------------------------------------------------
+    def read_metadata(self, key: str) -> dict[str, str]:
+        """The Parquet footer's key-value metadata as text (``badge.*`` and others).
+
+        Raises FileNotFoundError if the file is gone, CorruptFileError if it is not readable Parquet.
+        """
+        try:
+            meta = pq.read_metadata(self.root / key)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as exc:
+            if not (self.root / key).exists():
+                raise FileNotFoundError(key) from exc
+            raise CorruptFileError(f"{key}: not readable Parquet ({exc})") from exc
+        raw = meta.metadata or {}
+        return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"ARROW:")}
+
+    # -- writing ------------------------------------------------------------------------------------
+    def new_temp_path(self, name: str) -> Path:
+        """A fresh path in ``temp/`` for a file that will be published as ``name``."""
+        (self.root / layout.TEMP).mkdir(parents=True, exist_ok=True)
+        return self.root / layout.TEMP / f"{name}.{uuid.uuid4().hex[:8]}.tmp"
+
+    @contextlib.contextmanager
+    def staged(self, name: str) -> Iterator[Path]:
+        """Yield a temp path to write; the file is removed if the block raises (nothing partial stays)."""
+        tmp = self.new_temp_path(name)
+        try:
+            yield tmp
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def publish(self, tmp: Path, zone: str, name: str) -> FileInfo:
+        """Commit a fully written temp file as ``zone/name``: fsync, link without overwrite, unlink temp.
+
+        After it returns, the file is durable and visible; if it raises CommitError, nothing was
+        published and the temp file is gone.
+        """
+        dest_dir = self.root / zone
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / name
+        try:
+            fsync_file(tmp)
+            os.link(tmp, dest)  # atomic, and refuses to replace an existing file
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise CommitError(f"could not publish {zone}/{name}: {exc}") from exc
+        fsync_dir(dest_dir)
+        tmp.unlink(missing_ok=True)
+        fsync_dir(tmp.parent)
+        st = dest.stat()
+        return FileInfo(f"{zone}/{name}", st.st_size, st.st_mtime_ns)
+
+    def move(self, key: str, zone: str, name: str | None = None) -> str:
+        """Rename ``key`` into ``zone`` (same file system, atomic); returns the new key."""
+        src = self.root / key
+        dest_dir = self.root / zone
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        new_name = name or src.name
+        dest = dest_dir / new_name
+        if dest.exists():
+            dest = dest_dir / f"{uuid.uuid4().hex[:8]}-{new_name}"
+        src.rename(dest)
+        fsync_dir(dest_dir)
+        fsync_dir(src.parent)
+        return f"{zone}/{dest.name}"
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` durably; returns False if it was already gone (deleting is idempotent)."""
+        target = self.root / key
+        try:
+            target.unlink()
+        except FileNotFoundError:
+            return False
+        fsync_dir(target.parent)
+        return True

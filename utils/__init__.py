@@ -1,0 +1,1 @@
+"""Shared helpers: typed settings, the exception tree, the record schema, timing decorators."""

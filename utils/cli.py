@@ -1,0 +1,44 @@
+"""What every entry point shares: logging set-up and the translation of errors into exit statuses."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from utils.errors import BadgeError, ConfigError, LakeLockedError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_LOCKED = 3
+
+
+def setup_logging(level: str = "INFO", name: str | None = None) -> None:
+    """One readable line per event on stderr: time, level, process role, message."""
+    prefix = f"[{name}] " if name else ""
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s %(levelname)-7s {prefix}%(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def run_main(main: Callable[[], int]) -> int:
+    """Run ``main`` and turn the platform's errors into one clear line and an exit status.
+
+    ConfigError -> 2 (one line naming the variable), LakeLockedError -> 3, other BadgeError -> 1.
+    """
+    try:
+        return main()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LakeLockedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except BadgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR

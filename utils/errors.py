@@ -1,0 +1,59 @@
+"""The platform's exception tree.
+
+Every error the platform raises on purpose derives from :class:`BadgeError`; foreign
+exceptions are translated at the boundary with ``raise ... from exc``::
+
+    BadgeError
+    ├── ConfigError              a setting is missing or out of range (exit status 2)
+    ├── SourceError              the generator service could not give us records
+    │   ├── TransientSourceError     worth retrying later (timeouts, resets, 429, 5xx) - retries exhausted
+    │   └── PermanentSourceError     retrying will not help (other 4xx, undecodable schema)
+    └── LakeError                something about the Parquet lake
+        ├── LakeLockedError          another process holds the pipeline or compactor lock
+        ├── CorruptFileError         a data file is unreadable or lacks the badge metadata
+        └── CommitError              publishing a file into the lake failed; nothing partial is left
+"""
+
+from __future__ import annotations
+
+
+class BadgeError(Exception):
+    """Base of every error the platform raises on purpose."""
+
+
+class ConfigError(BadgeError):
+    """A setting is invalid. The message names the variable, its value and what is allowed."""
+
+    def __init__(self, variable: str, value: object, allowed: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{variable}={value!r} is invalid: {allowed}")
+
+
+class SourceError(BadgeError):
+    """The generator service did not give us records."""
+
+
+class TransientSourceError(SourceError):
+    """A retryable failure (timeout, connection reset, 429, 5xx) that outlasted every retry."""
+
+
+class PermanentSourceError(SourceError):
+    """A failure that retrying cannot fix (a 4xx other than 429, a response that breaks the schema)."""
+
+
+class LakeError(BadgeError):
+    """Something about the Parquet lake."""
+
+
+class LakeLockedError(LakeError):
+    """Another process already holds this lake's lock for the same role."""
+
+
+class CorruptFileError(LakeError):
+    """A data file is unreadable Parquet or lacks the ``badge.*`` metadata."""
+
+
+class CommitError(LakeError):
+    """Publishing a file into the lake failed; the temporary file was removed."""
