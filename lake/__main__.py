@@ -1,0 +1,7 @@
+"""Entry point of ``python -m lake``."""
+
+import sys
+
+from lake.cli import main
+
+sys.exit(main())
