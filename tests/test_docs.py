@@ -1,0 +1,36 @@
+"""The README's commands and settings exist: .env.example, the settings table and the README agree."""
+
+from __future__ import annotations
+
+import re
+
+from tests.support import ROOT
+from utils.config import SPECS, load_settings
+
+ENV_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)=(.*)$")
+
+
+def _env_example() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        m = ENV_LINE.match(line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def test_env_example_lists_every_setting_and_nothing_else() -> None:
+    example = _env_example()
+    assert set(example) == {s.name for s in SPECS}
+
+
+def test_env_example_values_are_the_defaults() -> None:
+    example = _env_example()
+    assert load_settings(example, env_file=None) == load_settings({}, env_file=None)
+
+
+def test_every_setting_has_a_one_line_meaning_in_env_example() -> None:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if ENV_LINE.match(line):
+            assert lines[i - 1].startswith("# "), f"{line} has no comment line above it"
