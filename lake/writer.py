@@ -1,0 +1,494 @@
+"""The buffered writer: Arrow tables in, whole landing (and quarantine) files out, on size or age.
+
+:class:`BufferedWriter` is a context manager with two named thresholds (:class:`FlushThresholds`):
+a flush starts when ``records`` are buffered, or ``interval_seconds`` after the oldest buffered
+valid record arrived. A flusher thread owns all writing, so the time-based flush fires whatever the
+caller is doing (waiting on a slow source, sleeping through an outage), and writing one file
+overlaps fetching the next batch. Leaving the ``with`` block normally flushes everything; leaving
+it by an exception does not (nothing half-written survives either way).
+
+A flush follows LAKE-PROTOCOL.md: the refused records below the flush's last valid event id are
+committed to ``quarantine/`` first, then the valid records as one landing file (LAKE_SCHEMA, rows in
+event_id order, Snappy, badge metadata, atomic publish). Refused records *after* the last valid one
+stay buffered until a valid record follows them, so a quarantine file is always confirmed by the
+landing file committed right after it (a restart removes unconfirmed ones as orphans).
+
+A failed flush (``OSError`` such as ENOSPC, ``CommitError``) leaves nothing partial: the records stay
+held, the failure is logged, and the flush is retried with a capped backoff, resuming at the step
+that failed, so nothing is lost and nothing written twice. While a flush is failing, :meth:`add`
+blocks once a full buffer is waiting (back-pressure instead of unbounded memory).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lake import layout, quarantine
+from lake import parquet as lake_parquet
+from lake.liveset import live_set
+from lake.storage import FileInfo, LocalStorage
+from utils.config import Settings
+from utils.errors import CommitError, LakeError
+from utils.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, with_duration
+
+log = logging.getLogger(__name__)
+
+LANDING_KIND: Final = "landing"  # landing files and their temp files start with this
+OWN_KINDS: Final[tuple[str, ...]] = (LANDING_KIND, quarantine.KIND)
+
+RETRY_INITIAL_SECONDS: Final = 0.2
+RETRY_MAX_SECONDS: Final = 5.0
+CLOSE_TIMEOUT_SECONDS: Final = 30.0
+
+
+class WriterClosedError(LakeError):
+    """Records were offered to a writer that is closing or closed; they were not taken."""
+
+
+@dataclass(frozen=True)
+class FlushThresholds:
+    """When the writer flushes: at ``records`` buffered, or ``interval_seconds`` after the oldest arrived."""
+
+    records: int
+    interval_seconds: float
+
+    def __post_init__(self) -> None:
+        if self.records < 1 or self.interval_seconds <= 0:
+            raise ValueError(f"invalid flush thresholds {self}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FlushThresholds:
+        return cls(settings.buffer_records, settings.flush_interval_seconds)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One finished flush: what was published, and the wall-clock instant it became visible."""
+
+    landing_key: str | None
+    quarantine_key: str | None
+    records: int
+    refused: int
+    event_id_max: int
+    newest_event_time: datetime | None  # max badge_out_timestamp of the landing file (naive UTC)
+    committed_at: float  # time.time()
+
+
+@dataclass(frozen=True)
+class WriterStats:
+    """A consistent snapshot of the writer's counters."""
+
+    buffered: int  # records held (valid + refused), including a flush in progress
+    records_committed: int
+    refused_committed: int
+    files_written: int  # landing files
+    quarantine_files: int
+    failed_attempts: int
+    next_event_id: int | None  # one past the highest committed event id (None before the first flush)
+    newest_event_time: datetime | None
+
+
+@dataclass
+class _Flush:
+    """A cut of the buffer being committed; survives failed attempts so a retry resumes where it stopped."""
+
+    valid: pa.Table  # RECORD_SCHEMA, event_id order, at least one row
+    refused: pa.Table | None  # QUARANTINE_SCHEMA, ids below valid's last id
+    event_id_min: int
+    event_id_max: int
+    lake_table: pa.Table | None = None
+    quarantine_key: str | None = None
+    quarantine_done: bool = False
+    landing_key: str | None = None
+    landing_done: bool = False
+    attempts: int = 0
+
+    @property
+    def rows(self) -> int:
+        refused: int = self.refused.num_rows if self.refused is not None else 0
+        return int(self.valid.num_rows) + refused
+
+
+class BufferedWriter:
+    """Buffers Arrow tables of records and commits them as whole files on size, age, request or close.
+
+    Thread-safe: one thread (or several, in event_id order) calls :meth:`add`; the flusher thread writes.
+    Guarantees: files hold rows in event_id order; every committed record is committed exactly once;
+    a failed flush leaves nothing partial and is retried.
+    """
+
+    def __init__(
+        self,
+        storage: LocalStorage,
+        thresholds: FlushThresholds,
+        *,
+        on_commit: Callable[[Commit], None] | None = None,
+        retry_initial: float = RETRY_INITIAL_SECONDS,
+        retry_max: float = RETRY_MAX_SECONDS,
+    ) -> None:
+        self.storage = storage
+        self.thresholds = thresholds
+        self._on_commit = on_commit
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._cond = threading.Condition()
+        self._valid: list[pa.Table] = []
+        self._refused: list[pa.Table] = []
+        self._valid_rows = 0
+        self._refused_rows = 0
+        self._oldest: float | None = None  # monotonic arrival of the oldest buffered valid record
+        self._last_valid_id: int | None = None
+        self._last_seen_id: int | None = None
+        self._pending: _Flush | None = None
+        self._flush_requested = False
+        self._closing = False
+        self._abort = False
+        self._close_deadline = float("inf")
+        self._fatal: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        # counters (under _cond)
+        self._records_committed = 0
+        self._refused_committed = 0
+        self._files_written = 0
+        self._quarantine_files = 0
+        self._failed_attempts = 0
+        self._next_event_id: int | None = None
+        self._newest_event_time: datetime | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------------
+    def start(self) -> BufferedWriter:
+        """Start the flusher thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lake-flusher", daemon=True)
+            self._thread.start()
+        return self
+
+    def __enter__(self) -> BufferedWriter:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Flush everything flushable, retrying failures for up to ``timeout`` seconds, and stop.
+
+        Raises CommitError if records could not be committed in time (they were not published, so a
+        restarted pipeline fetches them again), or the error that stopped the flusher.
+        A refused-record tail after the last valid record is dropped uncommitted, for the same reason.
+        """
+        self.start()  # so that close() always flushes, even if the thread was never started
+        with self._cond:
+            self._closing = True
+            self._close_deadline = time.monotonic() + timeout
+            self._cond.notify_all()
+        assert self._thread is not None
+        self._thread.join()
+        with self._cond:
+            if self._fatal is not None:
+                raise self._fatal
+            left = self._valid_rows + (self._pending.rows if self._pending else 0)
+            if left:
+                raise CommitError(
+                    f"gave up after {timeout:.0f} s: {left:,} buffered records were not committed "
+                    "(nothing partial was published; a restarted pipeline fetches them again)"
+                )
+            if self._refused_rows:
+                log.info(
+                    "%d refused record(s) after the last valid one stay uncommitted; the next start refuses them again",
+                    self._refused_rows,
+                )
+
+    def abort(self) -> None:
+        """Stop without flushing (after an exception): a flush in progress finishes, nothing new starts."""
+        with self._cond:
+            self._closing = True
+            self._abort = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    # -- input --------------------------------------------------------------------------------------
+    def add(self, valid: pa.Table, refused: pa.Table | None = None, *, block: bool = True) -> None:
+        """Buffer ``valid`` (RECORD_SCHEMA) and ``refused`` (QUARANTINE_SCHEMA) records of one source range.
+
+        Ids must be strictly increasing and above everything added before. Blocks while a full buffer
+        is already waiting to be written (back-pressure); raises WriterClosedError once closing.
+        """
+        valid = self._conform(valid, RECORD_SCHEMA)
+        refused = self._conform(refused, QUARANTINE_SCHEMA) if refused is not None and refused.num_rows else None
+        first = self._check_order(valid, refused)
+        with self._cond:
+            while block and self._valid_rows >= self.thresholds.records and not self._closing:
+                self._cond.wait()
+            if self._closing:
+                raise WriterClosedError("the writer is closing; records not taken")
+            if self._fatal is not None:
+                raise self._fatal
+            if self._last_seen_id is not None and first is not None and first <= self._last_seen_id:
+                raise ValueError(f"event ids go backwards: {first} after {self._last_seen_id}")
+            now = time.monotonic()
+            if valid.num_rows:
+                self._valid.append(valid)
+                self._valid_rows += valid.num_rows
+                self._last_valid_id = int(valid.column("event_id")[-1].as_py())
+                if self._oldest is None:
+                    self._oldest = now
+            if refused is not None:
+                self._refused.append(refused)
+                self._refused_rows += refused.num_rows
+            last = self._last_of(valid, refused)
+            if last is not None:
+                self._last_seen_id = last
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> bool:
+        """Ask for an immediate flush of everything flushable and wait for it; True if it was committed."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._flush_requested = True
+            self._cond.notify_all()
+            while (self._valid_rows or self._pending is not None) and self._fatal is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._thread is None or not self._thread.is_alive():
+                    return False
+                self._cond.wait(left)
+            return self._fatal is None
+
+    # -- state --------------------------------------------------------------------------------------
+    def stats(self) -> WriterStats:
+        with self._cond:
+            pending = self._pending.rows if self._pending is not None else 0
+            return WriterStats(
+                buffered=self._valid_rows + self._refused_rows + pending,
+                records_committed=self._records_committed,
+                refused_committed=self._refused_committed,
+                files_written=self._files_written,
+                quarantine_files=self._quarantine_files,
+                failed_attempts=self._failed_attempts,
+                next_event_id=self._next_event_id,
+                newest_event_time=self._newest_event_time,
+            )
+
+    @property
+    def fatal_error(self) -> BaseException | None:
+        """The unexpected error that stopped the flusher, if any (retryable errors never do)."""
+        with self._cond:
+            return self._fatal
+
+    # -- helpers ------------------------------------------------------------------------------------
+    @staticmethod
+    def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+        if table.schema.equals(schema, check_metadata=False):
+            return table
+        return table.select(schema.names).cast(schema)
+
+    @staticmethod
+    def _check_order(valid: pa.Table, refused: pa.Table | None) -> int | None:
+        """Check each table's ids strictly increase; return the first id of the two (None if no ids)."""
+        firsts: list[int] = []
+        for table in (valid, refused):
+            if table is None or not table.num_rows:
+                continue
+            ids = table.column("event_id")
+            if ids.null_count:
+                ids = ids.drop_null()
+            arr = np.asarray(ids.to_numpy(), dtype=np.int64)
+            if len(arr) > 1 and not bool(np.all(arr[1:] > arr[:-1])):
+                raise ValueError("event ids within a batch must strictly increase")
+            if len(arr):
+                firsts.append(int(arr[0]))
+        return min(firsts) if firsts else None
+
+    @staticmethod
+    def _last_of(valid: pa.Table, refused: pa.Table | None) -> int | None:
+        lasts = []
+        if valid.num_rows:
+            lasts.append(int(valid.column("event_id")[-1].as_py()))
+        if refused is not None:
+            m = pc.max(refused.column("event_id")).as_py()
+            if m is not None:
+                lasts.append(int(m))
+        return max(lasts) if lasts else None
+
+    def _due(self) -> bool:
+        """Under the lock: is a flush due now? (Only with valid records: they confirm refused ones.)"""
+        if not self._valid_rows:
+            return False
+        if self._closing or self._flush_requested:
+            return True
+        if self._valid_rows + self._refused_rows >= self.thresholds.records:
+            return True
+        assert self._oldest is not None
+        return time.monotonic() - self._oldest >= self.thresholds.interval_seconds
+
+    def _wait_time(self) -> float | None:
+        if not self._valid_rows or self._oldest is None:
+            return None
+        return max(0.0, self._oldest + self.thresholds.interval_seconds - time.monotonic())
+
+    def _cut(self) -> _Flush:
+        """Under the lock: take the flushable part of the buffer; a refused tail after it stays."""
+        valid = pa.concat_tables(self._valid) if len(self._valid) > 1 else self._valid[0]
+        hi = self._last_valid_id
+        assert hi is not None
+        refused: pa.Table | None = None
+        tail: pa.Table | None = None
+        if self._refused:
+            everything = pa.concat_tables(self._refused)
+            # Null ids (unparseable) travel with the flush they arrived before.
+            below = pc.less(pc.fill_null(everything.column("event_id"), -1), hi)
+            refused = everything.filter(below)
+            tail = everything.filter(pc.invert(below))
+            refused = refused if refused.num_rows else None
+            tail = tail if tail.num_rows else None
+        ids = valid.column("event_id")
+        lo = int(ids[0].as_py())
+        if refused is not None:
+            rmin = pc.min(refused.column("event_id")).as_py()
+            lo = min(lo, int(rmin)) if rmin is not None else lo
+        self._valid = []
+        self._valid_rows = 0
+        self._oldest = None
+        self._refused = [tail] if tail is not None else []
+        self._refused_rows = tail.num_rows if tail is not None else 0
+        self._flush_requested = False
+        self._cond.notify_all()  # room for add()
+        return _Flush(valid=valid, refused=refused, event_id_min=lo, event_id_max=hi)
+
+    # -- the flusher --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        delay = self._retry_initial
+        while True:
+            with self._cond:
+                while self._pending is None:
+                    if self._abort:
+                        return
+                    if self._due():
+                        self._pending = self._cut()
+                        break
+                    if self._closing:
+                        return
+                    self._cond.wait(self._wait_time())
+                flush = self._pending
+            try:
+                commit = self._commit(flush)
+            except (OSError, LakeError) as exc:
+                with self._cond:
+                    self._failed_attempts += 1
+                    flush.attempts += 1
+                    give_up = self._abort or (self._closing and time.monotonic() >= self._close_deadline)
+                    log.warning(
+                        "flush of events %d..%d failed (attempt %d): %s; %s",
+                        flush.event_id_min,
+                        flush.event_id_max,
+                        flush.attempts,
+                        exc,
+                        "giving up (shutting down)" if give_up else f"records kept, retrying in {delay:.1f} s",
+                    )
+                    if give_up:
+                        return
+                    self._cond.wait(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            except Exception as exc:  # a bug or an unexpected library error: stop loudly, never loop on it
+                log.exception("the flusher stopped on an unexpected error")
+                with self._cond:
+                    self._fatal = exc
+                    self._closing = True
+                    self._cond.notify_all()
+                return
+            delay = self._retry_initial
+            with self._cond:
+                self._pending = None
+                self._records_committed += commit.records
+                self._refused_committed += commit.refused
+                self._files_written += 1 if flush.landing_done else 0
+                self._quarantine_files += 1 if commit.quarantine_key else 0
+                self._next_event_id = commit.event_id_max + 1
+                if commit.newest_event_time is not None:
+                    newest = self._newest_event_time
+                    self._newest_event_time = (
+                        commit.newest_event_time if newest is None else max(newest, commit.newest_event_time)
+                    )
+                self._cond.notify_all()
+            if self._on_commit is not None:
+                self._on_commit(commit)
+
+    def _commit(self, flush: _Flush) -> Commit:
+        """Publish the flush's quarantine file (if any) and then its landing file, skipping done steps."""
+        if flush.refused is not None and not flush.quarantine_done:
+            refused = flush.refused
+            flush.quarantine_key = self._publish_once(
+                lambda: quarantine.write_refused(self.storage, refused), layout.QUARANTINE, quarantine.KIND, refused
+            )
+            flush.quarantine_done = True
+        if not flush.landing_done:
+            if flush.lake_table is None:
+                flush.lake_table = with_duration(flush.valid)
+            table = flush.lake_table
+            flush.landing_key = self._publish_once(
+                lambda: lake_parquet.write_file(self.storage, table, layout.LANDING, LANDING_KIND),
+                layout.LANDING,
+                LANDING_KIND,
+                table,
+            )
+            flush.landing_done = True
+        newest = pc.max(flush.valid.column("badge_out_timestamp")).as_py()
+        return Commit(
+            landing_key=flush.landing_key,
+            quarantine_key=flush.quarantine_key,
+            records=flush.valid.num_rows,
+            refused=flush.refused.num_rows if flush.refused is not None else 0,
+            event_id_max=flush.event_id_max,
+            newest_event_time=newest,
+            committed_at=time.time(),
+        )
+
+    def _publish_once(self, write: Callable[[], FileInfo], zone: str, kind: str, table: pa.Table) -> str | None:
+        """Run ``write``; if it fails, check whether the file got published anyway before reporting failure.
+
+        An error after the commit point (say, the directory fsync after the link) would otherwise make
+        a retry publish the same records twice.
+        """
+        try:
+            return write().key
+        except (OSError, LakeError) as exc:
+            landed = self._find_published(zone, kind, table)
+            if landed is None:
+                raise
+            log.warning("%s reported an error after its commit point (%s); it is committed, not retried", landed, exc)
+            return landed
+
+    def _find_published(self, zone: str, kind: str, table: pa.Table) -> str | None:
+        ids = table.column("event_id").drop_null()
+        if not len(ids):
+            return None
+        lo, hi = lake_parquet.event_id_range(table.select(["event_id"]).drop_null())
+        marker = f"-{lo:012d}-{hi:012d}-{os.getpid()}-"
+        for info in self.storage.list_files(zone):
+            if info.name.startswith(f"{kind}-") and marker in info.name:
+                return info.key
+        if zone == layout.LANDING:
+            try:
+                if live_set(self.storage).next_event_id > hi:  # compacted away already: still committed
+                    return f"{zone}/(compacted)"
+            except LakeError:
+                return None
+        return None

@@ -1,0 +1,96 @@
+"""An in-memory source for pipeline tests: deterministic records per cursor, outages and refused records on demand."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from utils.errors import PermanentSourceError, TransientSourceError
+from utils.records import BUILDINGS, DEPARTMENTS, QUARANTINE_SCHEMA, RECORD_SCHEMA
+
+BASE_US = int((datetime(2025, 3, 3, 8) - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
+
+
+def make_records(start: int, count: int) -> pa.Table:
+    """Records ``start .. start+count-1``: the same ids always give the same rows."""
+    ids = np.arange(start, start + count, dtype=np.int64)
+    badge_in = BASE_US + ids * 1_000_000
+    badge_out = badge_in + (ids % 600) * 60_000_000
+    return pa.table(
+        {
+            "event_id": ids,
+            "user_id": pa.array([f"user-{i % 50:04d}" for i in ids.tolist()], pa.string()),
+            "dept": pa.array([DEPARTMENTS[i % len(DEPARTMENTS)] for i in ids.tolist()], pa.string()),
+            "building_location": pa.array([BUILDINGS[i % len(BUILDINGS)] for i in ids.tolist()], pa.string()),
+            "badge_in_timestamp": pa.array(badge_in, pa.timestamp("us")),
+            "badge_out_timestamp": pa.array(badge_out, pa.timestamp("us")),
+            "access_granted": pa.array(ids % 7 != 0),
+        },
+        schema=RECORD_SCHEMA,
+    )
+
+
+def as_refused(table: pa.Table, reason: str) -> pa.Table:
+    """The QUARANTINE_SCHEMA form of ``table`` (every field as text) with ``reason``."""
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {"event_id": table.column("event_id")}
+    for name in RECORD_SCHEMA.names[1:]:
+        cols[name] = pc.cast(table.column(name), pa.string())
+    cols["reason"] = pa.array([reason] * table.num_rows, pa.string())
+    return pa.table(cols, schema=QUARANTINE_SCHEMA)
+
+
+@dataclass(frozen=True)
+class FakeResult:
+    table: pa.Table
+    invalid: pa.Table
+    cursor: int
+    next_cursor: int
+    count: int
+
+
+class FakeSource:
+    """A deterministic source: ``available`` events exist (None = endless); ``refuse(id)`` marks bad ones.
+
+    Set ``down`` to make every call raise TransientSourceError (an outage), ``broken`` for a
+    PermanentSourceError. ``calls`` records (cursor, batch) of every request; ``on_call`` runs first.
+    """
+
+    def __init__(
+        self,
+        available: int | None = None,
+        refuse: Callable[[int], bool] | None = None,
+        on_call: Callable[[int], None] | None = None,
+    ) -> None:
+        self.available = available
+        self.refuse = refuse
+        self.on_call = on_call
+        self.down = threading.Event()
+        self.broken = threading.Event()
+        self.calls: list[tuple[int | None, int | None]] = []
+        self.lock = threading.Lock()
+
+    def get_employee_badge_logs(self, cursor: int | None = None, batch: int | None = None) -> FakeResult:
+        with self.lock:
+            self.calls.append((cursor, batch))
+            n_call = len(self.calls)
+        if self.on_call is not None:
+            self.on_call(n_call)
+        if self.broken.is_set():
+            raise PermanentSourceError("404 Not Found for the source URL")
+        if self.down.is_set():
+            raise TransientSourceError("connection refused (after 5 attempts)")
+        assert cursor is not None and batch is not None
+        end = cursor + batch if self.available is None else min(cursor + batch, self.available)
+        count = max(0, end - cursor)
+        table = make_records(cursor, count)
+        if self.refuse is None or count == 0:
+            return FakeResult(table, QUARANTINE_SCHEMA.empty_table(), cursor, cursor + count, count)
+        bad = pa.array([self.refuse(i) for i in range(cursor, cursor + count)], pa.bool_())
+        invalid = as_refused(table.filter(bad), "badge_out_timestamp before badge_in_timestamp")
+        return FakeResult(table.filter(pc.invert(bad)), invalid, cursor, cursor + count, count)

@@ -1,0 +1,331 @@
+"""The buffered writer: thresholds, atomic publish, unique names, refused records, and failed flushes."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lake import layout
+from lake import parquet as lake_parquet
+from lake import storage as lake_storage
+from lake.liveset import live_set
+from lake.storage import LocalStorage
+from lake.writer import BufferedWriter, FlushThresholds, WriterClosedError
+from tests.pipeline_fakes import as_refused, make_records
+from tests.support import ROOT, wait_until
+from utils.errors import CommitError
+from utils.records import LAKE_SCHEMA
+
+
+def landing_ids(storage: LocalStorage) -> np.ndarray:
+    files = storage.list_files(layout.LANDING)
+    if not files:
+        return np.empty(0, np.int64)
+    return np.concatenate(
+        [pq.read_table(storage.path(f.key), columns=["event_id"])["event_id"].to_numpy() for f in files]
+    )
+
+
+def quarantine_ids(storage: LocalStorage) -> np.ndarray:
+    files = storage.list_files(layout.QUARANTINE)
+    if not files:
+        return np.empty(0, np.int64)
+    return np.concatenate(
+        [pq.read_table(storage.path(f.key), columns=["event_id"])["event_id"].to_numpy() for f in files]
+    )
+
+
+def test_size_threshold_flushes_whole_files_in_event_order(storage: LocalStorage) -> None:
+    with BufferedWriter(storage, FlushThresholds(records=100, interval_seconds=60)) as writer:
+        for start in range(0, 250, 50):
+            writer.add(make_records(start, 50))
+        wait_until(lambda: writer.stats().files_written == 2, 5, what="two size-triggered flushes")
+        assert writer.stats().buffered == 50  # below the threshold, and the interval is far away
+    files = storage.list_files(layout.LANDING)
+    assert len(files) == 3  # the third is close()'s flush
+    ids = landing_ids(storage)
+    assert ids.tolist() == list(range(250))
+    first = pq.ParquetFile(storage.path(files[0].key))
+    assert first.schema_arrow.remove_metadata() == LAKE_SCHEMA
+    assert first.metadata.row_group(0).column(0).compression == "SNAPPY"
+    meta = storage.read_metadata(files[0].key)
+    assert (meta[layout.META_EVENT_ID_MIN], meta[layout.META_EVENT_ID_MAX], meta[layout.META_ROW_COUNT]) == (
+        "0",
+        "99",
+        "100",
+    )
+    table = pq.read_table(storage.path(files[0].key))
+    assert table["duration_s"].to_pylist()[:3] == [0, 60, 120]
+
+
+def test_time_based_flush_without_new_data(storage: LocalStorage) -> None:
+    with BufferedWriter(storage, FlushThresholds(records=10_000, interval_seconds=0.3)) as writer:
+        started = time.monotonic()
+        writer.add(make_records(0, 10))
+        wait_until(lambda: storage.list_files(layout.LANDING), 3, interval=0.01, what="the time-based flush")
+        elapsed = time.monotonic() - started
+        assert 0.25 <= elapsed < 1.5
+        assert writer.stats().records_committed == 10 and writer.stats().buffered == 0
+        # The clock restarts with the next record, not with the last flush.
+        time.sleep(0.4)
+        writer.add(make_records(10, 5))
+        time.sleep(0.1)
+        assert len(storage.list_files(layout.LANDING)) == 1
+        wait_until(lambda: len(storage.list_files(layout.LANDING)) == 2, 3, interval=0.01, what="a second flush")
+    assert landing_ids(storage).tolist() == list(range(15))
+
+
+def test_leaving_by_an_exception_does_not_flush(storage: LocalStorage) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), BufferedWriter(storage, FlushThresholds(100, 60)) as writer:
+        writer.add(make_records(0, 10))
+        raise Boom
+    assert storage.list_files(layout.LANDING) == []
+    with pytest.raises(WriterClosedError):
+        writer.add(make_records(10, 1))
+
+
+def test_ids_must_increase(storage: LocalStorage) -> None:
+    with BufferedWriter(storage, FlushThresholds(100, 60)) as writer:
+        writer.add(make_records(10, 10))
+        with pytest.raises(ValueError, match="backwards"):
+            writer.add(make_records(5, 3))
+        with pytest.raises(ValueError, match="strictly increase"):
+            writer.add(pa.concat_tables([make_records(30, 2), make_records(30, 2)]))
+    assert landing_ids(storage).tolist() == list(range(10, 20))
+
+
+def test_reader_hammering_landing_never_opens_a_partial_file(storage: LocalStorage) -> None:
+    errors: list[str] = []
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            for info in storage.list_files(layout.LANDING):
+                try:
+                    table = pq.read_table(storage.path(info.key))
+                    meta = storage.read_metadata(info.key)
+                except Exception as exc:  # any failure to read a listed file is the bug we look for
+                    errors.append(f"{info.key}: {exc!r}")
+                    continue
+                if table.num_rows != int(meta[layout.META_ROW_COUNT]):
+                    errors.append(f"{info.key}: {table.num_rows} rows, metadata says {meta[layout.META_ROW_COUNT]}")
+                seen.add(info.key)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        with BufferedWriter(storage, FlushThresholds(records=40_000, interval_seconds=60)) as writer:
+            for start in range(0, 600_000, 40_000):
+                writer.add(make_records(start, 40_000))
+    finally:
+        done.set()
+        thread.join()
+    assert errors == []
+    assert len(seen) >= 5  # the reader really raced the writer
+    assert len(landing_ids(storage)) == 600_000
+
+
+class FrozenClock(datetime):
+    """Every file name gets the same timestamp: uniqueness must not rest on the clock."""
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> FrozenClock:
+        return cls(2025, 1, 1, tzinfo=UTC)
+
+
+def test_unique_names_under_rapid_flushes_in_one_instant(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(layout, "datetime", FrozenClock)
+    with BufferedWriter(storage, FlushThresholds(records=1, interval_seconds=60)) as writer:
+        for i in range(300):
+            writer.add(make_records(i, 1))
+    names = [f.name for f in storage.list_files(layout.LANDING)]
+    assert len(names) == 300 == len(set(names))
+    assert len({n.split("-")[1] for n in names}) == 1  # all in the same microsecond, as intended
+    assert sorted(landing_ids(storage).tolist()) == list(range(300))
+
+
+def test_unique_names_across_two_processes(storage: LocalStorage) -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        from datetime import UTC, datetime, tzinfo
+        from lake import layout
+        from lake.storage import LocalStorage
+        from lake.writer import BufferedWriter, FlushThresholds
+        from tests.pipeline_fakes import make_records
+
+        class Frozen(datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return cls(2025, 1, 1, tzinfo=UTC)
+
+        layout.datetime = Frozen
+        offset = int(sys.argv[2])
+        with BufferedWriter(LocalStorage(sys.argv[1]), FlushThresholds(1, 60)) as writer:
+            for i in range(150):
+                writer.add(make_records(offset + i, 1))
+        """
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(storage.root), str(offset)], cwd=ROOT)
+        for offset in (0, 1000)
+    ]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    names = [f.name for f in storage.list_files(layout.LANDING)]
+    assert len(names) == 300 == len(set(names))
+    assert sorted(landing_ids(storage).tolist()) == list(range(150)) + list(range(1000, 1150))
+
+
+def test_refused_records_commit_before_the_landing_file_that_confirms_them(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published: list[str] = []
+    real_publish = LocalStorage.publish
+
+    def spy(self: LocalStorage, tmp: Path, zone: str, name: str) -> lake_storage.FileInfo:
+        published.append(zone)
+        return real_publish(self, tmp, zone, name)
+
+    monkeypatch.setattr(LocalStorage, "publish", spy)
+    records = make_records(0, 20)
+    bad = [i in (3, 7, 18, 19) for i in range(20)]
+    mask = pa.array(bad)
+    valid = records.filter(pa.compute.invert(mask))
+    refused = as_refused(records.filter(mask), "badge_out before badge_in")
+    with BufferedWriter(storage, FlushThresholds(records=1000, interval_seconds=60)) as writer:
+        writer.add(valid, refused)
+        assert writer.flush(5)
+        # 18 and 19 come after the last valid record (17): they wait for a valid record to confirm them.
+        assert quarantine_ids(storage).tolist() == [3, 7]
+        assert writer.stats().buffered == 2
+        assert published == [layout.QUARANTINE, layout.LANDING]
+        q_key = storage.list_files(layout.QUARANTINE)[0].key
+        writer.add(make_records(20, 5))
+    assert published == [layout.QUARANTINE, layout.LANDING] * 2
+    assert quarantine_ids(storage).tolist() == [3, 7, 18, 19]
+    assert landing_ids(storage).tolist() == [i for i in range(25) if i not in (3, 7, 18, 19)]
+    table = pq.read_table(storage.path(q_key))
+    assert set(table["reason"].to_pylist()) == {"badge_out before badge_in"}
+    meta = storage.read_metadata(q_key)
+    assert (meta[layout.META_EVENT_ID_MIN], meta[layout.META_EVENT_ID_MAX]) == ("3", "7")
+    assert "2 refused record(s)" in meta[layout.META_REASON]
+
+
+class DiskFull:
+    """Make the next ``times`` Parquet writes fail half-way with ENOSPC, after writing some bytes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, times: int, only_zone: str | None = None) -> None:
+        self.left = times
+        self.only_zone = only_zone
+        self.failures = 0
+        real = lake_parquet.open_writer
+
+        @contextmanager
+        def open_writer(path: Path, schema: pa.Schema, metadata: dict[str, str]) -> Iterator[pq.ParquetWriter]:
+            is_target = self.only_zone is None or Path(path).name.startswith(self.only_zone)
+            if self.left > 0 and is_target:
+                self.left -= 1
+                self.failures += 1
+                Path(path).write_bytes(b"PAR1 half a file")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            with real(path, schema, metadata) as writer:
+                yield writer
+
+        monkeypatch.setattr(lake_parquet, "open_writer", open_writer)
+
+
+def test_disk_full_during_a_flush_leaves_nothing_partial_and_retries(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = DiskFull(monkeypatch, times=3)
+    writer = BufferedWriter(storage, FlushThresholds(records=100, interval_seconds=60), retry_initial=0.05)
+    with writer:
+        writer.add(make_records(0, 100))
+        wait_until(lambda: writer.stats().failed_attempts >= 1, 5, interval=0.005, what="a failed flush")
+        # During the failure: nothing in landing/, no partial file in temp/, records still held.
+        assert storage.list_files(layout.LANDING) == []
+        assert storage.list_all(layout.TEMP) == []
+        assert writer.stats().buffered == 100
+        writer.add(make_records(100, 50))
+    assert disk.failures == 3 and writer.stats().failed_attempts == 3
+    assert landing_ids(storage).tolist() == list(range(150))
+    assert storage.list_all(layout.TEMP) == []
+
+
+def test_a_retry_resumes_at_the_failed_step_without_writing_the_quarantine_file_twice(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    DiskFull(monkeypatch, times=2, only_zone="landing")
+    records = make_records(0, 10)
+    mask = pa.array([i == 4 for i in range(10)])
+    with BufferedWriter(storage, FlushThresholds(10, 60), retry_initial=0.05) as writer:
+        writer.add(records.filter(pa.compute.invert(mask)), as_refused(records.filter(mask), "bad"))
+    assert len(storage.list_files(layout.QUARANTINE)) == 1
+    assert quarantine_ids(storage).tolist() == [4]
+    assert landing_ids(storage).tolist() == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+
+
+def test_an_error_after_the_commit_point_is_not_retried_into_a_duplicate(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = lake_storage.fsync_dir
+    calls = {"n": 0}
+
+    def flaky_fsync_dir(path: Path) -> None:
+        if Path(path).name == layout.LANDING and calls["n"] == 0:
+            calls["n"] += 1
+            raise OSError(errno.EIO, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(lake_storage, "fsync_dir", flaky_fsync_dir)
+    with BufferedWriter(storage, FlushThresholds(10, 60), retry_initial=0.05) as writer:
+        writer.add(make_records(0, 10))
+        writer.add(make_records(10, 10))
+    assert calls["n"] == 1
+    assert landing_ids(storage).tolist() == list(range(20))
+    assert live_set(storage).rows == 20
+
+
+def test_back_pressure_while_flushes_fail(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = DiskFull(monkeypatch, times=10_000)
+    writer = BufferedWriter(storage, FlushThresholds(10, 60), retry_initial=0.02, retry_max=0.05)
+    with writer:
+        writer.add(make_records(0, 10))  # cut into a failing flush
+        wait_until(lambda: writer.stats().failed_attempts >= 1, 5, what="a failed flush")
+        writer.add(make_records(10, 10))  # buffered behind it: the buffer is now full
+        blocked = threading.Thread(target=writer.add, args=(make_records(20, 10),))
+        blocked.start()
+        time.sleep(0.3)
+        assert blocked.is_alive(), "add() must wait while a full buffer cannot be written"
+        disk.left = 0  # space is back
+        blocked.join(5)
+        assert not blocked.is_alive()
+    assert landing_ids(storage).tolist() == list(range(30))
+
+
+def test_close_gives_up_when_the_disk_stays_full(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    DiskFull(monkeypatch, times=10_000)
+    writer = BufferedWriter(storage, FlushThresholds(100, 60), retry_initial=0.02, retry_max=0.05).start()
+    writer.add(make_records(0, 50))
+    with pytest.raises(CommitError, match="50 buffered records were not committed"):
+        writer.close(timeout=0.3)
+    assert storage.list_files(layout.LANDING) == [] and storage.list_all(layout.TEMP) == []
