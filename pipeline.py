@@ -11,6 +11,7 @@ for good (wrong URL, 4xx). The logic lives in :mod:`lake.ingest`.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> int:
         settings = get_settings()
         setup_logging(settings.log_level, "pipeline")
+        # httpx logs every request at INFO: thousands of lines a minute here; our progress line says it all.
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
         options = RunOptions(duration=args.duration, max_records=args.max_records, compaction=not args.no_compaction)
         return run(settings, options)
 

@@ -377,6 +377,14 @@ def freshness_lag(newest: datetime | None, now: datetime | None = None) -> float
     return (now - newest).total_seconds()
 
 
+def _lag_text(lag: float | None) -> str:
+    if lag is None:
+        return "lag -"
+    if lag < 0:  # a firehose stream runs ahead of the clock: its events are "in the future"
+        return "lag - (events ahead of the clock)"
+    return f"lag {lag:.1f} s"
+
+
 class Progress:
     """The periodic progress line: records/s, files written, buffered, refused, freshness lag."""
 
@@ -404,7 +412,7 @@ class Progress:
             f"committed {s.records_committed:,} in {s.files_written:,} files",
             f"buffered {s.buffered:,}",
             f"refused {s.refused_committed:,}",
-            f"lag {lag:.1f} s" if lag is not None else "lag -",
+            _lag_text(lag),
             f"cursor {self.fetcher.cursor:,}",
         ]
         if s.failed_attempts:

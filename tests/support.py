@@ -90,9 +90,13 @@ class ManagedProcess:
 
     def start(self) -> ManagedProcess:
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            self.args, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        try:
+            self.proc = subprocess.Popen(
+                self.args, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child has its own copy; ours would leak (a ResourceWarning, an error here)
         return self
 
     @property
