@@ -125,6 +125,20 @@ class LocalStorage:
         raw = meta.metadata or {}
         return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"ARROW:")}
 
+    def read_row_count(self, key: str) -> int:
+        """Rows in a Parquet file according to its footer (for files without ``badge.row_count``).
+
+        Raises FileNotFoundError if the file is gone, CorruptFileError if it is not readable Parquet.
+        """
+        try:
+            return int(pq.read_metadata(self.root / key).num_rows)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as exc:
+            if not (self.root / key).exists():
+                raise FileNotFoundError(key) from exc
+            raise CorruptFileError(f"{key}: not readable Parquet ({exc})") from exc
+
     # -- writing ------------------------------------------------------------------------------------
     def new_temp_path(self, name: str) -> Path:
         """A fresh path in ``temp/`` for a file that will be published as ``name``."""
