@@ -1,0 +1,10 @@
+"""Analytics over the lake's live set: timed DuckDB queries, Plotly figures and the Streamlit dashboard.
+
+``LakeAnalytics(storage).snapshot()`` gives a consistent view of the lake whose methods answer the
+dashboard's questions for a :class:`Filters` selection; see :mod:`analytics.queries` for the definitions.
+"""
+
+from analytics.health import LakeHealth, lake_health
+from analytics.queries import ALL, Filters, Freshness, Kpis, LakeAnalytics, Snapshot
+
+__all__ = ["ALL", "Filters", "Freshness", "Kpis", "LakeAnalytics", "LakeHealth", "Snapshot", "lake_health"]

@@ -1,0 +1,320 @@
+"""Per-file partial aggregates: the dashboard's figures are sums over small tables cached per data file.
+
+Data files are immutable (published once, never rewritten), so a file's aggregates, keyed by its key,
+size and modification time, never go stale. A refresh scans only files it has not seen; a compacted
+file whose sources are all cached gets its aggregates by merging theirs (it holds exactly their rows:
+the live set holds each event once before and after a compaction; the row counts are checked).
+
+The time axis is the **event time**, ``badge_out_timestamp``: the stream emits a session when it closes,
+files are in that order (tight row-group statistics), and freshness is measured on it. Three kinds:
+
+* ``cube``: events per badge-out **minute** x department x building x access, with the premature count
+  (granted and ``duration_s < 14400``) and the newest badge-out. At most 48 cells a minute, whatever
+  the rows; most figures are filtered sums over it, exact for time bounds in whole minutes.
+* ``arrivals``: events per badge-out **hour** x department x building x badge-in hour of day (the heatmap).
+* ``users``: granted and premature sessions per badge-out **hour** x employee x department x building,
+  kept only where it is much smaller than the file (a compacted file; not a small landing file).
+
+The hourly kinds answer whole hours from the cache; the minutes of a partly selected hour, and files
+without the partial, are read directly (cheap: files are sorted by badge-out, so DuckDB skips row groups).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lake.liveset import DataFile
+from lake.storage import FileInfo, LocalStorage
+from utils.records import COMPLIANCE_SECONDS
+
+log = logging.getLogger(__name__)
+
+US_PER_MINUTE: Final = 60_000_000
+US_PER_HOUR: Final = 3_600_000_000
+MINUTES_PER_HOUR: Final = 60
+
+_OUT_US: Final = "epoch_us(badge_out_timestamp)"
+_PREMATURE: Final = f"duration_s < {COMPLIANCE_SECONDS}"
+
+
+@dataclass(frozen=True)
+class Measure:
+    """An aggregated column: its value per raw row, its aggregate over raw rows, and how partials merge."""
+
+    name: str
+    raw: str  # one source row's contribution
+    scan: str  # the aggregate over source rows
+    merge: str  # "sum" or "max": how two partials of the same cell combine
+    type: pa.DataType = field(default_factory=pa.int64)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of partial: grouping keys over the raw columns, measures, and which rows it covers."""
+
+    name: str
+    time_column: str  # "minute" or "hour": badge-out time bucket
+    time_us: int
+    keys: tuple[tuple[str, str, pa.DataType], ...]  # (name, expression over lake columns, type); time first
+    measures: tuple[Measure, ...]
+    where: str = "true"  # rows it covers
+    always_keep: bool = True  # False: kept only when much smaller than the file
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([(n, t) for n, _, t in self.keys] + [(m.name, m.type) for m in self.measures])
+
+    @property
+    def minutes_per_bucket(self) -> int:
+        return self.time_us // US_PER_MINUTE
+
+    def raw_select(self) -> str:
+        """Projection of source rows onto this kind's columns (one row each), for direct reads."""
+        cols = [f"{expr} AS {name}" for name, expr, _ in self.keys] + [f"{m.raw} AS {m.name}" for m in self.measures]
+        return ", ".join(cols)
+
+    def scan_sql(self) -> str:
+        """Aggregate ``$files`` per file (``filename``) into this kind, sorted by file."""
+        cols = [f"{expr} AS {name}" for name, expr, _ in self.keys] + [f"{m.scan} AS {m.name}" for m in self.measures]
+        return (
+            f"SELECT filename, {', '.join(cols)} FROM read_parquet($files, filename = true) "  # noqa: S608 (constants)
+            f"WHERE {self.where} GROUP BY ALL ORDER BY filename"
+        )
+
+    def merge_sql(self) -> str:
+        """Re-aggregate table ``parts`` (partials of several files) into one partial."""
+        keys = ", ".join(n for n, _, _ in self.keys)
+        aggs = ", ".join(f"{m.merge}({m.name}) AS {m.name}" for m in self.measures)
+        return f"SELECT {keys}, {aggs} FROM parts GROUP BY ALL"  # noqa: S608 (constant identifiers only)
+
+
+CUBE: Final = Kind(
+    "cube",
+    "minute",
+    US_PER_MINUTE,
+    (
+        ("minute", f"{_OUT_US} // {US_PER_MINUTE}", pa.int64()),
+        ("dept", "dept", pa.string()),
+        ("building", "building_location", pa.string()),
+        ("granted", "access_granted", pa.bool_()),
+    ),
+    (
+        Measure("events", "1::BIGINT", "count(*)", "sum"),
+        Measure(
+            "premature",
+            f"(access_granted AND {_PREMATURE})::BIGINT",
+            f"count(*) FILTER (WHERE access_granted AND {_PREMATURE})",
+            "sum",
+        ),
+        Measure("last_out_us", _OUT_US, f"max({_OUT_US})", "max"),
+    ),
+)
+ARRIVALS: Final = Kind(
+    "arrivals",
+    "hour",
+    US_PER_HOUR,
+    (
+        ("hour", f"{_OUT_US} // {US_PER_HOUR}", pa.int64()),
+        ("dept", "dept", pa.string()),
+        ("building", "building_location", pa.string()),
+        ("in_hour", f"((epoch_us(badge_in_timestamp) // {US_PER_HOUR}) % 24)::INTEGER", pa.int32()),
+    ),
+    (Measure("events", "1::BIGINT", "count(*)", "sum"),),
+)
+USERS: Final = Kind(
+    "users",
+    "hour",
+    US_PER_HOUR,
+    (
+        ("hour", f"{_OUT_US} // {US_PER_HOUR}", pa.int64()),
+        ("user_id", "user_id", pa.string()),
+        ("dept", "dept", pa.string()),
+        ("building", "building_location", pa.string()),
+    ),
+    (
+        Measure("sessions", "1::BIGINT", "count(*)", "sum"),
+        Measure("premature", f"({_PREMATURE})::BIGINT", f"count(*) FILTER (WHERE {_PREMATURE})", "sum"),
+    ),
+    where="access_granted",  # a denied attempt is not a session
+    always_keep=False,
+)
+KINDS: Final[tuple[Kind, ...]] = (CUBE, ARRIVALS, USERS)
+
+
+@dataclass(frozen=True)
+class FilePartial:
+    """The aggregates of one immutable data file."""
+
+    info: FileInfo
+    rows: int
+    tables: Mapping[str, pa.Table | None]  # by kind name; None = not kept, read the file directly
+    minute_lo: int | None  # badge-out minutes the file covers, inclusive; None for an empty file
+    minute_hi: int | None
+    derived: bool = False  # merged from the partials of the files a compaction replaced
+
+    def table(self, kind: Kind) -> pa.Table | None:
+        return self.tables.get(kind.name)
+
+    def overlaps(self, lo: int | None, hi: int | None) -> bool:
+        """Whether the file may hold badge-outs in minutes [lo, hi) (None = unbounded)."""
+        if self.minute_lo is None or self.minute_hi is None:
+            return False
+        return (lo is None or self.minute_hi >= lo) and (hi is None or self.minute_lo < hi)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    return table.select(schema.names).cast(schema).combine_chunks()
+
+
+def _split_by_file(table: pa.Table) -> dict[str, pa.Table]:
+    """Rows grouped by ``filename`` (the table is sorted by it), without that column."""
+    if table.num_rows == 0:
+        return {}
+    encoded = pc.dictionary_encode(table.column("filename")).combine_chunks()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1])
+    ends = np.concatenate([starts[1:], [len(codes)]])
+    body = table.drop_columns(["filename"])
+    return {
+        str(encoded.dictionary[int(codes[s])].as_py()): body.slice(int(s), int(e - s))
+        for s, e in zip(starts, ends, strict=True)
+    }
+
+
+def _minute_range(cube: pa.Table) -> tuple[int | None, int | None]:
+    if cube.num_rows == 0:
+        return None, None
+    mm = pc.min_max(cube.column("minute"))
+    return int(mm["min"].as_py()), int(mm["max"].as_py())
+
+
+def merge_tables(con: duckdb.DuckDBPyConnection, kind: Kind, tables: Sequence[pa.Table]) -> pa.Table:
+    """One partial from several of the same kind (cells summed, newest kept)."""
+    filled = [t for t in tables if t.num_rows]
+    if not filled:
+        return kind.schema.empty_table()
+    cur = con.cursor()
+    try:
+        cur.register("parts", pa.concat_tables(filled))
+        return _conform(cur.sql(kind.merge_sql()).to_arrow_table(), kind.schema)
+    finally:
+        cur.close()
+
+
+class PartialCache:
+    """Partials by file, thread-safe; entries for files that left the live set are dropped by :meth:`retain`.
+
+    ``users_max_share``: a users partial is kept only if it has at most this share of the file's rows
+    (small landing files would gain nothing and cost memory: they are read directly instead).
+    """
+
+    def __init__(self, users_max_share: float = 0.2) -> None:
+        self.users_max_share = users_max_share
+        self._by_key: dict[str, FilePartial] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_key)
+
+    def get(self, info: FileInfo) -> FilePartial | None:
+        with self._lock:
+            hit = self._by_key.get(info.key)
+        return hit if hit is not None and hit.info == info else None
+
+    def retain(self, infos: Iterable[FileInfo]) -> None:
+        """Forget every file not in ``infos`` (replaced, deleted or rewritten files)."""
+        keep = {i.key: i for i in infos}
+        with self._lock:
+            for key in [k for k, p in self._by_key.items() if keep.get(k) != p.info]:
+                del self._by_key[key]
+
+    def _kept(self, kind: Kind, table: pa.Table, rows: int) -> pa.Table | None:
+        return table if kind.always_keep or table.num_rows <= self.users_max_share * rows else None
+
+    def ensure(
+        self, con: duckdb.DuckDBPyConnection, storage: LocalStorage, files: Sequence[DataFile]
+    ) -> tuple[dict[str, FilePartial], int]:
+        """Partials for ``files`` (by key), computing the missing ones; also returns how many files were read.
+
+        Callers serialize refreshes; concurrent calls stay correct but may read a file twice.
+        """
+        out: dict[str, FilePartial] = {}
+        missing: list[DataFile] = []
+        for f in files:
+            hit = self.get(f.info)
+            if hit is not None:
+                out[f.key] = hit
+            else:
+                missing.append(f)
+        to_scan: dict[str, list[DataFile]] = {k.name: [] for k in KINDS}
+        derived: dict[str, FilePartial] = {}
+        for f in missing:
+            merged = self._derive(con, f)
+            if merged is None:
+                for k in KINDS:
+                    to_scan[k.name].append(f)
+                continue
+            derived[f.key] = merged
+            if merged.table(USERS) is None and f.row_count > 0:
+                to_scan[USERS.name].append(f)  # merged from small files that had none: read it once
+        scanned = {k.name: self._scan(con, storage, k, to_scan[k.name]) for k in KINDS}
+        wanted = {name: {f.key for f in fs} for name, fs in to_scan.items()}
+        read = set().union(*wanted.values())
+        for f in missing:
+            tables: dict[str, pa.Table | None] = dict(derived[f.key].tables) if f.key in derived else {}
+            for k in KINDS:
+                if f.key in wanted[k.name]:
+                    table = scanned[k.name].get(f.key, k.schema.empty_table())
+                    tables[k.name] = self._kept(k, table, f.row_count)
+            cube = tables[CUBE.name]
+            assert cube is not None
+            lo, hi = _minute_range(cube)
+            out[f.key] = FilePartial(f.info, f.row_count, tables, lo, hi, derived=f.key in derived)
+        with self._lock:
+            for f in missing:
+                self._by_key[f.key] = out[f.key]
+        if read:
+            log.debug("read %d files for partial aggregates", len(read))
+        return out, len(read)
+
+    def _derive(self, con: duckdb.DuckDBPyConnection, f: DataFile) -> FilePartial | None:
+        """Merge the cached partials of the files ``f`` replaced, if all are cached and the rows add up."""
+        if not f.sources:
+            return None
+        with self._lock:
+            parts = [self._by_key.get(s) for s in f.sources]
+        sources = [p for p in parts if p is not None]
+        if len(sources) != len(parts) or sum(p.rows for p in sources) != f.row_count:
+            return None
+        tables: dict[str, pa.Table | None] = {}
+        for k in KINDS:
+            pieces = [p.table(k) for p in sources]
+            if any(t is None for t in pieces):
+                tables[k.name] = None
+                continue
+            tables[k.name] = self._kept(k, merge_tables(con, k, [t for t in pieces if t is not None]), f.row_count)
+        cube = tables[CUBE.name]
+        if cube is None:
+            return None
+        lo, hi = _minute_range(cube)
+        return FilePartial(f.info, f.row_count, tables, lo, hi, derived=True)
+
+    def _scan(
+        self, con: duckdb.DuckDBPyConnection, storage: LocalStorage, kind: Kind, files: Sequence[DataFile]
+    ) -> dict[str, pa.Table]:
+        """This kind's partial of each file, read in one DuckDB query over all of them."""
+        if not files:
+            return {}
+        paths = {str(storage.path(f.key)): f.key for f in files}
+        result = con.sql(kind.scan_sql(), params={"files": list(paths)}).to_arrow_table()
+        return {paths[path]: _conform(t, kind.schema) for path, t in _split_by_file(result).items()}

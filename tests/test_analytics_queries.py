@@ -1,0 +1,344 @@
+"""Every dashboard figure against ground truth computed with pandas from the same generated records.
+
+Both engine modes (cached per-file partials, direct Parquet reads) must give exactly the truth, for
+selections that cut hours and days in the middle, over a lake with compacted files, replaced files
+awaiting deletion, a foreign file, and sessions on the four-hour boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from analytics.partials import USERS
+from analytics.queries import ALL, Filters, LakeAnalytics, Snapshot, freshness_status, minute_of
+from lake import layout
+from lake.parquet import write_file
+from lake.storage import LocalStorage
+from tests import lakegen as lg
+from utils.records import BUILDINGS, DEPARTMENTS
+from utils.tools import QUERY_HISTORY
+
+START = lg.DEFAULT_START
+
+
+@dataclass
+class Lake:
+    built: lg.BuiltLake
+    truth: pd.DataFrame
+
+    @property
+    def storage(self) -> LocalStorage:
+        return self.built.storage
+
+
+def _build(root: Path, rows: int, users: int, seed: int) -> Lake:
+    table = lg.make_table(rows, seed=seed, users=users, days=3)
+    table = pa.concat_tables([table, lg.edge_cases(rows, START + timedelta(days=1))])
+    built = lg.publish(LocalStorage(root), table, landing_files=5, compacted_share=0.6, compacted_files=2)
+    lg.add_foreign_file(built.storage)
+    return Lake(built, lg.truth_frame(table))
+
+
+@pytest.fixture(scope="module", params=["many-users", "few-users"])
+def lake(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    # many users: per-employee partials do not compress, so files are read directly;
+    # few users: they do, so whole hours come from the cache and the edges are read directly.
+    users = 3000 if request.param == "many-users" else 25
+    return _build(tmp_path_factory.mktemp(request.param), 40_000, users, seed=11)
+
+
+@pytest.fixture(scope="module", params=["cached", "direct"])
+def snap(request: pytest.FixtureRequest, lake: Lake) -> Snapshot:
+    return LakeAnalytics(lake.storage, mode=request.param).snapshot()
+
+
+SELECTIONS: dict[str, Filters] = {
+    "all": ALL,
+    "cut hours and days": Filters(
+        START + timedelta(hours=20, minutes=13), START + timedelta(days=2, hours=9, minutes=47)
+    ),
+    "inside one hour": Filters(
+        START + timedelta(days=1, hours=10, minutes=5), START + timedelta(days=1, hours=10, minutes=50)
+    ),
+    "departments and buildings": Filters(departments=("Sales", "HR"), buildings=("Grace",)),
+    "open start, one department": Filters(end=START + timedelta(days=1, hours=16, minutes=1), departments=("Finance",)),
+    "open end": Filters(start=START + timedelta(days=2, hours=3)),
+    "nothing": Filters(departments=("Nobody",)),
+}
+
+
+def _truth(lake: Lake, f: Filters) -> pd.DataFrame:
+    return lg.select(lake.truth, f.start, f.end, f.departments, f.buildings)
+
+
+@pytest.mark.parametrize("name", list(SELECTIONS))
+def test_every_figure_equals_ground_truth(snap: Snapshot, lake: Lake, name: str) -> None:
+    f = SELECTIONS[name]
+    df = _truth(lake, f)
+    _check_all(snap, df, f)
+
+
+def _check_all(snap: Snapshot, df: pd.DataFrame, f: Filters) -> None:
+    k = snap.kpis(f)
+    t = lg.truth_kpis(df)
+    assert (k.total_events, k.denied, k.sessions, k.premature, k.compliant) == (
+        t["total_events"],
+        t["denied"],
+        t["sessions"],
+        t["premature"],
+        t["compliant"],
+    )
+    newest = t["newest_out_us"]
+    assert k.newest_out == (None if newest is None else lg.EPOCH.replace(tzinfo=UTC) + timedelta(microseconds=newest))
+
+    access = snap.access_distribution(f)
+    assert dict(zip(access["access"], access["events"], strict=True)) == lg.truth_access(df)
+
+    premature = snap.premature_by_dept_building(f)
+    got = {
+        (d, b): (p, s)
+        for d, b, p, s in premature[["dept", "building", "premature", "sessions"]].itertuples(index=False)
+    }
+    assert got == lg.truth_premature(df)
+
+    compliance = snap.compliance_distribution(f)
+    if t["sessions"]:
+        assert list(compliance["sessions"]) == [t["compliant"], t["premature"]]
+        assert list(compliance["status"]) == ["Compliant (4 h or more)", "Premature (under 4 h)"]
+    else:
+        assert compliance.empty
+
+    for bucket, minutes in (("minute", 1), ("hour", 60), ("day", 1440)):
+        traffic = snap.traffic(f, bucket)  # type: ignore[arg-type]
+        got_t = {
+            ts.to_pydatetime(): (e, d) for ts, e, d in traffic[["time", "events", "denied"]].itertuples(index=False)
+        }
+        assert got_t == lg.truth_traffic(df, minutes), bucket
+        assert traffic.attrs["bucket_minutes"] == minutes
+
+    heat = snap.building_hour_heatmap(f)
+    assert {(b, h): e for b, h, e in heat[["building", "hour", "events"]].itertuples(index=False)} == lg.truth_heatmap(
+        df
+    )
+
+    denial = snap.denial_rates(f)
+    truth_denial = lg.truth_denial(df)
+    assert {
+        (d, v): (e, n) for d, v, e, n in denial[["dimension", "value", "events", "denied"]].itertuples(index=False)
+    } == (truth_denial)
+    for d, v, e, n, rate in denial[["dimension", "value", "events", "denied", "denial_rate"]].itertuples(index=False):
+        assert rate == pytest.approx(n / e), (d, v)
+
+    by_dept = snap.compliance_by_department(f)
+    got_d = {
+        d: (s, c, p) for d, s, c, p in by_dept[["dept", "sessions", "compliant", "premature"]].itertuples(index=False)
+    }
+    assert got_d == lg.truth_compliance_by_dept(df)
+    for _, s, c, rate in by_dept[["dept", "sessions", "compliant", "compliance_rate"]].itertuples(index=False):
+        assert rate == pytest.approx(c / s)
+
+    for min_premature, limit in ((2, 20), (1, 5), (4, 1000)):
+        rep = snap.repeat_offenders(f, min_premature=min_premature, limit=limit)
+        rows, total = lg.truth_repeat(df, min_premature, limit)
+        got_r = [tuple(r) for r in rep[["user_id", "dept", "sessions", "premature"]].itertuples(index=False)]
+        assert got_r == rows, (min_premature, limit)
+        if rows:
+            assert set(rep["repeat_employees"]) == {total}
+
+    fresh = snap.freshness(f, now=datetime(2030, 1, 1, tzinfo=UTC))
+    assert fresh.newest == k.newest_out
+
+
+def test_random_selections_cached_equals_truth(lake: Lake) -> None:
+    snap = LakeAnalytics(lake.storage).snapshot()
+    rng = random.Random(5)
+    span = 3 * 24 * 60 + 13 * 60
+    for _ in range(6):
+        lo = rng.choice([None, rng.randrange(span)])
+        hi = rng.choice([None, rng.randrange(span)])
+        if lo is not None and hi is not None and lo > hi:
+            lo, hi = hi, lo
+        f = Filters(
+            None if lo is None else START + timedelta(minutes=lo),
+            None if hi is None else START + timedelta(minutes=hi),
+            tuple(rng.sample(DEPARTMENTS, rng.randint(0, 3))),
+            tuple(rng.sample(BUILDINGS, rng.randint(0, 2))),
+        )
+        _check_all(snap, _truth(lake, f), f)
+
+
+def test_four_hour_boundary_is_elapsed_time(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    edge = lg.edge_cases(0, START)
+    lg.publish(storage, edge, landing_files=1, compacted_share=0)
+    for mode in ("cached", "direct"):
+        snap = LakeAnalytics(storage, mode=mode).snapshot()
+        k = snap.kpis()
+        # 4 h - 1 us and 3 h 59 min (five hour boundaries crossed) are premature; 4 h, 4 h + 1 us,
+        # and 4 h 0 min 30 s across midnight are compliant.
+        assert (k.sessions, k.premature, k.compliant) == (5, 2, 3), mode
+
+
+def test_filters_normalize_and_are_hashable() -> None:
+    aware = datetime(2025, 3, 3, 12, 30, 59, 999_999, tzinfo=UTC)
+    f = Filters(aware.astimezone(), datetime(2025, 3, 3, 14, 0, 1), ["HR", "Sales", "HR"], [])  # type: ignore[arg-type]
+    assert f.start == datetime(2025, 3, 3, 12, 30)
+    assert f.end == datetime(2025, 3, 3, 14, 0)
+    assert f.departments == ("HR", "Sales") and f.buildings is None
+    assert hash(f) == hash(Filters(datetime(2025, 3, 3, 12, 30), datetime(2025, 3, 3, 14), ("Sales", "HR")))
+    assert minute_of(datetime(1970, 1, 1, 0, 1, 59)) == 1
+
+
+def test_filter_values_are_parameters_not_sql(lake: Lake) -> None:
+    snap = LakeAnalytics(lake.storage).snapshot()
+    hostile = Filters(departments=("x'); DROP TABLE cube; --",), buildings=("' OR 1=1 --",))
+    assert snap.kpis(hostile).total_events == 0
+    assert snap.repeat_offenders(hostile).empty
+    assert snap.kpis().total_events == len(lake.truth)
+
+
+@pytest.mark.parametrize("mode", ["cached", "direct"])
+def test_empty_and_missing_lake_give_empty_results(tmp_path: Path, mode: str) -> None:
+    for storage in (LocalStorage(tmp_path / "missing"), LocalStorage(tmp_path / "empty")):
+        if storage.root.name == "empty":
+            storage.ensure_layout()
+        snap = LakeAnalytics(storage, mode=mode).snapshot()  # type: ignore[arg-type]
+        assert snap.is_empty
+        k = snap.kpis()
+        assert (k.total_events, k.sessions, k.newest_out, k.compliance_rate) == (0, 0, None, None)
+        for df in (
+            snap.access_distribution(),
+            snap.premature_by_dept_building(),
+            snap.compliance_distribution(),
+            snap.traffic(),
+            snap.building_hour_heatmap(),
+            snap.denial_rates(),
+            snap.compliance_by_department(),
+            snap.repeat_offenders(),
+        ):
+            assert df.empty
+        fresh = snap.freshness()
+        assert fresh.newest is None and fresh.status == "empty"
+        assert snap.time_bounds() == (None, None)
+
+
+def test_refresh_reads_only_new_files_and_stays_exact(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    table = lg.make_table(30_000, seed=3, users=20)
+    first, second = table.slice(0, 20_000), table.slice(20_000)
+    lg.publish(storage, first, landing_files=4, compacted_share=0)
+    engine = LakeAnalytics(storage)
+    QUERY_HISTORY.clear()
+    snap1 = engine.snapshot()
+    assert QUERY_HISTORY.records("refresh")[-1].files == 4
+    assert engine.snapshot() is snap1  # unchanged lake: nothing read, same snapshot
+    assert QUERY_HISTORY.records("refresh")[-1].files == 0
+    write_file(storage, second, layout.LANDING, "landing")
+    snap2 = engine.snapshot()
+    assert QUERY_HISTORY.records("refresh")[-1].files == 1
+    _check_all(snap2, lg.truth_frame(table), ALL)
+    assert snap1.kpis().total_events == 20_000  # an old snapshot still answers for its own files
+
+
+def test_compaction_merges_cached_partials_without_rereading(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    table = lg.make_table(60_000, seed=4, users=10)
+    built = lg.publish(storage, table, landing_files=6, compacted_share=0)
+    engine = LakeAnalytics(storage)
+    engine.snapshot()
+    sources = built.landing[:4]
+    merged_rows = pa.concat_tables([table.slice(0, 0)] + [_rows_of(storage, s.key) for s in sources])
+    compacted = write_file(
+        storage, merged_rows, layout.COMPACTED, "compacted", {layout.META_SOURCES: json.dumps([s.key for s in sources])}
+    )
+    QUERY_HISTORY.clear()
+    snap = engine.snapshot()
+    part = snap.partials[compacted.key] if snap.partials else None
+    assert part is not None and part.derived
+    assert part.table(USERS) is not None  # few employees: the merged per-employee partial compresses
+    assert QUERY_HISTORY.records("refresh")[-1].files == 0  # nothing read from disk
+    cut = Filters(START + timedelta(hours=30, minutes=7))
+    _check_all(snap, lg.select(lg.truth_frame(table), cut.start), cut)
+    for s in sources:  # the compactor deletes the replaced files after the grace period
+        storage.delete(s.key)
+    _check_all(engine.snapshot(), lg.truth_frame(table), ALL)
+
+
+def test_compacted_file_with_unexpected_rows_is_read_not_merged(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    table = lg.make_table(10_000, seed=6, users=10)
+    built = lg.publish(storage, table, landing_files=2, compacted_share=0)
+    engine = LakeAnalytics(storage)
+    engine.snapshot()
+    bogus = write_file(  # claims to replace the first file but holds only half its rows
+        storage,
+        _rows_of(storage, built.landing[0].key).slice(0, 10),
+        layout.COMPACTED,
+        "compacted",
+        {layout.META_SOURCES: json.dumps([built.landing[0].key])},
+    )
+    snap = engine.snapshot()
+    assert snap.partials is not None and not snap.partials[bogus.key].derived
+    assert snap.kpis().total_events == 10 + _rows_of(storage, built.landing[1].key).num_rows
+
+
+def _rows_of(storage: LocalStorage, key: str) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(storage.path(key))
+
+
+def test_freshness_lag_and_colours(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    table = lg.make_table(2_000, seed=9)
+    lg.publish(storage, table, landing_files=2, compacted_share=0)
+    snap = LakeAnalytics(storage).snapshot()
+    newest = snap.kpis().newest_out
+    assert newest is not None
+    for lag, colour in ((5, "fresh"), (59.9, "fresh"), (60, "amber"), (299, "amber"), (300, "red")):
+        fresh = snap.freshness(now=newest + timedelta(seconds=lag))
+        assert fresh.lag_seconds == pytest.approx(lag)
+        assert fresh.status == colour
+        assert fresh.at(newest + timedelta(seconds=lag + 400)).status == "red"  # it ages with the clock
+    assert freshness_status(None) == "empty"
+
+
+def test_each_query_is_monitored_with_rows_and_files(lake: Lake) -> None:
+    QUERY_HISTORY.clear()
+    direct = LakeAnalytics(lake.storage, mode="direct").snapshot()
+    direct.access_distribution()
+    rec = QUERY_HISTORY.records("access distribution")[-1]
+    assert rec.rows == 2 and rec.files == len(lake.built.landing) + len(lake.built.compacted) and rec.ms > 0
+    cached = LakeAnalytics(lake.storage).snapshot()
+    cached.premature_by_dept_building()
+    rec = QUERY_HISTORY.records("premature badge-outs")[-1]
+    assert rec.files == 0 and rec.rows == len(lg.truth_premature(lake.truth))
+
+
+def test_queries_read_only_the_live_set(lake: Lake) -> None:
+    # The replaced landing files hold the same rows as the compacted ones and the foreign file is junk:
+    # counting either would break the totals.
+    assert lake.built.replaced
+    for mode in ("cached", "direct"):
+        snap = LakeAnalytics(lake.storage, mode=mode).snapshot()
+        assert set(snap.live.keys) == {f.key for f in lake.built.landing + lake.built.compacted}
+        assert snap.kpis().total_events == len(lake.truth)
+
+
+def test_time_bounds_cover_the_data(lake: Lake) -> None:
+    snap = LakeAnalytics(lake.storage).snapshot()
+    lo, hi = snap.time_bounds()
+    first = lg.EPOCH + timedelta(microseconds=int(lake.truth["out_us"].min()))
+    last = lg.EPOCH + timedelta(microseconds=int(lake.truth["out_us"].max()))
+    assert lo == first.replace(second=0, microsecond=0) and hi == last.replace(second=0, microsecond=0)
+    f = Filters(departments=("HR",))
+    direct = LakeAnalytics(lake.storage, mode="direct").snapshot()
+    assert snap.time_bounds(f) == direct.time_bounds(f)
