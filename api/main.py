@@ -1,0 +1,265 @@
+"""The generator service: ``GET /employee-badge-logs/``, ``GET /health/`` and ``GET /`` (see CONTRACT.md).
+
+Guarantee: the same seed and cursor give the same records, byte for byte, in either format; a live
+request never returns an event whose time has not come; deliberate faults never change what a cursor
+returns. ``uvicorn api.main:app`` reads settings from the environment and ``.env`` at start-up (not on
+import); tests build their own app with :func:`create_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.encoding import encode_arrow, encode_json
+from api.faults import RETRY_AFTER_SECONDS, SLOW_MARGIN_SECONDS, Fault, FaultInjector, TruncatedResponse
+from api.generators import MAX_EVENTS, BadgeStream
+from api.protocol import (
+    ARROW_MEDIA_TYPE,
+    DEFAULT_BATCH,
+    JSON_MEDIA_TYPE,
+    MAX_BATCH,
+    NEXT_CURSOR_HEADER,
+    prefers_arrow,
+)
+from api.stream_state import format_stream_start, resolve_stream_start
+from utils.cli import EXIT_CONFIG, run_main, setup_logging
+from utils.config import Settings, get_settings
+from utils.errors import ConfigError
+
+log = logging.getLogger("api")
+
+FAULT_SEED_SALT: Final = 0xFA017  # the fault draws differ from, but follow, GENERATOR_SEED
+
+
+class Record(BaseModel):
+    """One badge event as JSON (documentation only: responses are encoded without pydantic)."""
+
+    event_id: int = Field(ge=0, description="position in the stream (0, 1, 2, ...)")
+    user_id: str = Field(description="the employee's UUID; a stable population, each employee recurs")
+    dept: Literal["Engineering", "Sales", "Finance", "HR", "Analyst", "Leadership"]
+    building_location: Literal["Sonic", "Re-invent", "Grace", "Maverick"]
+    badge_in_timestamp: datetime = Field(description="ISO-8601 UTC, e.g. 2025-03-03T08:41:07.123456Z")
+    badge_out_timestamp: datetime = Field(description="ISO-8601 UTC, >= badge_in; equal for a denied attempt")
+    access_granted: bool
+
+
+class Detail(BaseModel):
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+@dataclass(frozen=True)
+class Window:
+    """The records one response carries: event ids start..start+count-1."""
+
+    start: int
+    count: int
+
+    @property
+    def next_cursor(self) -> int:
+        return self.start + self.count
+
+
+class Service:
+    """One app's state: its settings, the stream, the fault injector and the cursor-less position."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stream = BadgeStream(settings.generator_seed, settings.events_per_second, resolve_stream_start(settings))
+        self.faults = FaultInjector(settings.api_fault_rate, settings.generator_seed ^ FAULT_SEED_SALT)
+        self._position = 0
+        self._lock = threading.Lock()
+
+    def window(self, cursor: int | None, batch: int, now: datetime, *, claim: bool = True) -> Window:
+        """The records to send: from ``cursor``, or from the service's own position (advanced if ``claim``)."""
+        available = self.stream.available(now)
+        if cursor is not None:
+            return Window(cursor, max(0, min(batch, available - cursor)))
+        with self._lock:
+            start = self._position
+            window = Window(start, max(0, min(batch, available - start)))
+            if claim:
+                self._position = window.next_cursor
+        return window
+
+    def body(self, window: Window, arrow: bool) -> memoryview:
+        """The encoded records of ``window`` (CPU-bound: run it off the event loop)."""
+        columns = self.stream.columns(window.start, window.count)
+        return encode_arrow(columns) if arrow else encode_json(columns)
+
+    def describe(self, now: datetime) -> dict[str, Any]:
+        return {
+            "seed": self.settings.generator_seed,
+            "events_per_second": self.settings.events_per_second,
+            "firehose": self.stream.firehose,
+            "stream_start": format_stream_start(self.stream.stream_start),
+            "available": self.stream.available(now),
+            "fault_rate": self.settings.api_fault_rate,
+        }
+
+
+class _Holder:
+    """Builds the Service once, on start-up or first use, from given settings or the environment."""
+
+    def __init__(self, settings: Settings | None) -> None:
+        self.settings = settings
+        self._service: Service | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def from_environment(self) -> bool:
+        return self.settings is None
+
+    def get(self) -> Service:
+        with self._lock:
+            if self._service is None:
+                self._service = Service(self.settings or get_settings())
+            return self._service
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+RECORDS_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    200: {
+        "description": "The records: a JSON array by default, an Arrow IPC stream for "
+        f"`Accept: {ARROW_MEDIA_TYPE}` (user_id, dept and building_location dictionary-encoded).",
+        "model": list[Record],
+        "content": {ARROW_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        "headers": {NEXT_CURSOR_HEADER: {"description": "the cursor to ask for next", "schema": {"type": "integer"}}},
+    },
+    400: {"description": "batch or cursor out of range; `detail` names the limit", "model": Detail},
+    500: {"description": "deliberate fault (API_FAULT_RATE)", "model": Detail},
+    503: {
+        "description": "deliberate fault (API_FAULT_RATE); retry after `Retry-After` seconds",
+        "model": Detail,
+        "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
+    },
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service as a FastAPI app; ``settings=None`` reads the environment and ``.env`` at start-up."""
+    holder = _Holder(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            if holder.from_environment:
+                setup_logging(get_settings().log_level, "api")
+            service = holder.get()
+        except ConfigError as exc:
+            if holder.from_environment:
+                # The CLI contract: one line naming the variable and exit status 2. uvicorn would turn
+                # any start-up failure into a traceback and status 3, so leave before it does.
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                os._exit(EXIT_CONFIG)
+            raise
+        log.info("badge stream: %s", service.describe(datetime.now(UTC)))
+        yield
+
+    app = FastAPI(
+        title="Badge generator",
+        version="1.0",
+        description="A live, replayable stream of synthetic employee badge events (see api/generators.py).",
+        lifespan=lifespan,
+    )
+    app.state.holder = holder
+
+    @app.get("/", summary="What this service is and where its stream stands")
+    def root() -> dict[str, Any]:
+        service = holder.get()
+        return {
+            "service": "badge generator",
+            "endpoints": ["/employee-badge-logs/?batch=N&cursor=C", "/health/", "/docs"],
+            "stream": service.describe(datetime.now(UTC)),
+        }
+
+    @app.get("/health/", summary="Liveness")
+    def health() -> Health:
+        return Health(status="OK")
+
+    @app.get(
+        "/employee-badge-logs/",
+        summary="Badge events from a cursor (or the service's own position)",
+        response_class=Response,
+        responses=RECORDS_RESPONSES,
+    )
+    async def employee_badge_logs(
+        request: Request,
+        batch: Annotated[
+            int,
+            Query(
+                description=f"records to return, 1 to {MAX_BATCH}",
+                json_schema_extra={"minimum": 1, "maximum": MAX_BATCH},
+            ),
+        ] = DEFAULT_BATCH,
+        cursor: Annotated[
+            int | None,
+            Query(
+                description="first event id to return; omitted: the next events from the service's own position",
+                json_schema_extra={"minimum": 0, "maximum": MAX_EVENTS},
+            ),
+        ] = None,
+    ) -> Response:
+        if not 1 <= batch <= MAX_BATCH:
+            return _error(400, f"batch must be between 1 and {MAX_BATCH}")
+        if cursor is not None and not 0 <= cursor <= MAX_EVENTS:
+            return _error(400, f"cursor must be between 0 and {MAX_EVENTS}")
+        service = holder.get()
+        fault = service.faults.draw()
+        if fault is not None:
+            log.warning("deliberate fault: %s (API_FAULT_RATE=%s)", fault, service.settings.api_fault_rate)
+        if fault is Fault.UNAVAILABLE:
+            return _error(503, "deliberate fault: unavailable", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if fault is Fault.ERROR:
+            return _error(500, "deliberate fault: internal error")
+        if fault is Fault.SLOW:
+            await asyncio.sleep(service.settings.request_timeout_seconds + SLOW_MARGIN_SECONDS)
+            if await request.is_disconnected():  # the client gave up: hand nothing out
+                return _error(503, "deliberate fault: too slow")
+        arrow = prefers_arrow(request.headers.get("accept"))
+        window = service.window(cursor, batch, datetime.now(UTC), claim=fault is not Fault.DROP)
+        body = await run_in_threadpool(service.body, window, arrow)
+        headers = {NEXT_CURSOR_HEADER: str(window.next_cursor)}
+        media_type = ARROW_MEDIA_TYPE if arrow else JSON_MEDIA_TYPE
+        if fault is Fault.DROP:
+            return TruncatedResponse(body, media_type=media_type, headers=headers)
+        return Response(body, media_type=media_type, headers=headers)
+
+    return app
+
+
+app = create_app()
+
+
+def main() -> int:
+    """``python -m api.main``: the service on API_HOST:API_PORT (settings checked before binding)."""
+    import uvicorn
+
+    settings = get_settings()
+    setup_logging(settings.log_level, "api")
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
