@@ -222,7 +222,7 @@ class BadgeLogClient:
                 if not 200 <= status < 300:
                     detail = response.read()[:300].decode("utf-8", "replace")
                     raise PermanentSourceError(f"GET {self.url} {params}: HTTP {status}: {detail}")
-                body = _read_body(response)
+                body = read_body(response)
                 content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
                 next_header = response.headers.get(NEXT_CURSOR_HEADER)
         except httpx.TimeoutException as exc:
@@ -248,7 +248,7 @@ class BadgeLogClient:
         return FetchResult(validated.valid, validated.invalid, cursor, next_cursor, kind)
 
 
-def _read_body(response: httpx.Response) -> bytes | bytearray:
+def read_body(response: httpx.Response) -> bytes | bytearray:
     """The whole body, checked against ``Content-Length``; raises httpx.RemoteProtocolError if it is short.
 
     Raw chunks go into one preallocated buffer: httpx's ``read()`` costs ~3x more for a 24 MB body.
