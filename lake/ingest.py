@@ -252,7 +252,8 @@ class Fetcher(threading.Thread):
             placed = place_records(result, self.cursor, ask)
             count = placed.count
             if count:
-                self.writer.add(placed.valid, placed.refused)
+                # A short answer means we are at the head of the stream: the records are live.
+                self.writer.add(placed.valid, placed.refused, live=count < ask)
                 self.cursor = result.next_cursor
             if count < ask and (self.max_records is None or self.fetched < self.max_records):
                 self.stop_event.wait(self.settings.poll_interval_seconds)

@@ -2,10 +2,12 @@
 
 :class:`BufferedWriter` is a context manager with two named thresholds (:class:`FlushThresholds`):
 a flush starts when ``records`` are buffered, or ``interval_seconds`` after the oldest buffered
-valid record arrived. A flusher thread owns all writing, so the time-based flush fires whatever the
-caller is doing (waiting on a slow source, sleeping through an outage), and writing one file
-overlaps fetching the next batch. Leaving the ``with`` block normally flushes everything; leaving
-it by an exception does not (nothing half-written survives either way).
+valid record arrived (for records from the live head of the stream, after its event time if that
+is sooner, so the wait for the poll counts against the interval: see :meth:`BufferedWriter.add`).
+A flusher thread owns all writing, so the time-based flush fires whatever the caller is doing
+(waiting on a slow source, sleeping through an outage), and writing one file overlaps fetching
+the next batch. Leaving the ``with`` block normally flushes everything; leaving it by an exception
+does not (nothing half-written survives either way).
 
 A flush follows LAKE-PROTOCOL.md: the refused records below the flush's last valid event id are
 committed to ``quarantine/`` first, then the valid records as one landing file (LAKE_SCHEMA, rows in
@@ -148,7 +150,7 @@ class BufferedWriter:
         self._refused: list[pa.Table] = []
         self._valid_rows = 0
         self._refused_rows = 0
-        self._oldest: float | None = None  # monotonic arrival of the oldest buffered valid record
+        self._deadline: float | None = None  # monotonic instant the buffered valid records are due
         self._last_valid_id: int | None = None
         self._last_seen_id: int | None = None
         self._pending: _Flush | None = None
@@ -225,17 +227,23 @@ class BufferedWriter:
             self._thread.join()
 
     # -- input --------------------------------------------------------------------------------------
-    def add(self, valid: pa.Table, refused: pa.Table | None = None, *, block: bool = True) -> None:
+    def add(self, valid: pa.Table, refused: pa.Table | None = None, *, live: bool = False, block: bool = True) -> None:
         """Buffer ``valid`` (RECORD_SCHEMA) and ``refused`` (QUARANTINE_SCHEMA) records of one source range.
 
         Ids must be strictly increasing and above everything added before. Blocks while a full buffer
         is already waiting to be written (back-pressure); raises WriterClosedError once closing.
+
+        The buffer is due ``interval_seconds`` after its oldest valid record arrived. ``live=True``
+        says the records are the head of a live stream (the source had no more): they are then due
+        at the latest ``interval_seconds`` after their *event time* (``badge_out_timestamp``, naive
+        UTC) too, so the time a record waited for the poll counts against the interval, and the
+        event-to-lake latency stays near max(interval, poll interval) rather than their sum.
         """
         valid = self._conform(valid, RECORD_SCHEMA)
         refused = self._conform(refused, QUARANTINE_SCHEMA) if refused is not None and refused.num_rows else None
         first = self._check_order(valid, refused)
         with self._cond:
-            while block and self._valid_rows >= self.thresholds.records and not self._closing:
+            while block and self._full() and not self._closing:
                 self._cond.wait()
             if self._closing:
                 raise WriterClosedError("the writer is closing; records not taken")
@@ -248,8 +256,10 @@ class BufferedWriter:
                 self._valid.append(valid)
                 self._valid_rows += valid.num_rows
                 self._last_valid_id = int(valid.column("event_id")[-1].as_py())
-                if self._oldest is None:
-                    self._oldest = now
+                due = now + self.thresholds.interval_seconds
+                if live:
+                    due = min(due, self._event_time_deadline(valid, now))
+                self._deadline = due if self._deadline is None else min(self._deadline, due)
             if refused is not None:
                 self._refused.append(refused)
                 self._refused_rows += refused.num_rows
@@ -327,6 +337,10 @@ class BufferedWriter:
                 lasts.append(int(m))
         return max(lasts) if lasts else None
 
+    def _full(self) -> bool:
+        """Under the lock: a whole flush is waiting (refused records alone can never be flushed)."""
+        return self._valid_rows > 0 and self._valid_rows + self._refused_rows >= self.thresholds.records
+
     def _due(self) -> bool:
         """Under the lock: is a flush due now? (Only with valid records: they confirm refused ones.)"""
         if not self._valid_rows:
@@ -335,13 +349,18 @@ class BufferedWriter:
             return True
         if self._valid_rows + self._refused_rows >= self.thresholds.records:
             return True
-        assert self._oldest is not None
-        return time.monotonic() - self._oldest >= self.thresholds.interval_seconds
+        assert self._deadline is not None
+        return time.monotonic() >= self._deadline
 
     def _wait_time(self) -> float | None:
-        if not self._valid_rows or self._oldest is None:
+        if not self._valid_rows or self._deadline is None:
             return None
-        return max(0.0, self._oldest + self.thresholds.interval_seconds - time.monotonic())
+        return max(0.0, self._deadline - time.monotonic())
+
+    def _event_time_deadline(self, valid: pa.Table, now: float) -> float:
+        """The monotonic instant ``interval_seconds`` after the oldest event time in ``valid``."""
+        oldest_us = pc.min(valid.column("badge_out_timestamp")).cast(pa.int64()).as_py()
+        return float(now + (oldest_us / 1e6 + self.thresholds.interval_seconds - time.time()))
 
     def _cut(self) -> _Flush:
         """Under the lock: take the flushable part of the buffer; a refused tail after it stays."""
@@ -365,7 +384,7 @@ class BufferedWriter:
             lo = min(lo, int(rmin)) if rmin is not None else lo
         self._valid = []
         self._valid_rows = 0
-        self._oldest = None
+        self._deadline = None
         self._refused = [tail] if tail is not None else []
         self._refused_rows = tail.num_rows if tail is not None else 0
         self._flush_requested = False

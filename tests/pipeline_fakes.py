@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,11 +18,17 @@ from utils.records import BUILDINGS, DEPARTMENTS, QUARANTINE_SCHEMA, RECORD_SCHE
 BASE_US = int((datetime(2025, 3, 3, 8) - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
 
 
-def make_records(start: int, count: int) -> pa.Table:
-    """Records ``start .. start+count-1``: the same ids always give the same rows."""
+def make_records(start: int, count: int, now_us: int | None = None) -> pa.Table:
+    """Records ``start .. start+count-1``: the same ids always give the same rows.
+
+    With ``now_us`` every record closes (badge_out) at that instant, as at the head of a live stream.
+    """
     ids = np.arange(start, start + count, dtype=np.int64)
     badge_in = BASE_US + ids * 1_000_000
     badge_out = badge_in + (ids % 600) * 60_000_000
+    if now_us is not None:
+        badge_out = np.full(count, now_us, dtype=np.int64)
+        badge_in = badge_out - (ids % 600) * 60_000_000
     return pa.table(
         {
             "event_id": ids,
@@ -59,6 +66,7 @@ class FakeSource:
 
     Set ``down`` to make every call raise TransientSourceError (an outage), ``broken`` for a
     PermanentSourceError. ``calls`` records (cursor, batch) of every request; ``on_call`` runs first.
+    ``live=True`` stamps records with the current time as their event time (the head of a live stream).
     """
 
     def __init__(
@@ -66,7 +74,9 @@ class FakeSource:
         available: int | None = None,
         refuse: Callable[[int], bool] | None = None,
         on_call: Callable[[int], None] | None = None,
+        live: bool = False,
     ) -> None:
+        self.live = live
         self.available = available
         self.refuse = refuse
         self.on_call = on_call
@@ -88,7 +98,7 @@ class FakeSource:
         assert cursor is not None and batch is not None
         end = cursor + batch if self.available is None else min(cursor + batch, self.available)
         count = max(0, end - cursor)
-        table = make_records(cursor, count)
+        table = make_records(cursor, count, int(time.time() * 1e6) if self.live else None)
         if self.refuse is None or count == 0:
             return FakeResult(table, QUARANTINE_SCHEMA.empty_table(), cursor, cursor + count, count)
         bad = pa.array([self.refuse(i) for i in range(cursor, cursor + count)], pa.bool_())

@@ -125,7 +125,7 @@ def test_max_records_asks_for_exactly_the_remainder_and_commits_no_more(lake_roo
 
 
 def test_time_based_flush_while_the_source_has_nothing_new(lake_root: Path, storage: LocalStorage) -> None:
-    source = FakeSource(available=25)
+    source = FakeSource(available=25, live=True)
     settings = make_settings(lake_root, BUFFER_RECORDS=100_000, FLUSH_INTERVAL_SECONDS=0.3, POLL_INTERVAL_SECONDS=0.05)
     _, finish = start_in_thread(settings, source, NO_CHILD)
     try:
@@ -217,10 +217,11 @@ def test_a_crash_between_quarantine_and_landing_is_undone_on_restart(
         return real(storage_, table, zone, kind, extra)  # type: ignore[arg-type]
 
     monkeypatch.setattr(lake_parquet, "write_file", crash_on_landing)
+    before = len(storage.list_files(layout.QUARANTINE))
     writer = BufferedWriter(storage, FlushThresholds(50, 60)).start()
     batch = source.get_employee_badge_logs(100, 50)
     writer.add(batch.table, batch.invalid)
-    wait_until(lambda: len(storage.list_files(layout.QUARANTINE)) == 3, 5, what="the crashed flush's quarantine file")
+    wait_until(lambda: len(storage.list_files(layout.QUARANTINE)) > before, 5, what="the crashed flush's quarantine")
     time.sleep(0.1)
     assert max(ids_in(storage, layout.QUARANTINE)) > 100  # the orphan of the crashed flush is there
     assert live_set(storage).next_event_id == 100  # its landing file never committed

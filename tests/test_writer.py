@@ -75,10 +75,10 @@ def test_time_based_flush_without_new_data(storage: LocalStorage) -> None:
     with BufferedWriter(storage, FlushThresholds(records=10_000, interval_seconds=0.3)) as writer:
         started = time.monotonic()
         writer.add(make_records(0, 10))
-        wait_until(lambda: storage.list_files(layout.LANDING), 3, interval=0.01, what="the time-based flush")
+        wait_until(lambda: writer.stats().records_committed == 10, 3, interval=0.01, what="the time-based flush")
         elapsed = time.monotonic() - started
         assert 0.25 <= elapsed < 1.5
-        assert writer.stats().records_committed == 10 and writer.stats().buffered == 0
+        assert len(storage.list_files(layout.LANDING)) == 1 and writer.stats().buffered == 0
         # The clock restarts with the next record, not with the last flush.
         time.sleep(0.4)
         writer.add(make_records(10, 5))
@@ -86,6 +86,33 @@ def test_time_based_flush_without_new_data(storage: LocalStorage) -> None:
         assert len(storage.list_files(layout.LANDING)) == 1
         wait_until(lambda: len(storage.list_files(layout.LANDING)) == 2, 3, interval=0.01, what="a second flush")
     assert landing_ids(storage).tolist() == list(range(15))
+
+
+def live_records(start: int, count: int, event_age_s: float) -> pa.Table:
+    """Records whose event time (badge_out) lies ``event_age_s`` seconds in the past (negative: future)."""
+    table = make_records(start, count)
+    now_us = int((time.time() - event_age_s) * 1e6)
+    out = pa.array([now_us] * count, pa.timestamp("us"))
+    return table.set_column(5, "badge_out_timestamp", out).set_column(4, "badge_in_timestamp", out)
+
+
+def test_live_records_are_due_after_their_event_time_not_only_their_arrival(storage: LocalStorage) -> None:
+    with BufferedWriter(storage, FlushThresholds(records=10_000, interval_seconds=3)) as writer:
+        started = time.monotonic()
+        writer.add(live_records(0, 10, event_age_s=2.8), live=True)  # waited 2.8 s for the poll already
+        wait_until(lambda: storage.list_files(layout.LANDING), 3, interval=0.01, what="the event-time flush")
+        assert time.monotonic() - started < 1.0
+        # Not live (a full batch while catching up): only the arrival counts, whatever the event time.
+        writer.add(live_records(10, 10, event_age_s=3600))
+        time.sleep(0.5)
+        assert len(storage.list_files(layout.LANDING)) == 1
+    assert landing_ids(storage).tolist() == list(range(20))
+
+
+def test_live_records_from_the_future_still_flush_by_arrival(storage: LocalStorage) -> None:
+    with BufferedWriter(storage, FlushThresholds(records=10_000, interval_seconds=0.3)) as writer:
+        writer.add(live_records(0, 10, event_age_s=-3600), live=True)  # a clock ahead of ours
+        wait_until(lambda: storage.list_files(layout.LANDING), 2, interval=0.01, what="the arrival-time flush")
 
 
 def test_leaving_by_an_exception_does_not_flush(storage: LocalStorage) -> None:
