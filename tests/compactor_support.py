@@ -78,6 +78,14 @@ def compactor_temp(storage: LocalStorage) -> list[str]:
     return [f.key for f in storage.list_all(layout.TEMP) if f.name.startswith(f"{KIND}-")]
 
 
+def clone_lake(template: LocalStorage, storage: LocalStorage) -> None:
+    """Hard-link every data file of ``template`` (landing/ and compacted/) into ``storage``, mtimes kept."""
+    storage.ensure_layout()
+    for zone in layout.DATA_ZONES:
+        for info in template.list_all(zone):
+            os.link(template.path(info.key), storage.path(info.key))
+
+
 def clone_landing(template: LocalStorage, storage: LocalStorage, limit: int | None = None) -> list[FileInfo]:
     """Hard-link the (first ``limit``) landing files of ``template`` into ``storage`` (fast; never written)."""
     storage.ensure_layout()
