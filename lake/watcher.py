@@ -1,0 +1,191 @@
+"""Watching ``landing/``: a watchdog observer whose handlers only enqueue, and one worker thread that acts.
+
+watchdog reports a file renamed or linked into ``landing/`` (how every landing file is published) as a
+*created* event, and a rename inside it as a *moved* event; both are queued. The worker waits until
+the burst has been quiet for ``COMPACTION_DEBOUNCE_SECONDS`` (at most ``max_delay_seconds`` under a
+steady stream) and runs one cycle. Independently of events, a sweep runs a cycle every
+``COMPACTION_SWEEP_SECONDS`` - at start too - so a restart, a missed event or a grace period running
+out is acted on without any new file. Compaction never runs inside an observer callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from lake import layout
+from lake.compactor import Compactor
+from lake.storage import LocalStorage
+from utils.config import Settings
+
+log = logging.getLogger(__name__)
+
+Cycle = Callable[[str], object]  # called with why it runs: "sweep" or "events"
+
+_STOP: Final = object()
+# Under a steady stream of events the worker acts at the latest this many debounce periods after the first.
+MAX_DELAY_DEBOUNCES: Final = 10
+
+
+class _EnqueueHandler(FileSystemEventHandler):
+    """Observer callbacks: put the path on the queue and return at once."""
+
+    def __init__(self, events: queue.Queue[object]) -> None:
+        self._events = events
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._events.put(event.src_path)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._events.put(event.dest_path)
+
+
+class LandingWatcher:
+    """Runs ``cycle`` after debounced bursts of new files in ``directory`` and on a periodic sweep.
+
+    At most one cycle runs at a time, always in the worker thread. ``stop()`` sets the shared stop
+    event (a running compaction ends at its next step), then stops and joins the observer and the worker.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        cycle: Cycle,
+        *,
+        debounce_seconds: float,
+        sweep_seconds: float,
+        max_delay_seconds: float | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self._cycle = cycle
+        self.debounce_seconds = debounce_seconds
+        self.sweep_seconds = sweep_seconds
+        self.max_delay_seconds = (
+            max_delay_seconds if max_delay_seconds is not None else max(debounce_seconds * MAX_DELAY_DEBOUNCES, 0.1)
+        )
+        self.stop_event = stop or threading.Event()
+        self._events: queue.Queue[object] = queue.Queue()
+        self._observer = Observer()
+        self._worker = threading.Thread(target=self._work, name="compactor-worker", daemon=True)
+        self.events_seen = 0
+        self.cycles: list[str] = []  # why each cycle ran, in order
+        self.failures = 0
+
+    @classmethod
+    def for_compactor(cls, compactor: Compactor, settings: Settings) -> LandingWatcher:
+        """A watcher on the compactor's ``landing/`` that runs ``compactor.run_cycle`` and shares its stop event."""
+        storage: LocalStorage = compactor.storage
+        storage.ensure_layout()
+        return cls(
+            storage.path(layout.LANDING),
+            lambda _reason: compactor.run_cycle(),
+            debounce_seconds=settings.compaction_debounce_seconds,
+            sweep_seconds=settings.compaction_sweep_seconds,
+            stop=compactor.stop_event,
+        )
+
+    # -- life cycle ------------------------------------------------------------------------------------
+    def start(self) -> LandingWatcher:
+        self._observer.schedule(_EnqueueHandler(self._events), str(self.directory), recursive=False)
+        self._observer.start()
+        self._worker.start()
+        log.info(
+            "watching %s (debounce %.1f s, sweep every %.1f s)",
+            self.directory,
+            self.debounce_seconds,
+            self.sweep_seconds,
+        )
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop the cycle in progress at its next step, then the observer and the worker (joined)."""
+        self.stop_event.set()
+        self._events.put(_STOP)
+        if self._observer.is_alive():
+            self._observer.stop()
+            self._observer.join(timeout)
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._worker.is_alive()
+
+    def __enter__(self) -> LandingWatcher:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- the worker ------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        next_sweep = time.monotonic()  # the first cycle runs at once: a restart catches up
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            if now >= next_sweep:
+                self._drain()  # whatever arrived so far is covered by this cycle
+                self._run("sweep")
+                next_sweep = time.monotonic() + self.sweep_seconds
+                continue
+            try:
+                item = self._events.get(timeout=next_sweep - now)
+            except queue.Empty:
+                continue
+            if item is _STOP:
+                return
+            self.events_seen += 1
+            if not self._debounce():
+                return
+            self._run("events")
+            next_sweep = time.monotonic() + self.sweep_seconds
+
+    def _debounce(self) -> bool:
+        """Wait until no event came for ``debounce_seconds`` (or ``max_delay_seconds`` passed); False on stop."""
+        deadline = time.monotonic() + self.max_delay_seconds
+        while True:
+            wait = min(self.debounce_seconds, deadline - time.monotonic())
+            if wait <= 0:
+                return True
+            try:
+                item = self._events.get(timeout=wait)
+            except queue.Empty:
+                return True
+            if item is _STOP:
+                return False
+            self.events_seen += 1
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if item is _STOP:
+                self._events.put(_STOP)  # keep it for the loop
+                return
+            self.events_seen += 1
+
+    def _run(self, reason: str) -> None:
+        if self.stop_event.is_set():
+            return
+        try:
+            self._cycle(reason)
+        except Exception:  # a failed cycle (disk full, a vanished file) is retried by the next event or sweep
+            self.failures += 1
+            log.exception("compaction cycle failed; it is retried at the next event or sweep")
+        finally:
+            self.cycles.append(reason)

@@ -1,0 +1,141 @@
+"""The landing watcher: real file events (renames and links from temp/), debouncing, the sweep, stopping."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from lake import layout
+from lake.compactor import Compactor
+from lake.liveset import live_set
+from lake.parquet import write_file
+from lake.storage import LocalStorage
+from lake.watcher import LandingWatcher
+from tests.compactor_support import assert_exactly_once, lake_table, publish_landing
+from tests.support import make_settings, wait_until
+
+
+class Recorder:
+    """A cycle that records which thread ran it and why."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, reason: str) -> None:
+        self.calls.append((reason, threading.current_thread().name))
+
+    def reasons(self, reason: str) -> int:
+        return sum(1 for r, _ in self.calls if r == reason)
+
+
+def _watcher(storage: LocalStorage, cycle: object, **kwargs: float) -> LandingWatcher:
+    kwargs.setdefault("debounce_seconds", 0.3)
+    kwargs.setdefault("sweep_seconds", 60.0)
+    return LandingWatcher(storage.path(layout.LANDING), cycle, **kwargs)  # type: ignore[arg-type]
+
+
+def _rename_in(storage: LocalStorage, name: str) -> None:
+    tmp = storage.new_temp_path(name)
+    tmp.write_bytes(b"x")
+    os.rename(tmp, storage.path(f"{layout.LANDING}/{name}"))
+
+
+def test_renames_and_links_from_temp_arrive_and_a_burst_is_one_cycle(storage: LocalStorage) -> None:
+    recorder = Recorder()
+    with _watcher(storage, recorder) as watcher:
+        wait_until(lambda: recorder.reasons("sweep") == 1, 5, what="the start-up sweep")
+        for i in range(20):
+            _rename_in(storage, f"renamed-{i}.parquet")  # a real rename from temp/ into landing/
+        for i in range(5):
+            write_file(storage, lake_table(i * 10, 10), layout.LANDING, "landing")  # publish() links, then unlinks
+        wait_until(lambda: watcher.events_seen == 25, 5, what="25 created events")
+        wait_until(lambda: recorder.reasons("events") >= 1, 5, what="a debounced cycle")
+        time.sleep(0.6)  # longer than the debounce: no further cycle may follow
+    assert recorder.reasons("events") == 1
+    assert watcher.events_seen == 25
+    assert {thread for _, thread in recorder.calls} == {"compactor-worker"}  # never in an observer callback
+
+
+def test_a_rename_inside_landing_is_a_moved_event_and_counts(storage: LocalStorage) -> None:
+    recorder = Recorder()
+    _rename_in(storage, "before.parquet")
+    with _watcher(storage, recorder) as watcher:
+        wait_until(lambda: recorder.calls, 5, what="the start-up sweep")
+        os.rename(storage.path("landing/before.parquet"), storage.path("landing/after.parquet"))
+        wait_until(lambda: recorder.reasons("events") == 1, 5, what="a cycle after the move")
+    assert watcher.events_seen == 1
+
+
+def test_a_steady_stream_of_events_still_gets_a_cycle(storage: LocalStorage) -> None:
+    recorder = Recorder()
+    with _watcher(storage, recorder, debounce_seconds=0.2, max_delay_seconds=0.6):
+        wait_until(lambda: recorder.calls, 5, what="the start-up sweep")
+        deadline = time.monotonic() + 1.5
+        i = 0
+        while time.monotonic() < deadline:  # an event every 0.1 s: never quiet for 0.2 s
+            _rename_in(storage, f"steady-{i}.parquet")
+            i += 1
+            time.sleep(0.1)
+        assert recorder.reasons("events") >= 1
+
+
+def test_the_sweep_runs_without_any_event(storage: LocalStorage) -> None:
+    recorder = Recorder()
+    with _watcher(storage, recorder, sweep_seconds=0.2) as watcher:
+        wait_until(lambda: recorder.reasons("sweep") >= 4, 5, what="four sweeps")
+    assert watcher.events_seen == 0 and recorder.reasons("events") == 0
+
+
+def test_a_failing_cycle_does_not_stop_the_worker(storage: LocalStorage) -> None:
+    calls: list[str] = []
+
+    def flaky(reason: str) -> None:
+        calls.append(reason)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+
+    with _watcher(storage, flaky, sweep_seconds=0.2) as watcher:
+        wait_until(lambda: len(calls) >= 3, 5, what="cycles after a failure")
+    assert watcher.failures == 1
+
+
+def test_stop_interrupts_a_long_cycle_and_joins_every_thread(storage: LocalStorage) -> None:
+    started = threading.Event()
+    watcher: LandingWatcher
+
+    def long_cycle(_reason: str) -> None:
+        started.set()
+        while not watcher.stop_event.is_set():  # like a compaction checking for stop between steps
+            time.sleep(0.01)
+
+    watcher = _watcher(storage, long_cycle).start()
+    assert started.wait(5)
+    began = time.monotonic()
+    watcher.stop()
+    assert time.monotonic() - began < 2
+    assert not watcher.running and not watcher._observer.is_alive()
+    assert not [t for t in threading.enumerate() if t.name == "compactor-worker"]
+
+
+def test_new_landing_files_are_compacted_on_file_events(storage: LocalStorage, lake_root: Path) -> None:
+    settings = make_settings(lake_root, COMPACTION_SWEEP_SECONDS=60, COMPACTION_DEBOUNCE_SECONDS=0.2)
+    with LandingWatcher.for_compactor(Compactor(storage, settings), settings) as watcher:
+        wait_until(lambda: watcher.cycles, 5, what="the start-up sweep")
+        publish_landing(storage, 0, 1_000, 8)  # the next sweep is a minute away: only the events can act
+        wait_until(lambda: storage.list_files(layout.COMPACTED), 10, what="a compacted file")
+        assert watcher.cycles.count("events") >= 1
+    assert_exactly_once(storage, range(8_000))
+    assert live_set(storage).in_zone(layout.LANDING) == []
+
+
+def test_the_sweep_compacts_what_was_there_and_deletes_after_grace(storage: LocalStorage, lake_root: Path) -> None:
+    sources = publish_landing(storage, 0, 1_000, 8)  # landed while no compactor ran: no event will come
+    settings = make_settings(lake_root, COMPACTION_SWEEP_SECONDS=0.3, COMPACTION_GRACE_SECONDS=0.5)
+    with LandingWatcher.for_compactor(Compactor(storage, settings), settings) as watcher:
+        wait_until(lambda: storage.list_files(layout.COMPACTED), 10, what="a compacted file")
+        wait_until(lambda: not any(storage.exists(f.key) for f in sources), 10, what="sources deleted after grace")
+    assert watcher.events_seen == 0
+    assert_exactly_once(storage, range(8_000))
+    assert live_set(storage).replaced == ()
