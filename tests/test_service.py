@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.faults import Fault, FaultInjector
+from api.faults import SLOW_MARGIN_SECONDS, Fault, FaultInjector
 from api.generators import MAX_EVENTS, generate_table
 from api.main import Service, create_app
 from api.protocol import ARROW_MEDIA_TYPE, MAX_BATCH, NEXT_CURSOR_HEADER, prefers_arrow
@@ -205,6 +206,24 @@ def test_fault_responses(client: TestClient, kind: Fault, status: int) -> None:
     assert r.status_code == status
     if kind is Fault.UNAVAILABLE:
         assert int(r.headers["Retry-After"]) >= 1
+
+
+def test_a_dropped_response_is_cut_short_and_hands_nothing_out(client: TestClient) -> None:
+    service_of(client).faults = FaultInjector(1.0, seed=1, kinds=(Fault.DROP,))
+    dropped = client.get("/employee-badge-logs/", params={"batch": 10})
+    assert 0 < len(dropped.content) < int(dropped.headers["content-length"])
+    service_of(client).faults = FaultInjector(0.0, seed=1)
+    again = client.get("/employee-badge-logs/", params={"batch": 10})
+    assert [r["event_id"] for r in again.json()] == list(range(10))
+
+
+def test_a_slow_response_comes_after_the_client_timeout(tmp_path: Path) -> None:
+    with TestClient(build(tmp_path, REQUEST_TIMEOUT_SECONDS=0.05)) as c:
+        service_of(c).faults = FaultInjector(1.0, seed=1, kinds=(Fault.SLOW,))
+        started = time.monotonic()
+        r = c.get("/employee-badge-logs/", params={"batch": 10, "cursor": 5})
+        assert time.monotonic() - started >= 0.05 + SLOW_MARGIN_SECONDS
+    assert orjson.loads(r.content) == json_rows(expected(5, 10))
 
 
 def test_faults_never_change_what_a_cursor_returns(client: TestClient) -> None:
