@@ -98,11 +98,6 @@ def to_us(moment: datetime) -> int:
     return (moment - EPOCH) // timedelta(microseconds=1)
 
 
-def from_us(us: int) -> datetime:
-    """The aware UTC datetime of ``us`` microseconds since the Unix epoch."""
-    return EPOCH + timedelta(microseconds=us)
-
-
 def _bump(hours: F64, centre: float, width: float) -> F64:
     return np.exp(-0.5 * ((hours - centre) / width) ** 2)
 

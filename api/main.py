@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -39,6 +39,7 @@ from api.stream_state import format_stream_start, resolve_stream_start
 from utils.cli import EXIT_CONFIG, run_main, setup_logging
 from utils.config import Settings, get_settings
 from utils.errors import ConfigError
+from utils.records import BUILDINGS, DEPARTMENTS
 
 log = logging.getLogger("api")
 
@@ -50,8 +51,8 @@ class Record(BaseModel):
 
     event_id: int = Field(ge=0, description="position in the stream (0, 1, 2, ...)")
     user_id: str = Field(description="the employee's UUID; a stable population, each employee recurs")
-    dept: Literal["Engineering", "Sales", "Finance", "HR", "Analyst", "Leadership"]
-    building_location: Literal["Sonic", "Re-invent", "Grace", "Maverick"]
+    dept: str = Field(json_schema_extra={"enum": list(DEPARTMENTS)})
+    building_location: str = Field(json_schema_extra={"enum": list(BUILDINGS)})
     badge_in_timestamp: datetime = Field(description="ISO-8601 UTC, e.g. 2025-03-03T08:41:07.123456Z")
     badge_out_timestamp: datetime = Field(description="ISO-8601 UTC, >= badge_in; equal for a denied attempt")
     access_granted: bool
