@@ -14,6 +14,7 @@ timeouts; Arrow is asked for first, JSON accepted (and used when the server answ
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import logging
 import random
@@ -188,7 +189,7 @@ class BadgeLogClient:
         attempts = int(retrying.statistics.get("attempt_number", 1))
         if attempts > 1:
             log.info("GET %s %s: succeeded on attempt %d", self.url, params, attempts)
-        return FetchResult(result.table, result.invalid, result.cursor, result.next_cursor, result.format, attempts)
+        return dataclasses.replace(result, attempts=attempts)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
