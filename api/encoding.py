@@ -9,7 +9,7 @@ one fixed-width block holding both timestamps + ``true},``/``false},``. Timestam
 numpy structured array from lookup tables (date per distinct day, ``HH:MM:SS`` per second of the day,
 three digits per millisecond and per microsecond), and Arrow's ``binary_join_element_wise`` concatenates
 the four pieces of every record in one C++ pass. The Arrow stream dictionary-encodes the three repeated
-strings (user_id, dept, building_location): 3.3 MB instead of 8.5 MB per 100,000 records.
+strings (user_id, dept, building_location): 3.0 MB instead of 8.5 MB per 100,000 records.
 """
 
 from __future__ import annotations
@@ -49,10 +49,13 @@ _STAMPS: Final = np.dtype(
     ]
 )
 # Contract order of RECORD_SCHEMA is event_id, user_id, dept, building_location, badge_in, badge_out, access.
-_DICTIONARY_FIELDS: Final = ("user_id", "dept", "building_location")
+# Dictionary index types: 5,000 employees fit int16, six departments and four buildings int8.
+_DICTIONARY_INDEX: Final = {"user_id": pa.int16(), "dept": pa.int8(), "building_location": pa.int8()}
 ARROW_WIRE_SCHEMA: Final = pa.schema(
     [
-        pa.field(f.name, pa.dictionary(pa.int32(), pa.string()), nullable=False) if f.name in _DICTIONARY_FIELDS else f
+        pa.field(f.name, pa.dictionary(_DICTIONARY_INDEX[f.name], pa.string()), nullable=False)
+        if f.name in _DICTIONARY_INDEX
+        else f
         for f in RECORD_SCHEMA
     ]
 )
@@ -133,11 +136,11 @@ def wire_table(columns: Columns) -> pa.Table:
     return pa.Table.from_arrays(
         [
             pa.array(columns.event_id, pa.int64()),
-            pa.DictionaryArray.from_arrays(pa.array(columns.employee, pa.int32()), people.user_ids),
+            pa.DictionaryArray.from_arrays(pa.array(columns.employee, pa.int16()), people.user_ids),
             pa.DictionaryArray.from_arrays(
-                pa.array(people.dept_index[columns.employee], pa.int32()), pa.array(DEPARTMENTS, pa.string())
+                pa.array(people.dept_index[columns.employee], pa.int8()), pa.array(DEPARTMENTS, pa.string())
             ),
-            pa.DictionaryArray.from_arrays(pa.array(columns.building, pa.int32()), pa.array(BUILDINGS, pa.string())),
+            pa.DictionaryArray.from_arrays(pa.array(columns.building, pa.int8()), pa.array(BUILDINGS, pa.string())),
             pa.array(columns.badge_in_us.view("datetime64[us]")),
             pa.array(columns.badge_out_us.view("datetime64[us]")),
             pa.array(columns.granted, pa.bool_()),
