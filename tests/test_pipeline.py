@@ -15,14 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from lake import layout
-from lake import parquet as lake_parquet
+from lake import writer as lake_writer
 from lake.ingest import POSITION_NOTE, Fetcher, Progress, RunOptions, freshness_lag, place_records, recover, run
 from lake.inspect import verify
 from lake.liveset import live_set
 from lake.lock import LakeLock
 from lake.parquet import write_file
 from lake.quarantine import write_refused
-from lake.storage import LocalStorage
+from lake.storage import FileInfo, LocalStorage
 from lake.writer import BufferedWriter, FlushThresholds
 from tests.pipeline_fakes import FakeResult, FakeSource, as_refused, make_records
 from tests.support import make_settings, wait_until
@@ -120,8 +120,51 @@ def test_max_records_asks_for_exactly_the_remainder_and_commits_no_more(lake_roo
     source = FakeSource()
     settings = make_settings(lake_root, BATCH_SIZE=300, BUFFER_RECORDS=1000)
     assert run(settings, RunOptions(max_records=1000, compaction=False), source=source) == 0
-    assert source.calls == [(0, 300), (300, 300), (600, 300), (900, 100)]
+    assert sorted(source.calls) == [(0, 300), (300, 300), (600, 300), (900, 100)]  # never more than N
     assert live_ids(storage) == list(range(1000))
+
+
+def test_full_batches_are_prefetched_and_guesses_past_the_head_are_dropped(
+    lake_root: Path, storage: LocalStorage
+) -> None:
+    active = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def slow(n_call: int) -> None:  # a service that takes a while to answer
+        with lock:
+            active["now"] += 1
+            active["max"] = max(active["max"], active["now"])
+        time.sleep(0.03)
+        with lock:
+            active["now"] -= 1
+
+    source = FakeSource(available=2_050, on_call=slow)
+    settings = make_settings(lake_root, BATCH_SIZE=100, BUFFER_RECORDS=500, POLL_INTERVAL_SECONDS=0.05)
+    _, finish = start_in_thread(settings, source, NO_CHILD)
+    try:
+        wait_until(lambda: live_set(storage).rows == 2_050, 10, what="the first 2,050 records")
+        assert active["max"] == 2  # a second request in flight while the first is handled, never more
+        source.available = 2_420  # the stream grows: a guess sent past the old head must not leave a gap
+        wait_until(lambda: live_set(storage).rows == 2_420, 10, what="the new records")
+    finally:
+        assert finish() == 0
+    assert live_ids(storage) == list(range(2_420))
+
+
+def test_a_guess_answered_after_the_stream_grew_is_not_taken(lake_root: Path, storage: LocalStorage) -> None:
+    def grow_late(n_call: int) -> None:
+        if source.calls[n_call - 1][0] == 300:  # the guess sent past the head (250)...
+            time.sleep(0.2)
+            source.available = 1_000  # ...is answered only after the stream grew: it would skip 250..299
+
+    source = FakeSource(available=250, on_call=grow_late)
+    settings = make_settings(lake_root, BATCH_SIZE=100, BUFFER_RECORDS=100, POLL_INTERVAL_SECONDS=0.3)
+    _, finish = start_in_thread(settings, source, NO_CHILD)
+    try:
+        wait_until(lambda: live_set(storage).rows >= 1_000, 10, what="the grown stream")
+    finally:
+        assert finish() == 0
+    assert live_ids(storage) == list(range(1_000))
 
 
 def test_time_based_flush_while_the_source_has_nothing_new(lake_root: Path, storage: LocalStorage) -> None:
@@ -209,14 +252,12 @@ def test_a_crash_between_quarantine_and_landing_is_undone_on_restart(
     source = FakeSource(refuse=lambda i: i % 10 == 3)
     settings = make_settings(lake_root, BATCH_SIZE=50, BUFFER_RECORDS=50)
     assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
-    real = lake_parquet.write_file
+    real = lake_writer.write_landing
 
-    def crash_on_landing(storage_: LocalStorage, table: object, zone: str, kind: str, extra: object = None) -> object:
-        if zone == layout.LANDING:
-            raise Crash
-        return real(storage_, table, zone, kind, extra)  # type: ignore[arg-type]
+    def crash_on_landing(storage_: LocalStorage, table: pa.Table) -> FileInfo:
+        raise Crash
 
-    monkeypatch.setattr(lake_parquet, "write_file", crash_on_landing)
+    monkeypatch.setattr(lake_writer, "write_landing", crash_on_landing)
     before = len(storage.list_files(layout.QUARANTINE))
     writer = BufferedWriter(storage, FlushThresholds(50, 60)).start()
     batch = source.get_employee_badge_logs(100, 50)
@@ -225,7 +266,7 @@ def test_a_crash_between_quarantine_and_landing_is_undone_on_restart(
     time.sleep(0.1)
     assert max(ids_in(storage, layout.QUARANTINE)) > 100  # the orphan of the crashed flush is there
     assert live_set(storage).next_event_id == 100  # its landing file never committed
-    monkeypatch.setattr(lake_parquet, "write_file", real)
+    monkeypatch.setattr(lake_writer, "write_landing", real)
 
     assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
     refused = [i for i in range(200) if i % 10 == 3]

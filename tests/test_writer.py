@@ -8,8 +8,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
@@ -19,7 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from lake import layout
-from lake import parquet as lake_parquet
 from lake import storage as lake_storage
 from lake.liveset import live_set
 from lake.storage import LocalStorage
@@ -61,6 +58,7 @@ def test_size_threshold_flushes_whole_files_in_event_order(storage: LocalStorage
     first = pq.ParquetFile(storage.path(files[0].key))
     assert first.schema_arrow.remove_metadata() == LAKE_SCHEMA
     assert first.metadata.row_group(0).column(0).compression == "SNAPPY"
+    assert "DELTA_BINARY_PACKED" in first.metadata.row_group(0).column(0).encodings  # event_id
     meta = storage.read_metadata(files[0].key)
     assert (meta[layout.META_EVENT_ID_MIN], meta[layout.META_EVENT_ID_MAX], meta[layout.META_ROW_COUNT]) == (
         "0",
@@ -258,26 +256,27 @@ def test_refused_records_commit_before_the_landing_file_that_confirms_them(
 
 
 class DiskFull:
-    """Make the next ``times`` Parquet writes fail half-way with ENOSPC, after writing some bytes."""
+    """Make the next ``times`` Parquet writes fail half-way with ENOSPC, after writing some bytes.
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, times: int, only_zone: str | None = None) -> None:
+    Patched at ``pyarrow.parquet.ParquetWriter``, which every data file of the lake goes through.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, times: int, only_kind: str | None = None) -> None:
         self.left = times
-        self.only_zone = only_zone
+        self.only_kind = only_kind
         self.failures = 0
-        real = lake_parquet.open_writer
+        real = pq.ParquetWriter
 
-        @contextmanager
-        def open_writer(path: Path, schema: pa.Schema, metadata: dict[str, str]) -> Iterator[pq.ParquetWriter]:
-            is_target = self.only_zone is None or Path(path).name.startswith(self.only_zone)
+        def writer(path: str | Path, schema: pa.Schema, **options: object) -> pq.ParquetWriter:
+            is_target = self.only_kind is None or Path(path).name.startswith(self.only_kind)
             if self.left > 0 and is_target:
                 self.left -= 1
                 self.failures += 1
                 Path(path).write_bytes(b"PAR1 half a file")
                 raise OSError(errno.ENOSPC, "No space left on device")
-            with real(path, schema, metadata) as writer:
-                yield writer
+            return real(path, schema, **options)
 
-        monkeypatch.setattr(lake_parquet, "open_writer", open_writer)
+        monkeypatch.setattr(pq, "ParquetWriter", writer)
 
 
 def test_disk_full_during_a_flush_leaves_nothing_partial_and_retries(
@@ -301,7 +300,7 @@ def test_disk_full_during_a_flush_leaves_nothing_partial_and_retries(
 def test_a_retry_resumes_at_the_failed_step_without_writing_the_quarantine_file_twice(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    DiskFull(monkeypatch, times=2, only_zone="landing")
+    DiskFull(monkeypatch, times=2, only_kind="landing")
     records = make_records(0, 10)
     mask = pa.array([i == 4 for i in range(10)])
     with BufferedWriter(storage, FlushThresholds(10, 60), retry_initial=0.05) as writer:
