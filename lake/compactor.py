@@ -36,7 +36,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -263,7 +263,7 @@ def _is_corruption(exc: BaseException) -> bool:
     return isinstance(exc, pa.ArrowException | ValueError)
 
 
-def read_batches(path: Path, key: str, *, sort: bool = False) -> Iterator[pa.RecordBatch]:
+def read_batches(path: Path, key: str, *, sort: bool = False) -> Generator[pa.RecordBatch, None, None]:
     """The rows of one data file as LAKE_SCHEMA batches of at most ROW_GROUP_ROWS rows.
 
     Streams row group by row group unless ``sort`` (then the file is read whole and sorted by event_id).
@@ -686,11 +686,12 @@ class Compactor:
         rows = 0
         try:
             for f in files:
-                for batch in self._read(f):
-                    batches.append(batch.slice(0, CALIBRATION_ROWS - rows))
-                    rows += batches[-1].num_rows
-                    if rows >= CALIBRATION_ROWS:
-                        break
+                with contextlib.closing(self._read(f)) as reader:  # closes the file when we stop early
+                    for batch in reader:
+                        batches.append(batch.slice(0, CALIBRATION_ROWS - rows))
+                        rows += batches[-1].num_rows
+                        if rows >= CALIBRATION_ROWS:
+                            break
                 if rows >= CALIBRATION_ROWS:
                     break
         except (LakeError, OSError):
@@ -704,7 +705,7 @@ class Compactor:
         self._model = SizeModel(per_row, max(0.0, small - half.num_rows * per_row))
         log.debug("calibrated on %d rows: %s", rows, self._model)
 
-    def _read(self, f: DataFile) -> Iterator[pa.RecordBatch]:
+    def _read(self, f: DataFile) -> Generator[pa.RecordBatch, None, None]:
         return read_batches(self.storage.path(f.key), f.key, sort=f.key in self._sort_keys)
 
     def _copy(self, batches: Iterator[pa.RecordBatch], f: DataFile, out: _Output) -> None:

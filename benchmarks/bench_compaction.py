@@ -1,0 +1,277 @@
+"""Compaction benchmark: our streaming compactor against the original's single DuckDB COPY, on the same input.
+
+The input is ~1 GB of landing files as the pipeline writes them (``full``: 340 files of 100,000 records
+from :func:`api.generators.generate_table`, published with :func:`lake.parquet.write_file`), generated
+once and cached under ``benchmarks/.work/``. Each run hard-links the input into a fresh lake and works
+in a child process of its own, so the peak RSS is the kernel's figure for that process alone
+(``os.wait4`` rusage, imports included); the time is the compaction's alone (imports and pyarrow's
+one-time pandas import excluded, for both ways).
+
+* **ours**: ``Compactor(...).compact()`` with the contract's default targets (100-500 MB).
+* **reference**: one DuckDB COPY of the whole list (``read_parquet([...]).to_parquet(...)``, Snappy,
+  default settings), as the original did.
+
+``python -m benchmarks.bench_compaction [--size quick|full]`` prints a table; :func:`run` returns the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = HERE / ".work"
+
+SIZES: dict[str, dict[str, int]] = {
+    "quick": {"files": 8, "rows_per_file": 50_000, "runs": 1},  # ~12 MB: a smoke run
+    "full": {"files": 340, "rows_per_file": 100_000, "runs": 3},  # ~1 GB, 34 M rows
+}
+INPUT_VERSION = 1  # bump when the generated input changes
+SEED = 42
+STREAM_START = datetime(2025, 3, 3, tzinfo=UTC)
+ROWS_PER_S_TARGET = 3_000_000
+RSS_TARGET_MB = 512
+
+Row = dict[str, Any]
+
+
+# -- the cached input ---------------------------------------------------------------------------------------
+
+
+def input_lake(size: str, progress: Callable[[str], None] = lambda _t: None) -> Path:
+    """The lake root holding the benchmark's landing files, generated on first use and then reused."""
+    from api.generators import generate_table
+    from lake import layout
+    from lake.parquet import write_file
+    from lake.storage import LocalStorage
+    from utils.records import with_duration
+
+    cfg = SIZES[size]
+    root = WORK / f"compaction-input-{size}-v{INPUT_VERSION}"
+    marker = root / "COMPLETE"
+    if marker.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    storage = LocalStorage(root)
+    storage.ensure_layout()
+    per = cfg["rows_per_file"]
+    for i in range(cfg["files"]):
+        if i % 50 == 0:
+            progress(f"  generating compaction input: file {i + 1}/{cfg['files']}")
+        table = generate_table(SEED, i * per, per, stream_start=STREAM_START, events_per_second=0)
+        write_file(storage, with_duration(table), layout.LANDING, "landing")
+    marker.write_text(json.dumps({"files": cfg["files"], "rows_per_file": per, "seed": SEED}))
+    return root
+
+
+def _fresh_copy(source: Path) -> Path:
+    """A new lake under .work with the input's landing files hard-linked in (nothing is copied)."""
+    WORK.mkdir(exist_ok=True)
+    run_root = Path(tempfile.mkdtemp(prefix="compaction-run-", dir=WORK)) / "lake"
+    for zone in ("landing", "compacted", "temp", "quarantine"):
+        (run_root / zone).mkdir(parents=True)
+    for entry in os.scandir(source / "landing"):
+        os.link(entry.path, run_root / "landing" / entry.name)
+    return run_root
+
+
+# -- the children -------------------------------------------------------------------------------------------
+
+
+def _warm_up() -> None:
+    """Pay one-time import costs before the clock starts (pyarrow pulls in pandas on first table use)."""
+    import pyarrow as pa
+
+    pa.table({"x": [1]})
+
+
+def _child_ours(lake: Path) -> dict[str, Any]:
+    from lake.compactor import Compactor
+    from lake.storage import LocalStorage
+    from utils.config import load_settings
+
+    storage = LocalStorage(lake)
+    files = len(storage.list_files("landing"))
+    settings = load_settings(
+        {
+            "DATA_LAKE_PATH": str(lake),
+            "COMPACTION_MIN_FILES": str(max(2, files)),
+            "COMPACTION_GRACE_SECONDS": "3600",
+            "LOG_LEVEL": "WARNING",
+        },
+        env_file=None,
+    )
+    _warm_up()
+    began = time.perf_counter()
+    metrics = Compactor(storage, settings).compact()
+    seconds = time.perf_counter() - began
+    assert metrics is not None and metrics.files_in == files
+    return {"seconds": seconds, "rows": metrics.rows, "bytes_out": metrics.bytes_out, "outputs": len(metrics.outputs)}
+
+
+def _child_reference(lake: Path) -> dict[str, Any]:
+    import duckdb
+    import pyarrow.parquet as pq
+
+    files = sorted(str(p) for p in (lake / "landing").glob("*.parquet"))
+    out = lake / "compacted" / "reference.parquet"
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    _warm_up()
+    began = time.perf_counter()
+    con.read_parquet(files).to_parquet(str(out), compression="snappy")
+    seconds = time.perf_counter() - began
+    return {"seconds": seconds, "rows": pq.read_metadata(out).num_rows, "bytes_out": out.stat().st_size, "outputs": 1}
+
+
+CHILDREN: dict[str, Callable[[Path], dict[str, Any]]] = {"ours": _child_ours, "reference": _child_reference}
+
+
+def measure(way: str, source: Path) -> dict[str, Any]:
+    """Run one compaction ``way`` in a child process on a fresh copy of ``source``; adds ``peak_rss_mb``."""
+    lake = _fresh_copy(source)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bench_compaction", "--child", way, str(lake)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert proc.stdout is not None
+        output = proc.stdout.read()
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the {way} compaction child failed with status {proc.returncode}")
+        result: dict[str, Any] = json.loads(output)
+        result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
+        result["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # whole child, imports included
+        return result
+    finally:
+        shutil.rmtree(lake.parent, ignore_errors=True)
+
+
+# -- the figures --------------------------------------------------------------------------------------------
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"value": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run(size: str = "full", progress: Callable[[str], None] = lambda _t: None) -> list[Row]:
+    """Measure both ways ``runs`` times (alternating); rows are ``figure, value, unit, reference, ratio, target``."""
+    cfg = SIZES[size]
+    source = input_lake(size, progress)
+    input_bytes = sum(e.stat().st_size for e in os.scandir(source / "landing"))
+    results: dict[str, list[dict[str, Any]]] = {"ours": [], "reference": []}
+    for i in range(cfg["runs"]):
+        for way in ("ours", "reference"):
+            progress(f"  compaction run {i + 1}/{cfg['runs']}: {way}")
+            results[way].append(measure(way, source))
+    rows_total = results["ours"][0]["rows"]
+    assert all(r["rows"] == rows_total for rs in results.values() for r in rs)
+    mb_in = input_bytes / 1e6
+
+    def per_way(key: Callable[[dict[str, Any]], float]) -> tuple[dict[str, float], dict[str, float]]:
+        return _stats([key(r) for r in results["ours"]]), _stats([key(r) for r in results["reference"]])
+
+    where = f"{rows_total / 1e6:.1f} M rows, {mb_in:,.0f} MB in {cfg['files']} files"
+    reference = "one DuckDB COPY of the whole list (the original's way)"
+    rate, rate_ref = per_way(lambda r: rows_total / r["seconds"])
+    mbps, mbps_ref = per_way(lambda r: mb_in / r["seconds"])
+    cpu, cpu_ref = per_way(lambda r: rows_total / r["cpu_seconds"])
+    rss, rss_ref = per_way(lambda r: r["peak_rss_mb"])
+    out, out_ref = per_way(lambda r: r["bytes_out"] / 1e6)
+    judged = size == "full"  # the targets are about ~1 GB of input; a quick run is dominated by fixed costs
+    return [
+        {
+            "figure": f"compaction rows/s ({where})",
+            **rate,
+            "unit": "rows/s",
+            "reference": reference,
+            "reference_value": rate_ref["value"],
+            "ratio": rate["value"] / rate_ref["value"],
+            "target": f">= {ROWS_PER_S_TARGET:,} rows/s and >= the reference",
+            "ok": (rate["value"] >= ROWS_PER_S_TARGET and rate["value"] >= rate_ref["value"]) if judged else None,
+        },
+        {
+            "figure": "compaction input MB/s",
+            **mbps,
+            "unit": "MB/s",
+            "reference": reference,
+            "reference_value": mbps_ref["value"],
+            "ratio": mbps["value"] / mbps_ref["value"],
+            "target": "",
+            "ok": None,
+        },
+        {
+            "figure": "compaction rows per CPU-second (whole child process)",
+            **cpu,
+            "unit": "rows/s",
+            "reference": reference,
+            "reference_value": cpu_ref["value"],
+            "ratio": cpu["value"] / cpu_ref["value"],
+            "target": "",
+            "ok": None,
+        },
+        {
+            "figure": "compaction peak RSS (whole child process)",
+            **rss,
+            "unit": "MB",
+            "reference": reference,
+            "reference_value": rss_ref["value"],
+            "ratio": rss["value"] / rss_ref["value"],
+            "target": f"<= {RSS_TARGET_MB} MB and <= half the reference",
+            "ok": (rss["value"] <= RSS_TARGET_MB and rss["value"] <= rss_ref["value"] / 2) if judged else None,
+        },
+        {
+            "figure": "compacted output size",
+            **out,
+            "unit": "MB",
+            "reference": reference,
+            "reference_value": out_ref["value"],
+            "ratio": out["value"] / out_ref["value"],
+            "target": "",
+            "ok": None,
+        },
+    ]
+
+
+def _print_table(rows: list[Row]) -> None:
+    print(f"{'figure':<58.58}{'value':>14}{'unit':>8}{'reference':>14}{'ratio':>8}  target")
+    for r in rows:
+        ok = "" if r["ok"] is None else ("  met" if r["ok"] else "  NOT MET")
+        print(
+            f"{r['figure']:<58.58}{r['value']:>14,.1f}{r['unit']:>8}{r['reference_value']:>14,.1f}"
+            f"{r['ratio']:>8.2f}  {r['target']}{ok}"
+        )
+    print(f"reference: {rows[0]['reference']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_compaction", description=__doc__)
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    parser.add_argument("lake", nargs="?", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](args.lake)))
+        return 0
+    _print_table(run(args.size, progress=lambda text: print(text, file=sys.stderr, flush=True)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
