@@ -17,6 +17,7 @@ one-time pandas import excluded, for both ways).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -38,7 +39,9 @@ SIZES: dict[str, dict[str, int]] = {
     "quick": {"files": 8, "rows_per_file": 50_000, "runs": 1},  # ~12 MB: a smoke run
     "full": {"files": 340, "rows_per_file": 100_000, "runs": 3},  # ~1 GB, 34 M rows
 }
-INPUT_VERSION = 1  # bump when the generated input changes
+INPUT_VERSION = 1  # bump when the way the input is generated changes
+# The input is regenerated whenever the generator or the landing-file writer changes.
+INPUT_SOURCES = (ROOT / "api" / "generators.py", ROOT / "lake" / "parquet.py")
 SEED = 42
 STREAM_START = datetime(2025, 3, 3, tzinfo=UTC)
 ROWS_PER_S_TARGET = 3_000_000
@@ -59,11 +62,13 @@ def input_lake(size: str, progress: Callable[[str], None] = lambda _t: None) -> 
     from utils.records import with_duration
 
     cfg = SIZES[size]
-    root = WORK / f"compaction-input-{size}-v{INPUT_VERSION}"
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in INPUT_SOURCES)).hexdigest()[:10]
+    root = WORK / f"compaction-input-{size}-v{INPUT_VERSION}-{digest}"
     marker = root / "COMPLETE"
     if marker.exists():
         return root
-    shutil.rmtree(root, ignore_errors=True)
+    for stale in WORK.glob(f"compaction-input-{size}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     storage = LocalStorage(root)
     storage.ensure_layout()
     per = cfg["rows_per_file"]
