@@ -61,8 +61,9 @@ def test_a_bad_setting_exits_2_naming_it(lake_root: Path) -> None:
     assert "COMPACTION_MIN_FILES" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-def test_watches_until_sigterm_and_one_compactor_per_lake(
-    storage: LocalStorage, lake_root: Path, tmp_path: Path
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_watches_until_a_signal_and_one_compactor_per_lake(
+    storage: LocalStorage, lake_root: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
     log = tmp_path / "compactor.log"
     with ManagedProcess([PYTHON, SCRIPT], env=_env(lake_root), log_path=log) as proc:
@@ -73,10 +74,10 @@ def test_watches_until_sigterm_and_one_compactor_per_lake(
         publish_landing(storage, 0, 1_000, 8)
         wait_until(lambda: storage.list_files(layout.COMPACTED), 15, what="a compaction")
         began = time.monotonic()
-        proc.signal(signal.SIGTERM)
+        proc.signal(sig)
         assert proc.wait(10) == 0, proc.output()
         assert time.monotonic() - began < 5
-    assert "stopped" in log.read_text()
+    assert f"{sig.name} received" in log.read_text() and "stopped" in log.read_text()
     assert_exactly_once(storage, range(8_000))
     assert _run_once(lake_root).returncode == 0  # the lock went with the process
 
