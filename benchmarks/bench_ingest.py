@@ -1,0 +1,248 @@
+"""Ingestion benchmark: service (firehose) to landed Parquet, with Arrow and JSON transport, and freshness.
+
+Each figure sits beside a reference measured in the same run:
+
+* **records/s, Arrow and JSON**: the real service (``uvicorn api.main:app``, ``EVENTS_PER_SECOND=0``) in
+  its own process on a loopback port, and the real pipeline loop (:func:`lake.ingest.run` with the real
+  client) in this one, timed from the first to the last committed record. Reference: the *ceiling*,
+  writing the same tables (generated in-process) straight to Parquet with pyarrow's defaults.
+* **freshness p50/p95** at a live rate (``EVENTS_PER_SECOND=2000``) with the default flush and poll
+  intervals: for every record, the instant its landing file was published minus its event time
+  (``badge_out_timestamp``). Reference: ``FLUSH_INTERVAL_SECONDS`` (target p95 <= interval + 1 s).
+
+``python -m benchmarks.bench_ingest [--size quick|full]`` prints a table; :func:`run` returns the rows.
+Work happens in temporary lakes under ``benchmarks/.work/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+
+from lake.ingest import RunOptions
+from lake.ingest import run as run_pipeline
+from lake.writer import Commit
+from utils.config import Settings, load_settings
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = HERE / ".work"
+BIN = Path(sys.executable).parent
+
+SIZES: dict[str, dict[str, Any]] = {
+    "quick": {"arrow": 1_000_000, "json": 300_000, "runs": 1, "fresh_s": 8.0, "ceiling": 1_000_000},
+    "full": {"arrow": 6_000_000, "json": 1_500_000, "runs": 3, "fresh_s": 30.0, "ceiling": 3_000_000},
+}
+ARROW_TARGET = 1_000_000
+JSON_TARGET = 300_000
+CEILING_SHARE_TARGET = 0.30
+LIVE_RATE = 2000.0
+
+Row = dict[str, Any]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _settings(lake: Path, port: int, **overrides: object) -> Settings:
+    env = {
+        "DATA_LAKE_PATH": str(lake),
+        "EMPLOYEE_BADGE_LOGS_URL": f"http://127.0.0.1:{port}/employee-badge-logs/",
+        "API_PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+    }
+    env.update({k.upper(): str(v) for k, v in overrides.items()})
+    return load_settings(env, env_file=None)
+
+
+@contextlib.contextmanager
+def _service(settings: Settings) -> Iterator[None]:
+    """The generator service in its own process (one core), stopped on exit."""
+    env = {**os.environ, **settings.as_env()}
+    args = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(settings.api_port)]
+    proc = subprocess.Popen(
+        [*args, "--log-level", "warning"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{settings.api_port}/health/", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("the service did not start")
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def _lake() -> Iterator[Path]:
+    WORK.mkdir(exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="ingest-", dir=WORK))
+    try:
+        yield root / "lake"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def ingest_rate(records: int, *, arrow: bool) -> tuple[float, float]:
+    """(records/s from the first to the last committed record, records per CPU-second of this process).
+
+    One pipeline run against a firehose. The second figure counts every thread of the pipeline and
+    is steadier than the first on a machine shared with other work.
+    """
+    from api.client import BadgeLogClient
+
+    with _lake() as lake:
+        port = _free_port()
+        settings = _settings(lake, port, EVENTS_PER_SECOND=0)
+        commits: list[Commit] = []
+        with _service(settings), BadgeLogClient(settings, prefer_arrow=arrow) as client:
+            cpu = time.process_time()
+            run_pipeline(
+                settings, RunOptions(max_records=records, compaction=False), source=client, on_commit=commits.append
+            )
+            cpu = time.process_time() - cpu
+        first, last = commits[0], commits[-1]
+        after_first = sum(c.records for c in commits) - first.records
+        return after_first / max(last.committed_at - first.committed_at, 1e-9), records / cpu
+
+
+def ceiling_rate(records: int) -> float:
+    """Records/s writing the same tables straight to Parquet with pyarrow (generation not timed)."""
+    from api.generators import generate_table
+
+    start = datetime(2025, 3, 3, tzinfo=UTC)
+    elapsed = 0.0
+    with _lake() as lake:
+        lake.mkdir(parents=True)
+        for i, lo in enumerate(range(0, records, 100_000)):
+            table = generate_table(42, lo, min(100_000, records - lo), stream_start=start, events_per_second=0)
+            began = time.perf_counter()
+            pq.write_table(table, lake / f"part-{i}.parquet", compression="snappy")
+            elapsed += time.perf_counter() - began
+    return records / elapsed
+
+
+def freshness(seconds: float) -> tuple[float, float, float]:
+    """(p50, p95, flush interval): publish instant minus event time, over every record of a live run."""
+    with _lake() as lake:
+        port = _free_port()
+        settings = _settings(lake, port, EVENTS_PER_SECOND=LIVE_RATE)
+        commits: list[Commit] = []
+        with _service(settings):
+            run_pipeline(settings, RunOptions(duration=seconds, compaction=False), on_commit=commits.append)
+        lags = []
+        for c in commits:
+            if c.landing_key is None or not (lake / c.landing_key).exists():
+                continue
+            out = pq.read_table(lake / c.landing_key, columns=["badge_out_timestamp"])["badge_out_timestamp"]
+            lags.append(c.committed_at - out.cast("int64").to_numpy() / 1e6)
+        lag = np.concatenate(lags)
+        p50, p95 = np.percentile(lag, [50, 95])
+        return float(p50), float(p95), settings.flush_interval_seconds
+
+
+def _median(values: list[float]) -> dict[str, float]:
+    return {"value": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run(size: str = "full") -> list[Row]:
+    """Measure every figure; rows are ``figure, value, unit, reference, reference_value, ratio, target, ok``."""
+    cfg = SIZES[size]
+    logging.getLogger().setLevel(logging.WARNING)
+    ceiling = _median([ceiling_rate(cfg["ceiling"]) for _ in range(cfg["runs"])])
+    rows: list[Row] = []
+    for name, arrow, target in (("Arrow", True, ARROW_TARGET), ("JSON", False, JSON_TARGET)):
+        measured = [ingest_rate(cfg[name.lower()], arrow=arrow) for _ in range(cfg["runs"])]
+        rates = _median([wall for wall, _ in measured])
+        per_cpu = _median([cpu for _, cpu in measured])
+        share = rates["value"] / ceiling["value"]
+        rows.append(
+            {
+                "figure": f"ingestion, service to landed Parquet, {name} transport",
+                **rates,
+                "unit": "records/s",
+                "reference": "ceiling: the same tables straight to Parquet (pyarrow)",
+                "reference_value": ceiling["value"],
+                "ratio": share,
+                "target": f">= {target:,} rec/s"
+                + (f" and >= {CEILING_SHARE_TARGET:.0%} of the ceiling" if arrow else ""),
+                "ok": rates["value"] >= target and (not arrow or share >= CEILING_SHARE_TARGET),
+            }
+        )
+        rows.append(
+            {
+                "figure": f"ingestion, {name} transport, records per CPU-second of the pipeline process",
+                **per_cpu,
+                "unit": "records/CPU-s",
+                "reference": "ceiling (single-threaded, so per CPU-second too)",
+                "reference_value": ceiling["value"],
+                "ratio": per_cpu["value"] / ceiling["value"],
+                "target": "",
+                "ok": None,
+            }
+        )
+    p50, p95, interval = freshness(cfg["fresh_s"])
+    for label, value, target_ok in (("p50", p50, None), ("p95", p95, p95 <= interval + 1.0)):
+        rows.append(
+            {
+                "figure": f"freshness {label} at {LIVE_RATE:,.0f} events/s (event time to live set)",
+                "value": value,
+                "unit": "s",
+                "reference": "FLUSH_INTERVAL_SECONDS",
+                "reference_value": interval,
+                "ratio": value / interval,
+                "target": "<= interval + 1 s" if target_ok is not None else "",
+                "ok": target_ok,
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ingest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=tuple(SIZES), default="full")
+    args = parser.parse_args(argv)
+    rows = run(args.size)
+    print(f"{'figure':<76}{'value (min-max)':>36}  {'unit':<14}{'reference':>14}{'ratio':>7}  target: met")
+    for r in rows:
+        spread = f" ({r['min']:,.2f}-{r['max']:,.2f})" if "min" in r else ""
+        value = f"{r['value']:,.2f}{spread}"
+        met = "-" if r["ok"] is None else ("yes" if r["ok"] else "NO")
+        print(
+            f"{r['figure']:<76}{value:>36}  {r['unit']:<14}{r['reference_value']:>14,.2f}"
+            f"{r['ratio']:>7.2f}  {r['target'] or '-'}: {met}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
