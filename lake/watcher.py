@@ -98,8 +98,12 @@ class LandingWatcher:
 
     # -- life cycle ------------------------------------------------------------------------------------
     def start(self) -> LandingWatcher:
-        self._observer.schedule(_EnqueueHandler(self._events), str(self.directory), recursive=False)
-        self._observer.start()
+        """Start the observer and the worker; without file events (e.g. no inotify watch left) the sweep still runs."""
+        try:
+            self._observer.schedule(_EnqueueHandler(self._events), str(self.directory), recursive=False)
+            self._observer.start()
+        except OSError as exc:
+            log.warning("no file events for %s (%s): relying on the sweep alone", self.directory, exc)
         self._worker.start()
         log.info(
             "watching %s (debounce %.1f s, sweep every %.1f s)",

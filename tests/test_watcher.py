@@ -139,3 +139,16 @@ def test_the_sweep_compacts_what_was_there_and_deletes_after_grace(storage: Loca
     assert watcher.events_seen == 0
     assert_exactly_once(storage, range(8_000))
     assert live_set(storage).replaced == ()
+
+
+def test_without_file_events_the_sweep_still_runs(storage: LocalStorage, monkeypatch) -> None:
+    recorder = Recorder()
+    watcher = _watcher(storage, recorder, sweep_seconds=0.2)
+
+    def no_inotify() -> None:
+        raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(watcher._observer, "start", no_inotify)
+    with watcher:
+        wait_until(lambda: recorder.reasons("sweep") >= 2, 5, what="sweeps without an observer")
+    assert not watcher.running
