@@ -398,7 +398,9 @@ def main() -> None:
         st.error(f"Invalid settings: {exc}")
         return
     engine = get_engine(str(settings.data_lake_path))
-    snap, _ = attempt("refresh", engine.snapshot)
+    # The first refresh reads every file once (later ones only new files): say so while it runs.
+    with st.spinner("Reading the lake's files (only new ones after the first refresh)..."):
+        snap, _ = attempt("refresh", engine.snapshot)
     controls = sidebar(snap)
     st.title("Badge analytics")
     st.caption(

@@ -77,17 +77,27 @@ class Kind:
     def minutes_per_bucket(self) -> int:
         return self.time_us // US_PER_MINUTE
 
-    def raw_select(self) -> str:
-        """Projection of source rows onto this kind's columns (one row each), for direct reads."""
-        cols = [f"{expr} AS {name}" for name, expr, _ in self.keys] + [f"{m.raw} AS {m.name}" for m in self.measures]
+    @property
+    def additive(self) -> bool:
+        """Whether every measure is a sum (so a partly selected bucket may be the bucket minus the rest)."""
+        return all(m.merge == "sum" for m in self.measures)
+
+    def raw_select(self, sign: int = 1) -> str:
+        """Projection of source rows onto this kind's columns (one row each), for direct reads.
+
+        ``sign=-1`` negates the (additive) measures: rows to subtract from a cached bucket.
+        """
+        assert sign == 1 or self.additive
+        cols = [f"{expr} AS {name}" for name, expr, _ in self.keys]
+        cols += [f"{'-' if sign < 0 else ''}({m.raw}) AS {m.name}" for m in self.measures]
         return ", ".join(cols)
 
     def scan_sql(self) -> str:
-        """Aggregate ``$files`` per file (``filename``) into this kind, sorted by file."""
+        """Aggregate ``$files`` per file (``file_index``: position in the list) into this kind, sorted by file."""
         cols = [f"{expr} AS {name}" for name, expr, _ in self.keys] + [f"{m.scan} AS {m.name}" for m in self.measures]
         return (
-            f"SELECT filename, {', '.join(cols)} FROM read_parquet($files, filename = true) "  # noqa: S608 (constants)
-            f"WHERE {self.where} GROUP BY ALL ORDER BY filename"
+            f"SELECT file_index, {', '.join(cols)} FROM read_parquet($files) "  # noqa: S608 (constants only)
+            f"WHERE {self.where} GROUP BY ALL ORDER BY file_index"
         )
 
     def merge_sql(self) -> str:
@@ -175,19 +185,15 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.select(schema.names).cast(schema).combine_chunks()
 
 
-def _split_by_file(table: pa.Table) -> dict[str, pa.Table]:
-    """Rows grouped by ``filename`` (the table is sorted by it), without that column."""
+def _split_by_file(table: pa.Table) -> dict[int, pa.Table]:
+    """Rows grouped by ``file_index`` (the table is sorted by it), without that column."""
     if table.num_rows == 0:
         return {}
-    encoded = pc.dictionary_encode(table.column("filename")).combine_chunks()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    codes = table.column("file_index").to_numpy()
     starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1])
     ends = np.concatenate([starts[1:], [len(codes)]])
-    body = table.drop_columns(["filename"])
-    return {
-        str(encoded.dictionary[int(codes[s])].as_py()): body.slice(int(s), int(e - s))
-        for s, e in zip(starts, ends, strict=True)
-    }
+    body = table.drop_columns(["file_index"])
+    return {int(codes[s]): body.slice(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)}
 
 
 def _minute_range(cube: pa.Table) -> tuple[int | None, int | None]:
@@ -315,6 +321,5 @@ class PartialCache:
         """This kind's partial of each file, read in one DuckDB query over all of them."""
         if not files:
             return {}
-        paths = {str(storage.path(f.key)): f.key for f in files}
-        result = con.sql(kind.scan_sql(), params={"files": list(paths)}).to_arrow_table()
-        return {paths[path]: _conform(t, kind.schema) for path, t in _split_by_file(result).items()}
+        result = con.sql(kind.scan_sql(), params={"files": [str(storage.path(f.key)) for f in files]}).to_arrow_table()
+        return {files[i].key: _conform(t, kind.schema) for i, t in _split_by_file(result).items()}

@@ -251,13 +251,21 @@ FRESHNESS_SQL: Final = "SELECT max(last_out_us) AS newest_out_us FROM src"
 BOUNDS_SQL: Final = "SELECT min(minute) AS lo, max(minute) AS hi FROM src"
 # arrivals columns: hour, dept, building, in_hour, events
 HEATMAP_SQL: Final = """
-SELECT building, in_hour AS hour, sum(events)::BIGINT AS events FROM src GROUP BY ALL ORDER BY building, hour"""
+SELECT building, in_hour AS hour, sum(events)::BIGINT AS events FROM src GROUP BY ALL
+HAVING sum(events) <> 0  -- cells cancelled by subtracted minutes are not cells
+ORDER BY building, hour"""
 # users columns: hour, user_id, dept, building, sessions, premature (granted sessions only)
 REPEAT_SQL: Final = """
 SELECT user_id, min(dept) AS dept, sum(sessions)::BIGINT AS sessions, sum(premature)::BIGINT AS premature,
        (sum(premature) / sum(sessions))::DOUBLE AS premature_share,
        count(*) OVER ()::BIGINT AS repeat_employees
-FROM src GROUP BY user_id HAVING sum(premature) >= $min_premature
+FROM (
+    -- per employee and department first: rows subtracted from a cached bucket cancel out here, so a
+    -- department only seen in unselected minutes cannot leak into min(dept)
+    SELECT user_id, dept, sum(sessions) AS sessions, sum(premature) AS premature
+    FROM src GROUP BY user_id, dept HAVING sum(sessions) <> 0
+)
+GROUP BY user_id HAVING sum(premature) >= $min_premature
 ORDER BY premature DESC, user_id LIMIT $limit"""
 
 
@@ -321,23 +329,50 @@ class LakeAnalytics:
             return snap
 
 
-def _buckets(
-    lo: int | None, hi: int | None, size: int
-) -> tuple[tuple[int | None, int | None] | None, list[tuple[int | None, int | None]]]:
-    """Split minutes [lo, hi) into whole buckets of ``size`` minutes and the partly covered minutes around them.
+Span = tuple[int | None, int | None]
 
-    Returns (first bucket, end bucket) or None when no bucket is whole, and the minute ranges left over.
+
+@dataclass(frozen=True)
+class Plan:
+    """How to answer minutes [lo, hi) from a partial bucketed by ``size`` minutes, exactly.
+
+    ``cached``: bucket ranges read from the cached partial; ``plus``: minute ranges read from the files;
+    ``minus``: minute ranges read from the files and subtracted (a bucket mostly selected is cheaper as
+    the cached bucket minus its unselected minutes than as its selected minutes read directly).
     """
+
+    cached: list[Span]
+    plus: list[Span]
+    minus: list[tuple[int, int]]
+
+
+def plan(lo: int | None, hi: int | None, size: int, *, subtract: bool) -> Plan:
+    """Whole buckets from the cache; each partly selected bucket read directly, or cached minus the rest."""
     b_lo = None if lo is None else -(-lo // size)
     b_hi = None if hi is None else hi // size
-    if b_lo is not None and b_hi is not None and b_lo >= b_hi:
-        return None, [(lo, hi)]
-    rest: list[tuple[int | None, int | None]] = []
-    if lo is not None and b_lo is not None and lo < b_lo * size:
-        rest.append((lo, b_lo * size))
-    if hi is not None and b_hi is not None and b_hi * size < hi:
-        rest.append((b_hi * size, hi))
-    return (b_lo, b_hi), rest
+    partial: list[tuple[int, int]] = []  # each inside one bucket
+    cached: list[Span] = []
+    if b_lo is not None and b_hi is not None and b_lo > b_hi:  # lo and hi inside the same bucket
+        assert lo is not None and hi is not None
+        if lo < hi:
+            partial.append((lo, hi))
+    else:
+        if b_lo is None or b_hi is None or b_lo < b_hi:
+            cached.append((b_lo, b_hi))
+        if lo is not None and b_lo is not None and lo < b_lo * size:
+            partial.append((lo, b_lo * size))
+        if hi is not None and b_hi is not None and b_hi * size < hi:
+            partial.append((b_hi * size, hi))
+    plus: list[Span] = []
+    minus: list[tuple[int, int]] = []
+    for s_lo, s_hi in partial:
+        bucket = s_lo // size
+        if subtract and 2 * (s_hi - s_lo) > size:
+            cached.append((bucket, bucket + 1))
+            minus += [(a, b) for a, b in ((bucket * size, s_lo), (s_hi, (bucket + 1) * size)) if a < b]
+        else:
+            plus.append((s_lo, s_hi))
+    return Plan(cached, plus, minus)
 
 
 @dataclass
@@ -382,10 +417,11 @@ class Snapshot:
             all_params: dict[str, Any] = dict(params or {})
             read: set[str] = set()
 
-            def direct(files: list[str], lo: int | None, hi: int | None, tag: str) -> None:
+            def direct(files: list[str], lo: int | None, hi: int | None, tag: str, sign: int = 1) -> None:
                 where, p = filters.where(raw=True, lo=lo, hi=hi, tag=tag)
                 # Only constant expressions and parameter names are formatted in; values are parameters.
-                sql = f"SELECT {kind.raw_select()} FROM read_parquet(${tag}files) WHERE {kind.where} AND {where}"  # noqa: S608
+                select = kind.raw_select(sign)
+                sql = f"SELECT {select} FROM read_parquet(${tag}files) WHERE {kind.where} AND {where}"  # noqa: S608
                 sources.append(sql)
                 all_params.update(p)
                 all_params[f"{tag}files"] = files
@@ -397,20 +433,21 @@ class Snapshot:
             elif self.partials is None:
                 direct([str(p) for p in self.live.paths], lo, hi, "d_")
             else:
-                whole, rest = _buckets(lo, hi, kind.minutes_per_bucket)
-                overlapping = [p for p in self._ordered() if p.overlaps(lo, hi)]
-                if whole is not None and any(p.table(kind) is not None for p in overlapping):
+                size = kind.minutes_per_bucket
+                how = plan(lo, hi, size, subtract=kind.additive and size > 1)
+                cached = [p for p in self._ordered() if p.table(kind) is not None]
+                if cached and how.cached:
                     con.register(kind.name, self.table(kind))
-                    where, p = filters.where(
-                        raw=False, time_column=kind.time_column, lo=whole[0], hi=whole[1], tag="c_"
-                    )
+                for i, (b_lo, b_hi) in enumerate(how.cached if cached else []):
+                    where, p = filters.where(raw=False, time_column=kind.time_column, lo=b_lo, hi=b_hi, tag=f"c{i}_")
                     sources.append(f"SELECT * FROM {kind.name} WHERE {where}")  # noqa: S608 (constants only)
                     all_params.update(p)
-                for i, (s_lo, s_hi) in enumerate(rest):
-                    files = [self._path(p) for p in overlapping if p.table(kind) is not None and p.overlaps(s_lo, s_hi)]
-                    if files:
-                        direct(files, s_lo, s_hi, f"s{i}_")
-                without = [self._path(p) for p in overlapping if p.table(kind) is None]
+                for sign, spans, tag in ((1, how.plus, "p"), (-1, how.minus, "m")):
+                    for i, (s_lo, s_hi) in enumerate(spans):
+                        files = [self._path(p) for p in cached if p.overlaps(s_lo, s_hi)]
+                        if files:
+                            direct(files, s_lo, s_hi, f"{tag}{i}_", sign)
+                without = [self._path(p) for p in self._ordered() if p.table(kind) is None and p.overlaps(lo, hi)]
                 if without:
                     direct(without, lo, hi, "w_")
             if not sources:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,12 +19,12 @@ import pyarrow as pa
 import pytest
 
 from analytics.partials import USERS
-from analytics.queries import ALL, Filters, LakeAnalytics, Snapshot, freshness_status, minute_of
+from analytics.queries import ALL, Filters, LakeAnalytics, Snapshot, freshness_status, minute_of, plan
 from lake import layout
 from lake.parquet import write_file
 from lake.storage import LocalStorage
 from tests import lakegen as lg
-from utils.records import BUILDINGS, DEPARTMENTS
+from utils.records import BUILDINGS, DEPARTMENTS, RECORD_SCHEMA, with_duration
 from utils.tools import QUERY_HISTORY
 
 START = lg.DEFAULT_START
@@ -342,3 +343,88 @@ def test_time_bounds_cover_the_data(lake: Lake) -> None:
     f = Filters(departments=("HR",))
     direct = LakeAnalytics(lake.storage, mode="direct").snapshot()
     assert snap.time_bounds(f) == direct.time_bounds(f)
+
+
+def test_concurrent_callers_each_get_their_own_answer(lake: Lake) -> None:
+    engine = LakeAnalytics(lake.storage)
+    selections = [ALL, *(Filters(departments=(d,)) for d in DEPARTMENTS)]
+    expected = {f: (len(_truth(lake, f)), lg.truth_repeat(_truth(lake, f), 2, 5)[0]) for f in selections}
+    results: dict[Filters, list[tuple[int, list[tuple[str, str, int, int]]]]] = {f: [] for f in selections}
+    errors: list[BaseException] = []
+
+    def work(f: Filters) -> None:
+        try:
+            for _ in range(4):
+                snap = engine.snapshot()
+                rep = snap.repeat_offenders(f, limit=5)
+                top = [tuple(r) for r in rep[["user_id", "dept", "sessions", "premature"]].itertuples(index=False)]
+                results[f].append((snap.kpis(f).total_events, top))
+        except BaseException as exc:  # surfaced below: a thread must not swallow a failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f,)) for f in selections]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert results == {f: [e] * 4 for f, e in expected.items()}
+
+
+def test_plan_covers_exactly_the_selected_minutes() -> None:
+    rng = random.Random(8)
+    for _ in range(600):
+        size = rng.choice([1, 60, 1440])
+        lo = rng.choice([None, rng.randrange(0, 5000)])
+        hi = rng.choice([None, rng.randrange(0, 5000)])
+        how = plan(lo, hi, size, subtract=size > 1 and rng.random() < 0.7)
+        universe = range(-size, 5000 + 2 * size)
+        count = dict.fromkeys(universe, 0)
+        for b_lo, b_hi in how.cached:
+            for m in universe:
+                if (b_lo is None or m // size >= b_lo) and (b_hi is None or m // size < b_hi):
+                    count[m] += 1
+        for s_lo, s_hi in how.plus:
+            for m in range(s_lo if s_lo is not None else universe.start, s_hi if s_hi is not None else universe.stop):
+                count[m] += 1
+        for s_lo, s_hi in how.minus:
+            for m in range(s_lo, s_hi):
+                count[m] -= 1
+        want = {m: int((lo is None or m >= lo) and (hi is None or m < hi)) for m in universe}
+        assert count == want, (lo, hi, size, how)
+        if size == 1:
+            assert not how.plus and not how.minus  # whole minutes: always from the cache
+
+
+def test_subtracted_minutes_do_not_leak_a_department(tmp_path: Path) -> None:
+    # An employee seen under "Analyst" only in the unselected minutes of a mostly selected hour, and under
+    # "Sales" in the selected ones: the answer must say Sales (the cached hour minus the rest cancels out).
+    storage = LocalStorage(tmp_path / "lake")
+    base = lg.make_table(20_000, seed=12, users=10)
+    hour = START + timedelta(days=1, hours=10)
+    outs = [hour + timedelta(minutes=m) for m in (5, 7, 40, 45, 50)]
+    n = len(outs)
+    leaker = pa.Table.from_pydict(
+        {
+            "event_id": list(range(base.num_rows, base.num_rows + n)),
+            "user_id": ["00000000-0000-4000-8000-00000000beef"] * n,
+            "dept": ["Analyst", "Analyst", "Sales", "Sales", "Sales"],
+            "building_location": ["Grace"] * n,
+            "badge_in_timestamp": [t - timedelta(hours=1) for t in outs],
+            "badge_out_timestamp": outs,
+            "access_granted": [True] * n,
+        },
+        schema=RECORD_SCHEMA,
+    )
+    table = pa.concat_tables([base, with_duration(leaker)])
+    lg.publish(storage, table, landing_files=1, compacted_share=0)
+    snap = LakeAnalytics(storage).snapshot()
+    assert snap.partials is not None and all(p.table(USERS) is not None for p in snap.partials.values())
+    f = Filters(hour + timedelta(minutes=20), hour + timedelta(hours=1))
+    got = snap.repeat_offenders(f, min_premature=1, limit=100_000).set_index("user_id")
+    assert got.loc["00000000-0000-4000-8000-00000000beef", "dept"] == "Sales"
+    assert got.loc["00000000-0000-4000-8000-00000000beef", "premature"] == 3
+    rows, _ = lg.truth_repeat(lg.select(lg.truth_frame(table), f.start, f.end), 1, 100_000)
+    assert [
+        tuple(r) for r in got.reset_index()[["user_id", "dept", "sessions", "premature"]].itertuples(index=False)
+    ] == rows
