@@ -286,13 +286,14 @@ def _row(figure: str, m: dict[str, float], reference: str, ref_ms: float | None,
     }
 
 
-def run(size: str = "full") -> list[Row]:
+def run(size: str = "full", work: Path | None = None) -> list[Row]:
     """Every query and refresh timed on every form.
 
     Rows: ``figure, value, min, max, unit, reference, reference_value, ratio, target, ok`` (ratio = speed-up).
+    The lakes are built under ``work`` (default ``benchmarks/.work``) and reused while their parameters match.
     """
     cfg = SIZES[size]
-    lakes = build(WORK / f"queries-{size}", cfg["rows"], cfg["small_files"], cfg["compacted_files"])
+    lakes = build((work or WORK) / f"queries-{size}", cfg["rows"], cfg["small_files"], cfg["compacted_files"])
     settings = load_settings({"DATA_LAKE_PATH": str(lakes.compacted.root)}, env_file=None)
     runs, slow = cfg["runs"], cfg["slow_runs"]
     label = f"{lakes.rows / 1e6:g} M rows" if lakes.rows >= 1e6 else f"{lakes.rows:,} rows"
