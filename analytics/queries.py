@@ -23,6 +23,7 @@ refresh; ``direct`` reads the Parquet files on every query (the reference, and t
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -38,9 +39,13 @@ import pyarrow as pa
 from analytics.partials import ARRIVALS, CUBE, KINDS, USERS, FilePartial, Kind, PartialCache
 from lake.liveset import LiveSet, live_set
 from lake.storage import LocalStorage
+from utils.errors import LakeError
 from utils.tools import note_files_scanned, sql_monitoring
 
+log = logging.getLogger(__name__)
+
 EPOCH: Final = datetime(1970, 1, 1)
+_REFRESH_ATTEMPTS: Final = 3
 Mode = Literal["cached", "direct"]
 Bucket = Literal["auto", "minute", "hour", "day"]
 MINUTES_PER_DAY: Final = 1_440
@@ -310,23 +315,30 @@ class LakeAnalytics:
 
         Only files not seen before are read. Over an unchanged live set the previous snapshot is returned.
         """
-        live = live_set(self.storage)
         if self.mode == "direct":
-            return Snapshot(self, live, None)
+            return Snapshot(self, live_set(self.storage), None)
         with self._refresh_lock:
-            last = self._last
-            if last is not None and last.live.files == live.files:
-                return last
-            con = self.connect()
-            try:
-                partials, read = self.cache.ensure(con, self.storage, live.files)
-            finally:
-                con.close()
-            note_files_scanned(read)
-            self.cache.retain(f.info for f in live.files)
-            snap = Snapshot(self, live, partials)
-            self._last = snap
-            return snap
+            for attempt in range(_REFRESH_ATTEMPTS):
+                live = live_set(self.storage)
+                last = self._last
+                if last is not None and last.live.files == live.files:
+                    return last
+                con = self.connect()
+                try:
+                    partials, read = self.cache.ensure(con, self.storage, live.files)
+                except (duckdb.IOException, FileNotFoundError) as exc:
+                    # A file left the lake between listing and reading (a compactor's deletion): list again.
+                    log.debug("refresh attempt %d: %s", attempt + 1, exc)
+                    error: Exception = exc
+                    continue
+                finally:
+                    con.close()
+                note_files_scanned(read)
+                self.cache.retain(f.info for f in live.files)
+                snap = Snapshot(self, live, partials)
+                self._last = snap
+                return snap
+        raise LakeError(f"the lake kept changing while it was read: {error}") from error
 
 
 Span = tuple[int | None, int | None]
@@ -455,7 +467,10 @@ class Snapshot:
                 sources.append(f"SELECT * FROM {kind.name}_empty")  # noqa: S608 (constants only)
             note_files_scanned(len(read))
             sql = f"WITH src AS ({' UNION ALL '.join(sources)}) {body}"
-            result: pd.DataFrame = con.sql(sql, params=all_params).df()
+            try:
+                result: pd.DataFrame = con.sql(sql, params=all_params).df()
+            except duckdb.Error as exc:
+                raise LakeError(f"{kind.name} query failed: {exc}") from exc
             return result
         finally:
             con.close()

@@ -13,17 +13,20 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from analytics.partials import USERS
+from analytics.partials import USERS, PartialCache
 from analytics.queries import ALL, Filters, LakeAnalytics, Snapshot, freshness_status, minute_of, plan
 from lake import layout
 from lake.parquet import write_file
 from lake.storage import LocalStorage
 from tests import lakegen as lg
+from utils.errors import LakeError
 from utils.records import BUILDINGS, DEPARTMENTS, RECORD_SCHEMA, with_duration
 from utils.tools import QUERY_HISTORY
 
@@ -428,3 +431,35 @@ def test_subtracted_minutes_do_not_leak_a_department(tmp_path: Path) -> None:
     assert [
         tuple(r) for r in got.reset_index()[["user_id", "dept", "sessions", "premature"]].itertuples(index=False)
     ] == rows
+
+
+def test_refresh_lists_again_when_a_file_vanishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    lg.publish(storage, lg.make_table(3_000, seed=13), landing_files=2, compacted_share=0)
+    real = PartialCache.ensure
+    calls: list[int] = []
+
+    def flaky(self: PartialCache, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise duckdb.IOException("IO Error: No files found that match the pattern")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(PartialCache, "ensure", flaky)
+    assert LakeAnalytics(storage).snapshot().kpis().total_events == 3_000 and len(calls) == 2
+
+    def broken(self: PartialCache, *args: Any, **kwargs: Any) -> Any:
+        raise duckdb.IOException("IO Error: gone")
+
+    monkeypatch.setattr(PartialCache, "ensure", broken)
+    with pytest.raises(LakeError, match="kept changing"):
+        LakeAnalytics(storage).snapshot()
+
+
+def test_a_failing_query_raises_a_lake_error(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    built = lg.publish(storage, lg.make_table(3_000, seed=14), landing_files=2, compacted_share=0)
+    snap = LakeAnalytics(storage, mode="direct").snapshot()
+    storage.delete(built.landing[0].key)  # deleted under an old snapshot's feet
+    with pytest.raises(LakeError, match="cube query failed"):
+        snap.kpis()
