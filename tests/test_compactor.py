@@ -209,8 +209,9 @@ def test_the_ceiling_is_strict_even_when_the_estimate_is_badly_wrong(
 
 
 def test_size_estimate_error(storage: LocalStorage, lake_root: Path, template: LocalStorage) -> None:
-    """The estimate's error, stated. Input bytes are a poor guide: these landing files (pyarrow's default
-    encodings) compact to about 37 % of their size. So the compactor encodes a sample in memory to learn
+    """The estimate's error, stated. Input bytes are a poor guide: small landing files each carry their own
+    dictionary pages and footer, and compact to about 80 % of their size (37 % with pyarrow's default
+    encodings). So the compactor encodes a sample in memory to learn
     bytes per row and fixed bytes per row group, then relearns from every output: predictions made when
     an output starts land within 2 % of its final size (0.1 % measured here). The writer also measures
     as it goes and rewrites an output that ends above the ceiling, so the ceiling holds regardless."""
@@ -219,7 +220,7 @@ def test_size_estimate_error(storage: LocalStorage, lake_root: Path, template: L
     metrics = _only(_compactor(storage, settings).compact())
     predicted, actual = metrics.predicted_sizes, metrics.output_sizes
     assert len(actual) >= 3 and metrics.rewrites == 0
-    assert 0.25 < metrics.bytes_out / metrics.bytes_in < 0.6
+    assert 0.25 < metrics.bytes_out / metrics.bytes_in < 0.95
     errors = [abs(p / a - 1) for p, a in zip(predicted, actual, strict=True)]
     assert max(errors) < 0.02, errors
     assert max(actual) <= settings.compaction_target_max_bytes
