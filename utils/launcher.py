@@ -53,7 +53,7 @@ def commands(settings: Settings, python: str = sys.executable) -> dict[str, str]
     py = shlex.quote(python)
     host = shlex.quote(settings.api_host)
     return {
-        "api": f"exec {py} -m uvicorn api.main:app --host {host} --port {settings.api_port}",
+        "api": f"exec {py} -m uvicorn api.main:app --host {host} --port {settings.api_port} --no-access-log",
         "pipeline": f"exec {py} pipeline.py",
         "dashboard": (
             f"exec {py} -m streamlit run analytics_app.py --server.headless true "

@@ -1,0 +1,99 @@
+"""`make run`'s launcher end to end: every process comes up, the lake grows, one SIGINT stops them all."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lake.inspect import verify
+from lake.liveset import live_set
+from lake.storage import LocalStorage
+from tests.support import ROOT, ManagedProcess, free_port, http_ok, wait_until
+from utils.config import load_settings
+from utils.launcher import commands, port_in_use
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_launcher_runs_everything_and_one_sigint_stops_all(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    api_port, dash_port = free_port(), free_port()
+    env = {
+        "DATA_LAKE_PATH": str(lake),
+        "API_PORT": str(api_port),
+        "DASHBOARD_PORT": str(dash_port),
+        "EVENTS_PER_SECOND": "2000",
+        "FLUSH_INTERVAL_SECONDS": "0.5",
+        "POLL_INTERVAL_SECONDS": "0.2",
+        "COMPACTION_MIN_FILES": "8",
+        "COMPACTION_TARGET_MIN_MB": "1",
+        "COMPACTION_TARGET_MAX_MB": "4",
+        "COMPACTION_GRACE_SECONDS": "1",
+        "COMPACTION_SWEEP_SECONDS": "1",
+    }
+    log = tmp_path / "launcher.log"
+    launcher = ManagedProcess([sys.executable, "-m", "utils.launcher"], env=env, log_path=log)
+    with launcher:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{api_port}/health/"), 60, what="the service")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{dash_port}/_stcore/health"), 60, what="the dashboard")
+        storage = LocalStorage(lake)
+        wait_until(lambda: live_set(storage).rows > 0, 60, what="the first landed records")
+        first = live_set(storage).rows
+        wait_until(lambda: live_set(storage).rows > first, 30, what="the lake to grow")
+        wait_until(lambda: len(live_set(storage).in_zone("compacted")) > 0, 60, what="a compaction")
+        out = launcher.output()
+        assert f"dashboard http://127.0.0.1:{dash_port}" in out
+        assert re.search(r"^\S+ pipeline\s+\| ", out, re.M), "log lines carry the process name"
+        pids = [int(p) for p in re.findall(r"started \(pid=(\d+)\)", out)]
+        pids += [int(p) for p in re.findall(r"started the compactor \(pid (\d+)\)", out)]
+        assert len(pids) == 4, out
+
+        launcher.signal(signal.SIGINT)
+        assert launcher.wait(30) == 0, launcher.output()[-3000:]
+    for pid in pids:
+        wait_until(lambda pid=pid: not _alive(pid), 10, what=f"process {pid} to end")
+    final = launcher.output()
+    assert "pipeline stopped (rc=0)" in final
+    report = verify(storage, grace_seconds=1)
+    assert report.ok, report.problems
+    assert report.live_rows > 0
+
+
+def test_launcher_refuses_a_port_in_use(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert port_in_use("127.0.0.1", port)
+        env = {**os.environ, "DATA_LAKE_PATH": str(tmp_path / "lake"), "API_PORT": str(port)}
+        out = subprocess.run(
+            [sys.executable, "-m", "utils.launcher"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert out.returncode == 2
+    assert f"port {port} on 127.0.0.1 is in use (API_PORT)" in out.stdout + out.stderr
+
+
+def test_commands_follow_the_settings(tmp_path: Path) -> None:
+    s = load_settings({"API_PORT": "9123", "DASHBOARD_PORT": "9124", "DATA_LAKE_PATH": str(tmp_path)}, env_file=None)
+    cmds = commands(s, python="/py")
+    assert cmds["api"].startswith("exec /py -m uvicorn api.main:app --host 127.0.0.1 --port 9123")
+    assert cmds["pipeline"] == "exec /py pipeline.py"
+    assert "--server.port 9124" in cmds["dashboard"] and "analytics_app.py" in cmds["dashboard"]
