@@ -25,6 +25,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
+README = HERE.parent / "README.md"
+README_START = "<!-- bench:start (generated from benchmarks/results.md by `python -m benchmarks --update-readme`) -->"
+README_END = "<!-- bench:end -->"
 BENCHMARKS: dict[str, str] = {
     "api": "benchmarks.bench_api",
     "ingest": "benchmarks.bench_ingest",
@@ -104,6 +107,16 @@ def render_markdown(rows: Sequence[Row], info: dict[str, Any], command: str) -> 
     return "\n".join(lines) + "\n"
 
 
+def update_readme(markdown: str, readme: Path = README) -> bool:
+    """Replace the README's benchmark block with ``markdown``; False if the markers are missing."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    readme.write_text(text[: start + len(README_START)] + "\n" + markdown + text[end:])
+    return True
+
+
 def run_suite(names: Sequence[str], size: str, progress: Callable[[str], None]) -> list[Row]:
     rows: list[Row] = []
     for i, name in enumerate(names, 1):
@@ -121,7 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append", help="run just this (repeatable)")
     parser.add_argument("--size", choices=("quick", "full"), default="full", help="quick = a smoke run")
     parser.add_argument("--out", type=Path, default=HERE, help="where results.json and results.md go")
+    parser.add_argument(
+        "--update-readme", action="store_true", help="copy results.md into README.md's benchmark table and exit"
+    )
     args = parser.parse_args(argv)
+    if args.update_readme:
+        if not update_readme((args.out / "results.md").read_text()):
+            print(f"error: {README} lacks the benchmark markers", file=sys.stderr)
+            return 1
+        return 0
     names = args.only or list(BENCHMARKS)
     WORK.mkdir(exist_ok=True)
 

@@ -34,3 +34,22 @@ def test_every_setting_has_a_one_line_meaning_in_env_example() -> None:
     for i, line in enumerate(lines):
         if ENV_LINE.match(line):
             assert lines[i - 1].startswith("# "), f"{line} has no comment line above it"
+
+
+def test_readme_opens_with_the_two_commands_and_names_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    head = readme[:400]
+    assert "make run" in head and "make test" in head
+    missing = [s.name for s in SPECS if f"`{s.name}`" not in readme and f"`{s.name} " not in readme]
+    assert not missing, f"settings missing from the README: {missing}"
+
+
+def test_readme_commands_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    for target in re.findall(r"`make (\w+)`", readme):
+        assert re.search(rf"^{target}:", makefile, re.M), f"make {target} is in the README but not the Makefile"
+    for script in ("pipeline.py", "compaction_monitoring.py", "analytics_app.py", "api/main.py", "lake/__main__.py"):
+        assert (ROOT / script).is_file(), script
+    image = re.search(r"!\[[^]]*\]\(([^)]+)\)", readme)
+    assert image is not None and (ROOT / image.group(1)).is_file()
