@@ -1,4 +1,5 @@
 # One command per check, for people and CI alike. Every target bootstraps .venv on a fresh machine.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -38,7 +39,7 @@ bench: $(STAMP) ## every benchmark, side by side with its reference (benchmarks/
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 api: $(STAMP) ## the generator service alone
-	$(BIN)/uvicorn api.main:app --host $${API_HOST:-127.0.0.1} --port $${API_PORT:-8000}
+	$(PY) -m api.main
 
 pipeline: $(STAMP) ## the ingestion pipeline (starts the compactor too)
 	$(PY) pipeline.py
@@ -47,7 +48,7 @@ compactor: $(STAMP) ## the compaction process alone
 	$(PY) compaction_monitoring.py
 
 dashboard: $(STAMP) ## the Streamlit dashboard alone
-	$(BIN)/streamlit run analytics_app.py
+	$(BIN)/streamlit run analytics_app.py --server.port $$($(PY) -c 'from utils.config import get_settings; print(get_settings().dashboard_port)')
 
 stats: $(STAMP) ## files, rows and bytes per lake zone
 	$(PY) -m lake stats
@@ -55,7 +56,7 @@ stats: $(STAMP) ## files, rows and bytes per lake zone
 verify: $(STAMP) ## check the live set holds every event exactly once
 	$(PY) -m lake verify
 
-clean: ## empty the lake (asks first)
-	@lake=$${DATA_LAKE_PATH:-./data_lake}; \
+clean: $(STAMP) ## empty the lake (asks first)
+	@lake=$$($(PY) -c 'from utils.config import get_settings; print(get_settings().data_lake_path)') || exit 2; \
 	read -r -p "Delete everything under $$lake? [y/N] " ans; \
 	if [ "$$ans" = "y" ] || [ "$$ans" = "Y" ]; then rm -rf "$$lake" && echo "removed $$lake"; else echo "kept $$lake"; fi
