@@ -47,25 +47,29 @@ def _order(values: pd.Series, known: tuple[str, ...]) -> list[str]:
     return [v for v in known if v in present] + sorted(present - set(known))
 
 
+def _donut(labels: pd.Series, values: pd.Series, colours: list[str], unit: str, title: str) -> go.Figure:
+    fig = go.Figure(
+        go.Pie(
+            labels=labels,
+            values=values,
+            hole=0.55,
+            marker={"colors": colours},
+            sort=False,
+            textinfo="percent",
+            textposition="inside",
+            hovertemplate=f"%{{label}}: %{{value:,}} {unit} (%{{percent}})<extra></extra>",
+        )
+    )
+    return _layout(fig, title)
+
+
 def make_access_figure(df: pd.DataFrame) -> go.Figure:
     """Donut of events by access outcome (``access``, ``events``)."""
     title = "Access distribution"
     if df.empty or df["events"].sum() == 0:
         return empty_figure(title)
     colours = [GRANTED if a == "Granted" else DENIED for a in df["access"]]
-    fig = go.Figure(
-        go.Pie(
-            labels=df["access"],
-            values=df["events"],
-            hole=0.55,
-            marker={"colors": colours},
-            sort=False,
-            textinfo="percent",
-            textposition="inside",
-            hovertemplate="%{label}: %{value:,} events (%{percent})<extra></extra>",
-        )
-    )
-    return _layout(fig, title)
+    return _donut(df["access"], df["events"], colours, "events", title)
 
 
 def make_compliance_figure(df: pd.DataFrame) -> go.Figure:
@@ -74,19 +78,7 @@ def make_compliance_figure(df: pd.DataFrame) -> go.Figure:
     if df.empty or df["sessions"].sum() == 0:
         return empty_figure(title)
     colours = [COMPLIANT if s.startswith("Compliant") else PREMATURE for s in df["status"]]
-    fig = go.Figure(
-        go.Pie(
-            labels=df["status"],
-            values=df["sessions"],
-            hole=0.55,
-            marker={"colors": colours},
-            sort=False,
-            textinfo="percent",
-            textposition="inside",
-            hovertemplate="%{label}: %{value:,} sessions (%{percent})<extra></extra>",
-        )
-    )
-    return _layout(fig, title)
+    return _donut(df["status"], df["sessions"], colours, "sessions", title)
 
 
 def make_premature_figure(df: pd.DataFrame) -> go.Figure:

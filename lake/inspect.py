@@ -44,8 +44,8 @@ def newest_event_time(storage: LocalStorage, live: LiveSet) -> datetime | None:
     top = max(candidates, key=lambda f: f.event_id_max)
     newest: datetime | None = None
     try:
-        meta = pq.read_metadata(storage.path(top.key))
-    except (OSError, ValueError):
+        meta = storage.read_footer(top.key)
+    except (FileNotFoundError, CorruptFileError):
         return None
     col = meta.schema.names.index("badge_out_timestamp") if "badge_out_timestamp" in meta.schema.names else -1
     if col < 0:

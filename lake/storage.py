@@ -109,35 +109,28 @@ class LocalStorage:
         return self.list_files(zone, suffix="")
 
     # -- metadata -----------------------------------------------------------------------------------
-    def read_metadata(self, key: str) -> dict[str, str]:
-        """The Parquet footer's key-value metadata as text (``badge.*`` and others).
+    def read_footer(self, key: str) -> pq.FileMetaData:
+        """The Parquet footer of ``key`` (row counts, schema, statistics, key-value metadata).
 
         Raises FileNotFoundError if the file is gone, CorruptFileError if it is not readable Parquet.
         """
         try:
-            meta = pq.read_metadata(self.root / key)
+            return pq.read_metadata(self.root / key)
         except FileNotFoundError:
             raise
         except (OSError, ValueError) as exc:
             if not (self.root / key).exists():
                 raise FileNotFoundError(key) from exc
             raise CorruptFileError(f"{key}: not readable Parquet ({exc})") from exc
-        raw = meta.metadata or {}
+
+    def read_metadata(self, key: str) -> dict[str, str]:
+        """The footer's key-value metadata as text (``badge.*`` and others); errors as :meth:`read_footer`."""
+        raw = self.read_footer(key).metadata or {}
         return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"ARROW:")}
 
     def read_row_count(self, key: str) -> int:
-        """Rows in a Parquet file according to its footer (for files without ``badge.row_count``).
-
-        Raises FileNotFoundError if the file is gone, CorruptFileError if it is not readable Parquet.
-        """
-        try:
-            return int(pq.read_metadata(self.root / key).num_rows)
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError) as exc:
-            if not (self.root / key).exists():
-                raise FileNotFoundError(key) from exc
-            raise CorruptFileError(f"{key}: not readable Parquet ({exc})") from exc
+        """Rows in a Parquet file according to its footer; errors as :meth:`read_footer`."""
+        return int(self.read_footer(key).num_rows)
 
     # -- writing ------------------------------------------------------------------------------------
     def new_temp_path(self, name: str) -> Path:
