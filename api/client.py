@@ -30,7 +30,7 @@ import pyarrow as pa
 import tenacity
 
 from api.protocol import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE, MAX_BATCH, NEXT_CURSOR_HEADER
-from api.validation import decode_arrow, decode_json, validate_rows, validate_table
+from api.validation import decode_arrow, validate_json, validate_table
 from utils.config import Settings, get_settings
 from utils.errors import PermanentSourceError, TransientSourceError
 
@@ -242,7 +242,7 @@ class BadgeLogClient:
             validated = validate_table(decode_arrow(body))
             kind = "arrow"
         elif content_type == JSON_MEDIA_TYPE:
-            validated = validate_rows(decode_json(body))
+            validated = validate_json(body)
             kind = "json"
         else:
             raise PermanentSourceError(f"GET {self.url} {params}: unexpected Content-Type {content_type!r}")

@@ -21,7 +21,9 @@ import api.client
 from api.client import BadgeLogClient, FetchResult, RetryPolicy, get_employee_badge_logs, parse_retry_after
 from api.encoding import encode_arrow, encode_arrow_table, encode_json
 from api.generators import generate_columns, generate_table
+from api.json_decode import canonical_columns
 from api.protocol import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE, NEXT_CURSOR_HEADER
+from api.validation import decode_json, validate_rows
 from tests.support import BIN, ManagedProcess, free_port, http_ok, make_settings, wait_until
 from utils.config import Settings
 from utils.errors import PermanentSourceError, TransientSourceError
@@ -342,6 +344,7 @@ def test_invalid_json_records_are_returned_with_reasons(make_client: Callable[..
     rows.append(missing)
     rows.append(["not", "an", "object"])
     rows.append({**good_row(len(rows)), "badge_out_timestamp": "2025-03-03T18:30:00+02:00", "extra": 1})
+    assert canonical_columns(orjson.dumps(rows)) is None  # nulls, wrong types, a non-object: the general path
     client, _ = make_client(Recorder(json_answer(rows, len(rows))))
     result = client.get_employee_badge_logs(cursor=0, batch=len(rows))
 
@@ -362,6 +365,36 @@ def test_invalid_json_records_are_returned_with_reasons(make_client: Callable[..
     assert unknown.column("event_id").to_pylist() == [1]
     assert invalid.column("event_id").to_pylist()[5] is None  # "seven" cannot be an id
     assert invalid.column("access_granted").to_pylist()[7] == "yes"
+
+
+def test_json_with_odd_values_only_is_read_column_wise_with_the_same_reasons(make_client: Callable[..., Any]) -> None:
+    # Bad values in a body that is well-formed JSON of the service's shape: the client's fast path.
+    rows: list[Any] = [good_row(0)]
+    odd: list[tuple[dict[str, Any], str]] = [
+        ({"dept": "Marketing"}, "unknown dept"),
+        ({"building_location": "Atlantis"}, "unknown building_location"),
+        ({"badge_out_timestamp": "2025-03-03T07:00:00.000000Z"}, "badge_out_timestamp before badge_in_timestamp"),
+        ({"user_id": ""}, "empty user_id"),
+        ({"badge_in_timestamp": "not a time"}, "invalid badge_in_timestamp"),
+        ({"event_id": -4}, "negative event_id"),
+    ]
+    for i, (change, _) in enumerate(odd, start=1):
+        rows.append({**good_row(i), **change})
+    rows.append({**good_row(len(rows)), "badge_out_timestamp": "2025-03-03T18:30:00+02:00"})  # valid
+    body = orjson.dumps(rows)
+    assert canonical_columns(body) is not None  # what the service would send: the column-wise path
+    client, _ = make_client(Recorder(json_answer(rows, len(rows))))
+    result = client.get_employee_badge_logs(cursor=0, batch=len(rows))
+
+    general = validate_rows(decode_json(body))
+    assert result.table.equals(general.valid)
+    assert result.invalid.equals(general.invalid)
+    assert result.table.column("event_id").to_pylist() == [0, len(rows) - 1]
+    assert result.table.column("badge_out_timestamp")[1].as_py() == datetime(2025, 3, 3, 16, 30)
+    reasons = result.invalid.column("reason").to_pylist()
+    assert reasons == [reason for _, reason in odd]
+    assert result.invalid.column("dept").to_pylist()[0] == "Marketing"
+    assert result.invalid.column("access_granted").to_pylist() == ["true"] * len(odd)
 
 
 def test_invalid_arrow_records_are_returned_with_reasons(make_client: Callable[..., Any]) -> None:
