@@ -164,7 +164,8 @@ def measure(way: str, source: Path) -> dict[str, Any]:
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         assert proc.stdout is not None
-        output = proc.stdout.read()
+        with proc.stdout:
+            output = proc.stdout.read()
         _pid, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
