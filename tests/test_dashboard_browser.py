@@ -187,13 +187,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3_000_000)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "dashboard.png")
     parser.add_argument("--height", type=int, default=2750)
+    parser.add_argument("--lake", type=Path, help="an existing lake (one `make run` is filling) instead of a built one")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dashboard-shot-"))
     try:
-        started = time.perf_counter()
-        build_demo_lake(work / "lake", args.rows)
-        print(f"built {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
-        with dashboard(work / "lake", work / "streamlit.log") as url:
+        lake = args.lake or work / "lake"
+        if args.lake is None:
+            started = time.perf_counter()
+            build_demo_lake(lake, args.rows)
+            print(f"built {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
+        with dashboard(lake, work / "streamlit.log") as url:
             metrics = capture(url, args.out, charts=10, height=args.height, settle_s=3)
         print({k: v for k, v in metrics.items() if not k.startswith("_")})
         print(f"saved {args.out}")
