@@ -56,7 +56,5 @@ stats: $(STAMP) ## files, rows and bytes per lake zone
 verify: $(STAMP) ## check the live set holds every event exactly once
 	$(PY) -m lake verify
 
-clean: $(STAMP) ## empty the lake (asks first)
-	@lake=$$($(PY) -c 'from utils.config import get_settings; print(get_settings().data_lake_path)') || exit 2; \
-	read -r -p "Delete everything under $$lake? [y/N] " ans; \
-	if [ "$$ans" = "y" ] || [ "$$ans" = "Y" ]; then rm -rf "$$lake" && echo "removed $$lake"; else echo "kept $$lake"; fi
+clean: $(STAMP) ## empty the lake (asks first; refuses while a pipeline or compactor runs)
+	$(PY) -m utils.clean
