@@ -36,7 +36,7 @@ import httpx
 from api.client import BadgeLogClient, read_body
 from api.generators import generate_table
 from api.protocol import ARROW_MEDIA_TYPE
-from tests.support import ManagedProcess, free_port, http_ok, wait_until
+from tests.support import free_port, running_service
 from utils.config import Settings, load_settings
 from utils.records import BUILDINGS, DEPARTMENT_WEIGHTS
 
@@ -138,11 +138,8 @@ def client_stats(settings: Settings, arrow: bool, requests: int, offset: list[in
 @contextlib.contextmanager
 def service(settings: Settings, log: Path) -> Iterator[str]:
     """A real ``uvicorn api.main:app`` in its own process on a free loopback port; yields the endpoint URL."""
-    port = settings.api_port
-    args = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    with ManagedProcess(args, env=settings.as_env(), log_path=log) as proc:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health/"), 60, what=f"the service ({proc.output()})")
-        yield f"http://127.0.0.1:{port}/employee-badge-logs/"
+    with running_service(settings.as_env(), settings.api_port, log):
+        yield f"http://127.0.0.1:{settings.api_port}/employee-badge-logs/"
 
 
 def row(figure: str, stats: dict[str, float], reference: str, reference_value: float, target: int | None) -> Row:

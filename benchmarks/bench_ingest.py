@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -78,28 +75,10 @@ def _settings(lake: Path, port: int, **overrides: object) -> Settings:
 @contextlib.contextmanager
 def _service(settings: Settings) -> Iterator[None]:
     """The generator service in its own process (one core), stopped on exit."""
-    env = {**os.environ, **settings.as_env()}
-    args = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(settings.api_port)]
-    proc = subprocess.Popen(
-        [*args, "--log-level", "warning"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{settings.api_port}/health/", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("the service did not start")
+    from tests.support import running_service
+
+    with running_service(settings.as_env(), settings.api_port):
         yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager

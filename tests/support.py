@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -144,3 +145,21 @@ class ManagedProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def uvicorn_args(port: int) -> list[str]:
+    """The command line of a real ``uvicorn api.main:app`` on 127.0.0.1:``port``."""
+    return [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+
+
+@contextmanager
+def running_service(
+    env: Mapping[str, str], port: int, log_path: Path | None = None, timeout: float = 60
+) -> Iterator[ManagedProcess]:
+    """The generator service in its own process, answering ``/health/`` when the block starts; always stopped."""
+    with ManagedProcess(uvicorn_args(port), env=env, log_path=log_path) as proc:
+        try:
+            wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health/"), timeout, what="the service")
+        except AssertionError:
+            raise AssertionError(f"the service did not start:\n{proc.output()[-3000:]}") from None
+        yield proc

@@ -27,7 +27,7 @@ import pytest
 from lake import layout
 from lake.liveset import live_set
 from lake.storage import LocalStorage
-from tests.support import BIN, PYTHON, ROOT, ManagedProcess, free_port, http_ok, make_settings, wait_until
+from tests.support import PYTHON, ROOT, ManagedProcess, free_port, make_settings, running_service
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -108,21 +108,10 @@ def test_kill_9_pipeline_and_compactor_at_random_while_a_reader_queries(tmp_path
     def tails() -> str:
         return "\n".join(f"--- {n} ---\n{p.read_text(errors='replace')[-2500:]}" for n, p in logs.items() if p.exists())
 
-    api_args = [
-        str(BIN / "uvicorn"),
-        "api.main:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
     seen = ReaderLog()
     stop_reader = threading.Event()
     reader = threading.Thread(target=read_continuously, args=(storage, stop_reader, seen))
-    with ManagedProcess(api_args, env=env, log_path=logs["api"]):
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health/"), 30, what="the service")
+    with running_service(env, port, logs["api"]):
         try:
             start("pipeline")
             start("compactor")

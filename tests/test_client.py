@@ -24,7 +24,7 @@ from api.generators import generate_columns, generate_table
 from api.json_decode import canonical_columns
 from api.protocol import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE, NEXT_CURSOR_HEADER
 from api.validation import decode_json, validate_rows
-from tests.support import BIN, ManagedProcess, free_port, http_ok, make_settings, wait_until
+from tests.support import free_port, make_settings, running_service
 from utils.config import Settings
 from utils.errors import PermanentSourceError, TransientSourceError
 from utils.records import QUARANTINE_SCHEMA, RECORD_SCHEMA
@@ -473,10 +473,8 @@ def test_real_faulty_server_still_gives_every_record_exactly_once(tmp_path: Path
         RETRY_BACKOFF_BASE=1.5,
         RETRY_MAX_DELAY_SECONDS=0.05,
     )
-    args = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     batch, requests = 4000, 16
-    with ManagedProcess(args, env=settings.as_env(), log_path=tmp_path / "api.log") as server:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health/"), 30, what="the service")
+    with running_service(settings.as_env(), port, tmp_path / "api.log") as server:
         got: list[pa.Table] = []
         attempts = 0
         for prefer_arrow in (True, False):
@@ -507,9 +505,7 @@ def test_module_level_entry_point_against_a_real_server(tmp_path: Path) -> None:
         GENERATOR_STREAM_START=START,
         BATCH_SIZE=123,
     )
-    args = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    with ManagedProcess(args, env=settings.as_env(), log_path=tmp_path / "api.log"):
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health/"), 30, what="the service")
+    with running_service(settings.as_env(), port, tmp_path / "api.log"):
         first = get_employee_badge_logs(settings=settings)
         second = api.client.get_employee_badge_logs(settings=settings)
     assert first.table.equals(records(0, 123))

@@ -22,7 +22,7 @@ import pytest
 from lake import layout
 from lake.liveset import live_set
 from lake.storage import LocalStorage
-from tests.support import BIN, PYTHON, ROOT, ManagedProcess, free_port, http_ok, make_settings, wait_until
+from tests.support import PYTHON, ROOT, ManagedProcess, free_port, make_settings, running_service, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +42,7 @@ def lake_env(lake: Path, port: int, **overrides: object) -> dict[str, str]:
 
 @contextmanager
 def service(env: dict[str, str], port: int, log: Path) -> Iterator[ManagedProcess]:
-    args = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    with ManagedProcess(args, env=env, log_path=log) as proc:
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health/"), 30, what="the service")
+    with running_service(env, port, log) as proc:
         yield proc
 
 

@@ -25,7 +25,7 @@ from api.generators import MAX_EVENTS, generate_table
 from api.main import Service, create_app
 from api.protocol import ARROW_MEDIA_TYPE, MAX_BATCH, NEXT_CURSOR_HEADER, prefers_arrow
 from api.validation import decode_arrow, validate_table
-from tests.support import BIN, ManagedProcess, free_port, http_ok, make_settings, wait_until
+from tests.support import BIN, ManagedProcess, free_port, http_ok, make_settings, uvicorn_args, wait_until
 from utils.records import RECORD_SCHEMA
 
 START = datetime(2025, 3, 3, 6, 30, tzinfo=UTC)
@@ -272,8 +272,7 @@ def test_schemathesis_finds_no_server_error(case: Any) -> None:
 
 
 def uvicorn(env: dict[str, str], port: int, log: Path) -> ManagedProcess:
-    args = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    return ManagedProcess(args, env=env, log_path=log)
+    return ManagedProcess(uvicorn_args(port), env=env, log_path=log)
 
 
 @pytest.fixture(scope="module")
