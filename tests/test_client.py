@@ -458,15 +458,24 @@ def test_fetch_result_is_frozen() -> None:
 # --- against a real server with deliberate faults ----------------------------------------------------
 
 
-@pytest.mark.integration
-def test_real_faulty_server_still_gives_every_record_exactly_once(tmp_path: Path) -> None:
-    port = free_port()
-    settings = make_settings(
+def _real_server_settings(tmp_path: Path, port: int, **overrides: object) -> Settings:
+    """Settings for a firehose service on ``port`` with seed 1, and a client pointed at it."""
+    return make_settings(
         tmp_path / "lake",
         EMPLOYEE_BADGE_LOGS_URL=f"http://127.0.0.1:{port}/employee-badge-logs/",
         GENERATOR_SEED=1,
         EVENTS_PER_SECOND=0,
         GENERATOR_STREAM_START=START,
+        **overrides,
+    )
+
+
+@pytest.mark.integration
+def test_real_faulty_server_still_gives_every_record_exactly_once(tmp_path: Path) -> None:
+    port = free_port()
+    settings = _real_server_settings(
+        tmp_path,
+        port,
         API_FAULT_RATE=0.3,
         REQUEST_TIMEOUT_SECONDS=0.5,  # a slow fault answers after 1.5 s
         RETRY_MAX_ATTEMPTS=12,
@@ -497,14 +506,7 @@ def test_real_faulty_server_still_gives_every_record_exactly_once(tmp_path: Path
 @pytest.mark.integration
 def test_module_level_entry_point_against_a_real_server(tmp_path: Path) -> None:
     port = free_port()
-    settings = make_settings(
-        tmp_path / "lake",
-        EMPLOYEE_BADGE_LOGS_URL=f"http://127.0.0.1:{port}/employee-badge-logs/",
-        GENERATOR_SEED=1,
-        EVENTS_PER_SECOND=0,
-        GENERATOR_STREAM_START=START,
-        BATCH_SIZE=123,
-    )
+    settings = _real_server_settings(tmp_path, port, BATCH_SIZE=123)
     with running_service(settings.as_env(), port, tmp_path / "api.log"):
         first = get_employee_badge_logs(settings=settings)
         second = api.client.get_employee_badge_logs(settings=settings)
