@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ import httpx
 from api.client import BadgeLogClient, read_body
 from api.generators import generate_table
 from api.protocol import ARROW_MEDIA_TYPE
+from benchmarks.suite import fmt, repeat
 from tests.support import free_port, running_service
 from utils.config import Settings, load_settings
 from utils.records import BUILDINGS, DEPARTMENT_WEIGHTS
@@ -55,13 +56,6 @@ TARGETS = {"generation": 5_000_000, "json": 1_000_000, "arrow": 5_000_000}
 ORIGINAL = {"generation": 112_000, "json": 27_600}  # BASELINE.md
 
 Row = dict[str, Any]
-
-
-def median_run(func: Callable[[], float], runs: int) -> dict[str, float]:
-    """Median, min and max of ``runs`` calls of ``func`` (a rate) after one discarded warm-up call."""
-    func()
-    values = sorted(func() for _ in range(runs))
-    return {"value": values[len(values) // 2], "min": values[0], "max": values[-1], "runs": runs}
 
 
 def reference_records(n: int) -> list[dict[str, Any]]:
@@ -132,7 +126,7 @@ def client_rate(client: BadgeLogClient, requests: int, offset: list[int]) -> flo
 
 def client_stats(settings: Settings, arrow: bool, requests: int, offset: list[int], runs: int) -> dict[str, float]:
     with BadgeLogClient(settings, prefer_arrow=arrow) as client:
-        return median_run(lambda: client_rate(client, requests, offset), runs)
+        return repeat(lambda: client_rate(client, requests, offset), runs)
 
 
 @contextlib.contextmanager
@@ -161,10 +155,10 @@ def run(size: str = "full") -> list[Row]:
     runs, requests, ref_n = cfg["runs"], cfg["requests"], cfg["reference"]
     rows: list[Row] = []
 
-    ref_gen = median_run(lambda: reference_generation_rate(ref_n), runs)["value"]
-    ref_serve = median_run(lambda: reference_serving_rate(ref_n), runs)["value"]
+    ref_gen = repeat(lambda: reference_generation_rate(ref_n), runs)["value"]
+    ref_serve = repeat(lambda: reference_serving_rate(ref_n), runs)["value"]
     gen_offset = [0]
-    gen = median_run(lambda: generation_rate(requests, gen_offset), runs)
+    gen = repeat(lambda: generation_rate(requests, gen_offset), runs)
     rows.append(
         {
             **row(
@@ -193,8 +187,8 @@ def run(size: str = "full") -> list[Row]:
         )
         with service(settings, tmp / "api.log") as url, httpx.Client(timeout=60) as http:
             offset = [0]
-            served_json = median_run(lambda: served_rate(http, url, False, requests, offset), runs)
-            served_arrow = median_run(lambda: served_rate(http, url, True, requests, offset), runs)
+            served_json = repeat(lambda: served_rate(http, url, False, requests, offset), runs)
+            served_arrow = repeat(lambda: served_rate(http, url, True, requests, offset), runs)
             rows.append(
                 {
                     **row(
@@ -245,18 +239,6 @@ def run(size: str = "full") -> list[Row]:
     return rows
 
 
-def _fmt(value: Any) -> str:
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    if isinstance(value, float) and value < 100:
-        return f"{value:,.2f}"
-    if isinstance(value, int | float):
-        return f"{value:,.0f}"
-    return str(value)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_api", description=__doc__)
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
@@ -268,12 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         cells = (
             r["figure"],
-            f"{_fmt(r['value'])} ({_fmt(r['min'])}-{_fmt(r['max'])})",
-            f"{r['reference']}: {_fmt(r['reference_value'])}",
+            f"{fmt(r['value'])} ({fmt(r['min'])}-{fmt(r['max'])})",
+            f"{r['reference']}: {fmt(r['reference_value'])}",
             f"{r['ratio']:,.1f}x",
-            _fmt(r["original"]),
+            fmt(r["original"]),
             r["target"] or "-",
-            _fmt(r["ok"]),
+            fmt(r["ok"]),
         )
         print("| " + " | ".join(cells) + " |")
     return 0

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks.suite import summarize
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -181,10 +182,6 @@ def measure(way: str, source: Path) -> dict[str, Any]:
 # -- the figures --------------------------------------------------------------------------------------------
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    return {"value": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def run(size: str = "full", progress: Callable[[str], None] = lambda _t: None) -> list[Row]:
     """Measure both ways ``runs`` times (alternating); rows are ``figure, value, unit, reference, ratio, target``."""
     cfg = SIZES[size]
@@ -200,7 +197,7 @@ def run(size: str = "full", progress: Callable[[str], None] = lambda _t: None) -
     mb_in = input_bytes / 1e6
 
     def per_way(key: Callable[[dict[str, Any]], float]) -> tuple[dict[str, float], dict[str, float]]:
-        return _stats([key(r) for r in results["ours"]]), _stats([key(r) for r in results["reference"]])
+        return summarize([key(r) for r in results["ours"]]), summarize([key(r) for r in results["reference"]])
 
     where = f"{rows_total / 1e6:.1f} M rows, {mb_in:,.0f} MB in {cfg['files']} files"
     reference = "one DuckDB COPY of the whole list (the original's way)"

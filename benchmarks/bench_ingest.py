@@ -20,8 +20,6 @@ import argparse
 import contextlib
 import logging
 import shutil
-import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -33,9 +31,11 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from benchmarks.suite import summarize
 from lake.ingest import RunOptions
 from lake.ingest import run as run_pipeline
 from lake.writer import Commit
+from tests.support import free_port, running_service
 from utils.config import Settings, load_settings
 
 HERE = Path(__file__).resolve().parent
@@ -55,12 +55,6 @@ LIVE_RATE = 2000.0
 Row = dict[str, Any]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _settings(lake: Path, port: int, **overrides: object) -> Settings:
     env = {
         "DATA_LAKE_PATH": str(lake),
@@ -75,8 +69,6 @@ def _settings(lake: Path, port: int, **overrides: object) -> Settings:
 @contextlib.contextmanager
 def _service(settings: Settings) -> Iterator[None]:
     """The generator service in its own process (one core), stopped on exit."""
-    from tests.support import running_service
-
     with running_service(settings.as_env(), settings.api_port):
         yield
 
@@ -100,7 +92,7 @@ def ingest_rate(records: int, *, arrow: bool) -> tuple[float, float]:
     from api.client import BadgeLogClient
 
     with _lake() as lake:
-        port = _free_port()
+        port = free_port()
         settings = _settings(lake, port, EVENTS_PER_SECOND=0)
         commits: list[Commit] = []
         with _service(settings), BadgeLogClient(settings, prefer_arrow=arrow) as client:
@@ -137,7 +129,7 @@ def ceiling_rate(records: int) -> float:
 def freshness(seconds: float) -> tuple[float, float, float]:
     """(p50, p95, flush interval): publish instant minus event time, over every record of a live run."""
     with _lake() as lake:
-        port = _free_port()
+        port = free_port()
         settings = _settings(lake, port, EVENTS_PER_SECOND=LIVE_RATE)
         commits: list[Commit] = []
         with _service(settings):
@@ -153,20 +145,16 @@ def freshness(seconds: float) -> tuple[float, float, float]:
         return float(p50), float(p95), settings.flush_interval_seconds
 
 
-def _median(values: list[float]) -> dict[str, float]:
-    return {"value": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def run(size: str = "full") -> list[Row]:
     """Measure every figure; rows are ``figure, value, unit, reference, reference_value, ratio, target, ok``."""
     cfg = SIZES[size]
     logging.getLogger().setLevel(logging.WARNING)
-    ceiling = _median([ceiling_rate(cfg["ceiling"]) for _ in range(cfg["runs"])])
+    ceiling = summarize([ceiling_rate(cfg["ceiling"]) for _ in range(cfg["runs"])])
     rows: list[Row] = []
     for name, arrow, target in (("Arrow", True, ARROW_TARGET), ("JSON", False, JSON_TARGET)):
         measured = [ingest_rate(cfg[name.lower()], arrow=arrow) for _ in range(cfg["runs"])]
-        rates = _median([wall for wall, _ in measured])
-        per_cpu = _median([cpu for _, cpu in measured])
+        rates = summarize([wall for wall, _ in measured])
+        per_cpu = summarize([cpu for _, cpu in measured])
         share = rates["value"] / ceiling["value"]
         rows.append(
             {

@@ -39,12 +39,16 @@ LIBRARIES = ("fastapi", "uvicorn", "httpx", "pyarrow", "duckdb", "numpy", "orjso
 Row = dict[str, Any]
 
 
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """A figure's row fields from repeated measurements: median as ``value``, ``min``, ``max``, ``runs``."""
+    return {"value": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
 def repeat(func: Callable[[], float], runs: int, warmup: int = 1) -> dict[str, float]:
-    """Median, min and max of ``runs`` calls after ``warmup`` discarded calls (``func`` returns a figure)."""
+    """:func:`summarize` of ``runs`` calls after ``warmup`` discarded calls (``func`` returns a figure)."""
     for _ in range(warmup):
         func()
-    values = [func() for _ in range(runs)]
-    return {"value": statistics.median(values), "min": min(values), "max": max(values), "runs": runs}
+    return summarize([func() for _ in range(runs)])
 
 
 def timed(func: Callable[[], object]) -> float:
@@ -70,7 +74,8 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A table cell: thousands separators, 3 significant digits below 1, '-' for nothing."""
     if value is None or value == "":
         return "-"
     if isinstance(value, bool):
@@ -96,13 +101,13 @@ def render_markdown(rows: Sequence[Row], info: dict[str, Any], command: str) -> 
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        spread = f" ({_fmt(r['min'])}-{_fmt(r['max'])})" if r.get("min") is not None else ""
+        spread = f" ({fmt(r['min'])}-{fmt(r['max'])})" if r.get("min") is not None else ""
         ref = r.get("reference") or "-"
         if r.get("reference_value") is not None:
-            ref = f"{ref}: {_fmt(r['reference_value'])}"
+            ref = f"{ref}: {fmt(r['reference_value'])}"
         lines.append(
-            f"| {r['benchmark']} | {r['figure']} | {_fmt(r['value'])}{spread} | {r.get('unit', '')} | {ref} | "
-            f"{_fmt(r.get('ratio'))} | {r.get('target') or '-'} | {_fmt(r.get('ok'))} |"
+            f"| {r['benchmark']} | {r['figure']} | {fmt(r['value'])}{spread} | {r.get('unit', '')} | {ref} | "
+            f"{fmt(r.get('ratio'))} | {r.get('target') or '-'} | {fmt(r.get('ok'))} |"
         )
     return "\n".join(lines) + "\n"
 
