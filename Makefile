@@ -21,13 +21,14 @@ $(STAMP): requirements.txt requirements-dev.txt
 venv: $(STAMP)
 
 run: $(STAMP) ## start service, pipeline, compactor and dashboard together (Ctrl-C stops all)
-	$(PY) -m utils.launcher
+	$(PY) -m processes.launcher
 
 test: $(STAMP) lint typecheck pytest ## ruff, mypy and the full pytest suite
 
-lint: $(STAMP)
+lint: $(STAMP) ## ruff, ruff format and the import layers (pyproject.toml's importlinter contract)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -57,4 +58,4 @@ verify: $(STAMP) ## check the live set holds every event exactly once
 	$(PY) -m lake verify
 
 clean: $(STAMP) ## empty the lake (asks first; refuses while a pipeline or compactor runs)
-	$(PY) -m utils.clean
+	$(PY) -m processes.clean

@@ -23,7 +23,7 @@ from lake.compactor import Compactor, StepHook, pause_hook
 from lake.lock import LakeLock
 from lake.storage import LocalStorage
 from lake.watcher import LandingWatcher
-from utils.cli import EXIT_OK, run_main, setup_logging
+from processes.cli import EXIT_OK, run_main, setup_logging
 from utils.config import get_settings
 
 log = logging.getLogger("compactor")

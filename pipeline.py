@@ -5,7 +5,7 @@ Polls the generator service by cursor, buffers Arrow batches, and commits Snappy
 ``quarantine/``. Resumes where the lake ends after any crash. By default it also runs
 ``compaction_monitoring.py`` as a child process. SIGINT/SIGTERM: flush, stop the child, exit 0.
 Exit status 2 for a bad setting, 3 if another pipeline runs on the lake, 1 if the source refuses us
-for good (wrong URL, 4xx). The logic lives in :mod:`lake.ingest`.
+for good (wrong URL, 4xx). The logic lives in :mod:`processes.pipeline`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from lake.ingest import RunOptions, run
-from utils.cli import run_main, setup_logging
+from processes.cli import run_main, setup_logging
+from processes.pipeline import RunOptions, run
 from utils.config import get_settings
 
 

@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
+from analytics.monitor import note_files_scanned, sql_monitoring
 from lake import layout
 from lake.liveset import LiveSet
 from lake.storage import FileInfo, LocalStorage
 from utils.config import Settings
 from utils.errors import CorruptFileError
-from utils.tools import note_files_scanned, sql_monitoring
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from utils.tools import QUERY_HISTORY, QueryHistory
+from analytics.monitor import QUERY_HISTORY, QueryHistory
 
 SUMMARY_COLUMNS = ["query", "runs", "errors", "last_ms", "p50_ms", "p95_ms", "max_ms", "last_rows", "last_files"]
 TIMELINE_COLUMNS = ["at", "query", "ms", "rows", "files", "error"]

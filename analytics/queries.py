@@ -36,11 +36,11 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from analytics.monitor import note_files_scanned, sql_monitoring
 from analytics.partials import ARRIVALS, CUBE, KINDS, USERS, FilePartial, Kind, PartialCache
 from lake.liveset import LiveSet, live_set
 from lake.storage import LocalStorage
 from utils.errors import LakeError
-from utils.tools import note_files_scanned, sql_monitoring
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
-"""The source side: the synthetic badge stream, the service that serves it, and the client that reads it.
+"""The generator service: the synthetic badge stream and the FastAPI app that serves it.
 
 ``generators`` (the model, vectorized and replayable), ``encoding`` (JSON and Arrow bodies),
 ``stream_state`` (where the stream starts), ``faults`` (deliberate failures), ``main`` (the FastAPI
-service), ``protocol`` (the HTTP contract's constants), ``validation`` and ``client`` (the resilient client).
+service, ``uvicorn api.main:app``). The HTTP contract's constants live in :mod:`utils.protocol`, shared
+with the client in :mod:`source`.
 """

@@ -27,7 +27,11 @@ from starlette.concurrency import run_in_threadpool
 from api.encoding import encode_arrow, encode_json
 from api.faults import RETRY_AFTER_SECONDS, SLOW_MARGIN_SECONDS, Fault, FaultInjector, TruncatedResponse
 from api.generators import MAX_EVENTS, BadgeStream
-from api.protocol import (
+from api.stream_state import format_stream_start, resolve_stream_start
+from processes.cli import EXIT_CONFIG, run_main, setup_logging
+from utils.config import Settings, get_settings
+from utils.errors import ConfigError
+from utils.protocol import (
     ARROW_MEDIA_TYPE,
     DEFAULT_BATCH,
     JSON_MEDIA_TYPE,
@@ -35,10 +39,6 @@ from api.protocol import (
     NEXT_CURSOR_HEADER,
     prefers_arrow,
 )
-from api.stream_state import format_stream_start, resolve_stream_start
-from utils.cli import EXIT_CONFIG, run_main, setup_logging
-from utils.config import Settings, get_settings
-from utils.errors import ConfigError
 from utils.records import BUILDINGS, DEPARTMENTS
 
 log = logging.getLogger("api")

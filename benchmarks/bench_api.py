@@ -9,7 +9,7 @@ Each figure sits beside a reference measured in the same run and the original's 
   real ``uvicorn api.main:app`` (firehose, its own process) on 127.0.0.1, body read whole by httpx.
   Reference: the original's serving path in-process, without HTTP (per-record dicts, FastAPI's
   ``jsonable_encoder``, ``json.dumps``), an upper bound for it. Original: 27,600 rec/s (JSON only).
-* **client fetch + validate** (Arrow, JSON): :class:`api.client.BadgeLogClient` end to end, what the
+* **client fetch + validate** (Arrow, JSON): :class:`source.client.BadgeLogClient` end to end, what the
   pipeline gets per second from one connection. Reference: the served figure of the same format.
 
 ``python -m benchmarks.bench_api [--size quick|full]`` prints a table; :func:`run` returns the rows.
@@ -33,12 +33,12 @@ from typing import Any
 
 import httpx
 
-from api.client import BadgeLogClient, read_body
 from api.generators import generate_table
-from api.protocol import ARROW_MEDIA_TYPE
 from benchmarks.suite import fmt, repeat
-from tests.support import free_port, running_service
+from source.client import BadgeLogClient, read_body
+from testkit.processes import free_port, running_service
 from utils.config import Settings, load_settings
+from utils.protocol import ARROW_MEDIA_TYPE
 from utils.records import BUILDINGS, DEPARTMENT_WEIGHTS
 
 HERE = Path(__file__).resolve().parent

@@ -3,7 +3,7 @@
 Each figure sits beside a reference measured in the same run:
 
 * **records/s, Arrow and JSON**: the real service (``uvicorn api.main:app``, ``EVENTS_PER_SECOND=0``) in
-  its own process on a loopback port, and the real pipeline loop (:func:`lake.ingest.run` with the real
+  its own process on a loopback port, and the real pipeline loop (:func:`processes.pipeline.run` with the real
   client) in this one, timed from the first to the last committed record. Reference: the *ceiling*,
   writing the same tables (generated in-process) straight to Parquet with pyarrow's defaults.
 * **freshness p50/p95** at a live rate (``EVENTS_PER_SECOND=2000``) with the default flush and poll
@@ -32,10 +32,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from benchmarks.suite import summarize
-from lake.ingest import RunOptions
-from lake.ingest import run as run_pipeline
 from lake.writer import Commit
-from tests.support import free_port, running_service
+from processes.pipeline import RunOptions
+from processes.pipeline import run as run_pipeline
+from testkit.processes import free_port, running_service
 from utils.config import Settings, load_settings
 
 HERE = Path(__file__).resolve().parent
@@ -89,7 +89,7 @@ def ingest_rate(records: int, *, arrow: bool) -> tuple[float, float]:
     One pipeline run against a firehose. The second figure counts every thread of the pipeline and
     is steadier than the first on a machine shared with other work.
     """
-    from api.client import BadgeLogClient
+    from source.client import BadgeLogClient
 
     with _lake() as lake:
         port = free_port()

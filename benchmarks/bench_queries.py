@@ -92,7 +92,7 @@ def _records(rows: int, chunk: int = 1_000_000) -> Iterator[pa.Table]:
         for lo in range(0, rows, chunk):
             yield generate_table(SEED, lo, min(chunk, rows - lo), stream_start=STREAM_START, events_per_second=0)
     except ImportError:  # the generator is another module's: fall back to the test lake builder
-        from tests.lakegen import generate
+        from testkit.lakes import generate
 
         yield from generate(rows, seed=SEED, chunk_rows=chunk)
 

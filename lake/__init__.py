@@ -1,1 +1,4 @@
-"""The Parquet lake: layout, atomic publish, the live set, the writer, the compactor and queries."""
+"""The Parquet lake: storage, layout, the live set, the buffered writer, compaction, quarantine, audit.
+
+Knows nothing of HTTP or processes: it speaks in Arrow tables, keys and settings.
+"""

@@ -2,6 +2,6 @@
 
 import sys
 
-from lake.cli import main
+from processes.lake_cli import main
 
 sys.exit(main())

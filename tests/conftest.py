@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lake.storage import LocalStorage
-from tests.support import make_settings
+from testkit.processes import make_settings
 from utils.config import Settings
 
 

@@ -15,8 +15,8 @@ from analytics.health import lake_health
 from analytics.history import timeline_frame
 from analytics.queries import LakeAnalytics, Snapshot
 from lake.storage import LocalStorage
-from tests import lakegen as lg
-from tests.support import make_settings
+from testkit import lakes as lg
+from testkit.processes import make_settings
 
 
 @pytest.fixture(scope="module")

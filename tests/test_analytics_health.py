@@ -8,11 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analytics.health import lake_health
+from analytics.monitor import QUERY_HISTORY
 from lake.liveset import live_set
 from lake.storage import LocalStorage
-from tests import lakegen as lg
+from testkit import lakes as lg
 from utils.config import Settings
-from utils.tools import QUERY_HISTORY
 
 
 def test_health_counts_every_kind_of_file(storage: LocalStorage, settings: Settings) -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from analytics.history import summary_frame, timeline_frame
-from utils.tools import QueryHistory, note_files_scanned, percentile, sql_monitoring
+from analytics.monitor import QueryHistory, note_files_scanned, percentile, sql_monitoring
 
 
 def test_times_execution_including_materialization() -> None:

@@ -20,15 +20,15 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from analytics.monitor import QUERY_HISTORY
 from analytics.partials import USERS, PartialCache
 from analytics.queries import ALL, Filters, LakeAnalytics, Snapshot, freshness_status, minute_of, plan
 from lake import layout
 from lake.parquet import write_file
 from lake.storage import LocalStorage
-from tests import lakegen as lg
+from testkit import lakes as lg
 from utils.errors import LakeError
 from utils.records import BUILDINGS, DEPARTMENTS, RECORD_SCHEMA, with_duration
-from utils.tools import QUERY_HISTORY
 
 START = lg.DEFAULT_START
 

@@ -21,8 +21,8 @@ import pytest
 
 from api.encoding import encode_json
 from api.generators import generate_columns
-from api.json_decode import canonical_columns
-from api.validation import (
+from source.json_decode import canonical_columns
+from source.validation import (
     UndecodableBodyError,
     UnexpectedBodyError,
     Validated,

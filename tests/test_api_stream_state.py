@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from api.stream_state import STREAM_START_FILE, format_stream_start, parse_stream_start, resolve_stream_start
-from tests.support import make_settings
+from testkit.processes import make_settings
 from utils.errors import ConfigError
 
 T0 = datetime(2025, 3, 3, 9, 15, 42, 123456, tzinfo=UTC)

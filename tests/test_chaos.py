@@ -27,7 +27,7 @@ import pytest
 from lake import layout
 from lake.liveset import live_set
 from lake.storage import LocalStorage
-from tests.support import PYTHON, ROOT, ManagedProcess, free_port, make_settings, running_service
+from testkit.processes import PYTHON, ROOT, ManagedProcess, free_port, make_settings, running_service
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from lake import layout
 from lake.lock import LakeLock
-from tests.support import ROOT
+from testkit.processes import ROOT
 
 
 def _clean(lake: Path, answer: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATA_LAKE_PATH": str(lake)}
     return subprocess.run(
-        [sys.executable, "-m", "utils.clean", *args],
+        [sys.executable, "-m", "processes.clean", *args],
         cwd=ROOT,
         env=env,
         input=answer,

@@ -17,16 +17,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-import api.client
-from api.client import BadgeLogClient, FetchResult, RetryPolicy, get_employee_badge_logs, parse_retry_after
+import source.client
 from api.encoding import encode_arrow, encode_arrow_table, encode_json
 from api.generators import generate_columns, generate_table
-from api.json_decode import canonical_columns
-from api.protocol import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE, NEXT_CURSOR_HEADER
-from api.validation import decode_json, validate_rows
-from tests.support import free_port, make_settings, running_service
+from source.client import BadgeLogClient, FetchResult, RetryPolicy, get_employee_badge_logs, parse_retry_after
+from source.json_decode import canonical_columns
+from source.validation import decode_json, validate_rows
+from testkit.processes import free_port, make_settings, running_service
 from utils.config import Settings
 from utils.errors import PermanentSourceError, TransientSourceError
+from utils.protocol import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE, NEXT_CURSOR_HEADER
 from utils.records import QUARANTINE_SCHEMA, RECORD_SCHEMA
 
 START = datetime(2025, 3, 3, tzinfo=UTC)
@@ -227,7 +227,7 @@ def test_body_shorter_than_its_content_length_is_retried(make_client: Callable[.
 
 def test_each_failed_attempt_is_logged(make_client: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
     client, _ = make_client(Recorder(500, 503, 200))
-    with caplog.at_level(logging.WARNING, logger="api.client"):
+    with caplog.at_level(logging.WARNING, logger="source.client"):
         client.get_employee_badge_logs(cursor=0, batch=1)
     attempts = [r for r in caplog.records if "attempt" in r.getMessage() and "failed" in r.getMessage()]
     assert len(attempts) == 2
@@ -509,7 +509,7 @@ def test_module_level_entry_point_against_a_real_server(tmp_path: Path) -> None:
     settings = _real_server_settings(tmp_path, port, BATCH_SIZE=123)
     with running_service(settings.as_env(), port, tmp_path / "api.log"):
         first = get_employee_badge_logs(settings=settings)
-        second = api.client.get_employee_badge_logs(settings=settings)
+        second = source.client.get_employee_badge_logs(settings=settings)
     assert first.table.equals(records(0, 123))
     assert second.table.equals(records(123, 123))
     assert (first.cursor, first.next_cursor, second.next_cursor) == (None, 123, 246)

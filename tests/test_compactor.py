@@ -19,7 +19,7 @@ from lake.compactor import STEP_PUBLISHED, STEP_WRITING, STEP_WRITTEN, Compactio
 from lake.liveset import live_set
 from lake.parquet import ROW_GROUP_ROWS, badge_metadata, write_file
 from lake.storage import FileInfo, LocalStorage
-from tests.compactor_support import (
+from testkit.landing import (
     assert_exactly_once,
     clone_landing,
     compactor_temp,
@@ -27,7 +27,7 @@ from tests.compactor_support import (
     live_ids,
     publish_landing,
 )
-from tests.support import make_settings
+from testkit.processes import make_settings
 from utils.config import Settings
 from utils.records import LAKE_SCHEMA
 

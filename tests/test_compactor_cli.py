@@ -15,8 +15,8 @@ import pytest
 from lake import layout
 from lake.liveset import live_set
 from lake.storage import LocalStorage
-from tests.compactor_support import assert_exactly_once, compactor_temp, publish_landing
-from tests.support import PYTHON, ROOT, ManagedProcess, make_settings, wait_until
+from testkit.landing import assert_exactly_once, compactor_temp, publish_landing
+from testkit.processes import PYTHON, ROOT, ManagedProcess, make_settings, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,8 @@ from lake.compactor import (
 )
 from lake.liveset import live_set
 from lake.storage import LocalStorage
-from tests.compactor_support import assert_exactly_once, clone_lake, compactor_temp, live_ids, publish_landing
-from tests.support import make_settings
+from testkit.landing import assert_exactly_once, clone_lake, compactor_temp, live_ids, publish_landing
+from testkit.processes import make_settings
 from utils.config import Settings
 
 ROWS = 208_000

@@ -13,8 +13,8 @@ from streamlit.testing.v1 import AppTest
 
 from analytics.queries import Snapshot
 from lake.storage import LocalStorage
-from tests import lakegen as lg
-from tests.support import ROOT
+from testkit import lakes as lg
+from testkit.processes import ROOT
 from utils.config import get_settings
 
 APP = str(ROOT / "analytics_app.py")

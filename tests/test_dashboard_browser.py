@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from lake.storage import LocalStorage
-from tests import lakegen as lg
-from tests.support import BIN, ROOT, ManagedProcess, free_port, http_ok, wait_until
+from testkit import lakes as lg
+from testkit.processes import BIN, ROOT, ManagedProcess, free_port, http_ok, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.support import ROOT
+from testkit.processes import ROOT
 from utils.config import SPECS, load_settings
 
 ENV_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)=(.*)$")

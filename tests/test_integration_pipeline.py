@@ -22,7 +22,7 @@ import pytest
 from lake import layout
 from lake.liveset import live_set
 from lake.storage import LocalStorage
-from tests.support import PYTHON, ROOT, ManagedProcess, free_port, make_settings, running_service, wait_until
+from testkit.processes import PYTHON, ROOT, ManagedProcess, free_port, make_settings, running_service, wait_until
 
 pytestmark = pytest.mark.integration
 

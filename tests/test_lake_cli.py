@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from lake import layout
-from lake.inspect import stats, verify
+from lake.audit import stats, verify
 from lake.parquet import badge_metadata, open_writer, write_file
 from lake.storage import LocalStorage
-from tests.support import ROOT
+from testkit.processes import ROOT
 
 T0 = datetime(2026, 11, 2, 9, 0, 0)
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from lake.inspect import verify
+from lake.audit import verify
 from lake.liveset import live_set
 from lake.storage import LocalStorage
-from tests.support import ROOT, ManagedProcess, free_port, http_ok, wait_until
+from processes.launcher import commands, port_in_use
+from testkit.processes import ROOT, ManagedProcess, free_port, http_ok, wait_until
 from utils.config import load_settings
-from utils.launcher import commands, port_in_use
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,7 +48,7 @@ def test_launcher_runs_everything_and_one_sigint_stops_all(tmp_path: Path) -> No
         "COMPACTION_SWEEP_SECONDS": "1",
     }
     log = tmp_path / "launcher.log"
-    launcher = ManagedProcess([sys.executable, "-m", "utils.launcher"], env=env, log_path=log)
+    launcher = ManagedProcess([sys.executable, "-m", "processes.launcher"], env=env, log_path=log)
     with launcher:
         wait_until(lambda: http_ok(f"http://127.0.0.1:{api_port}/health/"), 60, what="the service")
         wait_until(lambda: http_ok(f"http://127.0.0.1:{dash_port}/_stcore/health"), 60, what="the dashboard")
@@ -85,7 +85,7 @@ def test_launcher_refuses_a_port_in_use(tmp_path: Path) -> None:
         assert port_in_use("127.0.0.1", port)
         env = {**os.environ, "DATA_LAKE_PATH": str(tmp_path / "lake"), "API_PORT": str(port)}
         out = subprocess.run(
-            [sys.executable, "-m", "utils.launcher"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "processes.launcher"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
         )
     assert out.returncode == 2
     assert f"port {port} on 127.0.0.1 is in use (API_PORT)" in out.stdout + out.stderr

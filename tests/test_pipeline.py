@@ -14,18 +14,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ingestion.fetcher import Fetcher
+from ingestion.placement import POSITION_NOTE, place_records
+from ingestion.progress import Progress, freshness_lag
+from ingestion.resume import recover
 from lake import layout
 from lake import writer as lake_writer
-from lake.ingest import POSITION_NOTE, Fetcher, Progress, RunOptions, freshness_lag, place_records, recover, run
-from lake.inspect import verify
+from lake.audit import verify
 from lake.liveset import live_set
 from lake.lock import LakeLock
 from lake.parquet import write_file
 from lake.quarantine import write_refused
 from lake.storage import FileInfo, LocalStorage
 from lake.writer import BufferedWriter, FlushThresholds
-from tests.pipeline_fakes import FakeResult, FakeSource, as_refused, make_records
-from tests.support import make_settings, wait_until
+from processes.pipeline import RunOptions, run
+from testkit.fake_source import FakeResult, FakeSource, as_refused, make_records
+from testkit.processes import make_settings, wait_until
 from utils.config import Settings
 from utils.errors import LakeLockedError, PermanentSourceError
 from utils.records import QUARANTINE_SCHEMA, with_duration

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lake.ingest import ChildCompactor, RunOptions, run
-from tests.pipeline_fakes import FakeSource
-from tests.support import ROOT, make_settings, wait_until
+from processes.pipeline import RunOptions, run
+from processes.supervision import ChildCompactor
+from testkit.fake_source import FakeSource
+from testkit.processes import ROOT, make_settings, wait_until
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -50,7 +51,7 @@ def test_a_child_that_dies_is_restarted_and_stop_terminates_it() -> None:
 
 
 def test_exit_status_3_means_another_compactor_holds_the_lake(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="lake.ingest")
+    caplog.set_level(logging.INFO, logger="processes.supervision")
     child = ChildCompactor([sys.executable, "-c", "raise SystemExit(3)"], os.environ, locked_recheck_seconds=0.6)
     child.start()
     try:
@@ -77,7 +78,7 @@ def test_the_child_dies_with_the_pipeline_even_on_kill_9(tmp_path: Path) -> None
     parent_script = textwrap.dedent(
         f"""
         import os, sys, time
-        from lake.ingest import ChildCompactor
+        from processes.supervision import ChildCompactor
         child = ChildCompactor({SLEEPER!r}, os.environ)
         child.start()
         print(child.pid, flush=True)

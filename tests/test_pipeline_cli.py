@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lake import layout
 from lake.lock import LakeLock
-from tests.support import ROOT
+from testkit.processes import ROOT
 
 PIPELINE = str(ROOT / "pipeline.py")
 

@@ -23,9 +23,9 @@ from fastapi.testclient import TestClient
 from api.faults import SLOW_MARGIN_SECONDS, Fault, FaultInjector
 from api.generators import MAX_EVENTS, generate_table
 from api.main import Service, create_app
-from api.protocol import ARROW_MEDIA_TYPE, MAX_BATCH, NEXT_CURSOR_HEADER, prefers_arrow
-from api.validation import decode_arrow, validate_table
-from tests.support import BIN, ManagedProcess, free_port, http_ok, make_settings, uvicorn_args, wait_until
+from source.validation import decode_arrow, validate_table
+from testkit.processes import BIN, ManagedProcess, free_port, http_ok, make_settings, uvicorn_args, wait_until
+from utils.protocol import ARROW_MEDIA_TYPE, MAX_BATCH, NEXT_CURSOR_HEADER, prefers_arrow
 from utils.records import RECORD_SCHEMA
 
 START = datetime(2025, 3, 3, 6, 30, tzinfo=UTC)

@@ -13,8 +13,8 @@ from lake.liveset import live_set
 from lake.parquet import write_file
 from lake.storage import LocalStorage
 from lake.watcher import LandingWatcher
-from tests.compactor_support import assert_exactly_once, lake_table, publish_landing
-from tests.support import make_settings, wait_until
+from testkit.landing import assert_exactly_once, lake_table, publish_landing
+from testkit.processes import make_settings, wait_until
 
 
 class Recorder:

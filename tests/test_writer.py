@@ -21,8 +21,8 @@ from lake import storage as lake_storage
 from lake.liveset import live_set
 from lake.storage import LocalStorage
 from lake.writer import BufferedWriter, FlushThresholds, WriterClosedError
-from tests.pipeline_fakes import as_refused, make_records
-from tests.support import ROOT, wait_until
+from testkit.fake_source import as_refused, make_records
+from testkit.processes import ROOT, wait_until
 from utils.errors import CommitError
 from utils.records import LAKE_SCHEMA
 
@@ -196,7 +196,7 @@ def test_unique_names_across_two_processes(storage: LocalStorage) -> None:
         from lake import layout
         from lake.storage import LocalStorage
         from lake.writer import BufferedWriter, FlushThresholds
-        from tests.pipeline_fakes import make_records
+        from testkit.fake_source import make_records
 
         class Frozen(datetime):
             @classmethod

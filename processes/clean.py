@@ -11,12 +11,12 @@ import sys
 
 from lake import layout
 from lake.lock import LakeLock
-from utils.cli import EXIT_LOCKED, EXIT_OK, run_main
+from processes.cli import EXIT_LOCKED, EXIT_OK, run_main
 from utils.config import get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.clean", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m processes.clean", description=__doc__)
     parser.add_argument("--yes", action="store_true", help="do not ask")
     args = parser.parse_args(argv)
 

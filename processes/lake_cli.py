@@ -1,6 +1,6 @@
 """``python -m lake stats|verify [--json]``: look into a lake from the command line.
 
-``verify`` exits 0 only if the lake is whole (see :func:`lake.inspect.verify`), 1 otherwise.
+``verify`` exits 0 only if the lake is whole (see :func:`lake.audit.verify`), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import json
 import sys
 from typing import Any
 
-from lake.inspect import stats, verify
+from lake.audit import stats, verify
 from lake.storage import LocalStorage
-from utils.cli import EXIT_ERROR, EXIT_OK, run_main
+from processes.cli import EXIT_ERROR, EXIT_OK, run_main
 from utils.config import get_settings
 
 

@@ -29,10 +29,10 @@ import httpx
 import pyarrow as pa
 import tenacity
 
-from api.protocol import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE, MAX_BATCH, NEXT_CURSOR_HEADER
-from api.validation import decode_arrow, validate_json, validate_table
+from source.validation import decode_arrow, validate_json, validate_table
 from utils.config import Settings, get_settings
 from utils.errors import PermanentSourceError, TransientSourceError
+from utils.protocol import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE, MAX_BATCH, NEXT_CURSOR_HEADER
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ malformed record never raises. A body that cannot be decoded at all (truncated, 
 records raises :class:`UnexpectedBodyError` (permanent).
 
 JSON bodies go through :func:`validate_json`: one in the service's canonical form is read column-wise
-(:mod:`api.json_decode`), any other through ``orjson`` and :func:`validate_rows`, with the same result.
+(:mod:`source.json_decode`), any other through ``orjson`` and :func:`validate_rows`, with the same result.
 
 Checks, vectorized: missing or null fields, values of the wrong type or unparseable timestamps, a
 negative ``event_id``, an empty ``user_id``, an unknown department or building, ``badge_out`` before
@@ -28,7 +28,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from api.json_decode import canonical_columns
+from source.json_decode import canonical_columns
 from utils.errors import PermanentSourceError, TransientSourceError
 from utils.records import BUILDINGS, DEPARTMENTS, FIELDS, QUARANTINE_SCHEMA, RECORD_SCHEMA
 
@@ -98,7 +98,7 @@ def validate_json(body: bytes | bytearray) -> Validated:
     """Decode a JSON body and split its records; the same result as ``validate_rows(decode_json(body))``.
 
     A body in the service's canonical form is read column-wise without a Python object per record
-    (:func:`api.json_decode.canonical_columns`: ~2.4x less time, mostly outside the GIL); any other
+    (:func:`source.json_decode.canonical_columns`: ~2.4x less time, mostly outside the GIL); any other
     body, including every malformed one, takes the general way and raises the same errors.
     """
     columns = canonical_columns(body)

@@ -20,7 +20,7 @@ from honcho.manager import Manager
 
 from lake import layout
 from lake.lock import LakeLock
-from utils.cli import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, run_main
+from processes.cli import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, run_main
 from utils.config import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def commands(settings: Settings, python: str = sys.executable) -> dict[str, str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.launcher", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m processes.launcher", description=__doc__)
     parser.parse_args(argv)
 
     def run() -> int:

@@ -1,0 +1,127 @@
+"""The pipeline process: lock, signals, the source client, the ingestion threads and the child compactor.
+
+Three threads share the work. The *fetcher* (:mod:`ingestion.fetcher`) asks the source for the
+records after the cursor and hands them to the :class:`~lake.writer.BufferedWriter`, whose *flusher*
+thread commits files on size or age (so the time-based flush fires even while the source is down or
+mid-retry). The *main* thread only supervises: signals, ``--duration``, the progress line, and the
+child compactor.
+
+Exactly-once (docs/lake-protocol.md): on start, under the pipeline lock, :func:`ingestion.resume.recover`
+removes the pipeline's own leftovers in ``temp/``, derives the cursor from the live set and removes
+orphan quarantine files at or beyond it. Nothing buffered is ever durable, and it does not need to be:
+the source is deterministic per cursor, so records that were not committed when the process died are
+simply fetched again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from ingestion.fetcher import Fetcher
+from ingestion.placement import BadgeSource
+from ingestion.progress import Progress
+from ingestion.resume import recover
+from lake import layout
+from lake.lock import LakeLock
+from lake.storage import LocalStorage
+from lake.writer import BufferedWriter, Commit, FlushThresholds
+from processes.cli import EXIT_OK
+from processes.signals import stop_on_signals
+from processes.supervision import ChildCompactor
+from utils.config import Settings
+from utils.errors import PermanentSourceError
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS: Final = 0.1  # how often the main thread looks at signals, deadlines, the child and progress
+FETCHER_JOIN_SECONDS: Final = 2.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Command-line choices of ``pipeline.py``."""
+
+    duration: float | None = None  # stop after this many seconds
+    max_records: int | None = None  # stop once this many records (valid + refused) are committed
+    compaction: bool = True  # start and supervise the compaction process as a child
+
+
+def _open_client(settings: Settings, stop: threading.Event) -> contextlib.AbstractContextManager[BadgeSource]:
+    from source.client import BadgeLogClient
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)  # retry pauses end early once we are stopping, so the fetcher finishes soon
+
+    client: contextlib.AbstractContextManager[BadgeSource] = BadgeLogClient(settings, sleep=sleep)
+    return client
+
+
+def run(
+    settings: Settings,
+    options: RunOptions | None = None,
+    *,
+    source: BadgeSource | None = None,
+    stop: threading.Event | None = None,
+    compactor: ChildCompactor | None = None,
+    on_commit: Callable[[Commit], None] | None = None,
+) -> int:
+    """Run the pipeline until stopped (signal, ``stop``), ``duration`` is over or ``max_records`` are in.
+
+    Returns 0 after a clean stop (everything buffered flushed, the child stopped). Raises
+    LakeLockedError if another pipeline runs on the lake, PermanentSourceError after a clean stop if
+    the source refused us for good, CommitError if the final flush could not be committed.
+    """
+    options = options or RunOptions()
+    stop = stop or threading.Event()
+    storage = LocalStorage(settings.data_lake_path)
+    storage.ensure_layout()
+    with LakeLock(storage.root, layout.PIPELINE_LOCK, "pipeline"), stop_on_signals(stop):
+        resume = recover(storage)
+        log.info(
+            "pipeline on %s: resuming at event %d; flush at %d records or %.2f s; compaction %s",
+            storage.root,
+            resume.cursor,
+            settings.buffer_records,
+            settings.flush_interval_seconds,
+            "as a child process" if options.compaction else "off",
+        )
+        fetch_stop = threading.Event()
+        with contextlib.ExitStack() as stack:
+            if source is None:
+                source = stack.enter_context(_open_client(settings, fetch_stop))
+            child = None
+            if options.compaction:
+                child = compactor or ChildCompactor.for_settings(settings)
+                child.start()
+                stack.callback(child.stop)  # runs after the final flush below, and on any error
+            writer = BufferedWriter(storage, FlushThresholds.from_settings(settings), on_commit=on_commit).start()
+            fetcher = Fetcher(
+                source, writer, settings, resume.cursor, max_records=options.max_records, stop_event=fetch_stop
+            )
+            fetcher.start()
+            progress = Progress(writer, fetcher, settings.progress_interval_seconds)
+            deadline = None if options.duration is None else time.monotonic() + options.duration
+            while not stop.wait(TICK_SECONDS):
+                if not fetcher.is_alive() or writer.fatal_error is not None:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    log.info("--duration reached: flushing and stopping")
+                    break
+                if child is not None:
+                    child.poll()
+                progress.maybe_report()
+            fetcher.stop()
+            fetcher.join(FETCHER_JOIN_SECONDS)
+            writer.close()
+            log.info("stopped: %s", progress.line().removeprefix("progress: "))
+            if fetcher.error is not None:
+                if isinstance(fetcher.error, PermanentSourceError):
+                    log.error("the source refused the pipeline for good: %s", fetcher.error)
+                raise fetcher.error
+    return EXIT_OK
