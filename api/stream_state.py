@@ -10,9 +10,6 @@ This is service state, not a data file: the lake's data files go through :mod:`l
 
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Final
 
 from utils.config import Settings
 from utils.errors import ConfigError
+from utils.fsio import write_new
 
 STREAM_START_FILE: Final = ".stream_start"
 VARIABLE: Final = "GENERATOR_STREAM_START"
@@ -81,20 +79,5 @@ def _read(path: Path) -> datetime | None:
 
 
 def _write_once(path: Path, text: str) -> None:
-    """Create ``path`` with ``text`` whole or not at all; never replace an existing file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):  # someone else won: their value stands
-            os.link(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Create ``path`` with ``text`` whole or not at all; never replace an existing file (its value stands)."""
+    write_new(path, (text + "\n").encode())

@@ -8,7 +8,6 @@ the thread with that error for the process to report.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -18,11 +17,14 @@ from ingestion.placement import BadgeSource, FetchResultLike, place_records
 from lake.writer import BufferedWriter, WriterClosedError
 from utils.config import Settings
 from utils.errors import TransientSourceError
+from utils.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS: Final = 0.1  # how often a waiting request looks at the stop event
 PREFETCH_DEPTH: Final = 2  # requests in flight while the source answers full batches
+OUTAGE_JITTER: Final = 0.2
+OUTAGE_MIN_DELAY_SECONDS: Final = 0.05
 
 
 # -- the fetcher --------------------------------------------------------------------------------------
@@ -88,6 +90,12 @@ class Fetcher(threading.Thread):
         self.error: BaseException | None = None
         self.outage_since: float | None = None  # monotonic start of the current outage
         self.requests = 0
+        self.outage_backoff = Backoff.for_source(
+            settings.retry_backoff_base,
+            settings.retry_max_delay_seconds,
+            jitter=OUTAGE_JITTER,
+            floor=OUTAGE_MIN_DELAY_SECONDS,
+        )
 
     @property
     def fetched(self) -> int:
@@ -177,7 +185,5 @@ class Fetcher(threading.Thread):
         self.stop_event.wait(delay)
 
     def _outage_delay(self, failures: int) -> float:
-        """Capped exponential backoff with jitter, from the client's retry settings."""
-        s = self.settings
-        base = min(s.retry_max_delay_seconds, s.retry_backoff_base**failures)
-        return max(0.05, base * random.uniform(0.8, 1.0))
+        """The client's backoff (its retry settings), with less jitter: the fetcher is the only caller."""
+        return self.outage_backoff.delay(failures)

@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 
 from lake import layout
 from utils.errors import CommitError, CorruptFileError
+from utils.fsio import NotDurableError, fsync_dir, link_new
+from utils.fsio import fsync_file as fsync_file  # noqa: PLC0414 - re-exported for the compactor
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +46,6 @@ class FileInfo:
     @property
     def name(self) -> str:
         return self.key.rsplit("/", 1)[-1]
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalStorage:
@@ -158,14 +143,11 @@ class LocalStorage:
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / name
         try:
-            fsync_file(tmp)
-            os.link(tmp, dest)  # atomic, and refuses to replace an existing file
+            link_new(tmp, dest)
+        except NotDurableError:
+            raise  # published: an OSError for the caller to retry, never a second copy
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise CommitError(f"could not publish {zone}/{name}: {exc}") from exc
-        fsync_dir(dest_dir)
-        tmp.unlink(missing_ok=True)
-        fsync_dir(tmp.parent)
         st = dest.stat()
         return FileInfo(f"{zone}/{name}", st.st_size, st.st_mtime_ns)
 

@@ -44,14 +44,14 @@ from lake.storage import FileInfo, LocalStorage
 from utils.config import Settings
 from utils.errors import CommitError, LakeError
 from utils.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, with_duration
+from utils.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 LANDING_KIND: Final = "landing"  # landing files and their temp files start with this
 OWN_KINDS: Final[tuple[str, ...]] = (LANDING_KIND, quarantine.KIND)
 
-RETRY_INITIAL_SECONDS: Final = 0.2
-RETRY_MAX_SECONDS: Final = 5.0
+FLUSH_RETRY: Final = Backoff(first=0.2, factor=2.0, cap=5.0)  # a failed flush is retried after these delays
 CLOSE_TIMEOUT_SECONDS: Final = 30.0
 
 
@@ -145,14 +145,12 @@ class BufferedWriter:
         thresholds: FlushThresholds,
         *,
         on_commit: Callable[[Commit], None] | None = None,
-        retry_initial: float = RETRY_INITIAL_SECONDS,
-        retry_max: float = RETRY_MAX_SECONDS,
+        retry: Backoff = FLUSH_RETRY,
     ) -> None:
         self.storage = storage
         self.thresholds = thresholds
         self._on_commit = on_commit
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
+        self._retry = retry
         self._cond = threading.Condition()
         self._valid: list[pa.Table] = []
         self._refused: list[pa.Table] = []
@@ -401,7 +399,7 @@ class BufferedWriter:
 
     # -- the flusher --------------------------------------------------------------------------------
     def _run(self) -> None:
-        delay = self._retry_initial
+        failures = 0  # consecutive failed attempts
         while True:
             with self._cond:
                 while self._pending is None:
@@ -420,6 +418,8 @@ class BufferedWriter:
                 with self._cond:
                     self._failed_attempts += 1
                     flush.attempts += 1
+                    failures += 1
+                    delay = self._retry.delay(failures)
                     give_up = self._abort or (self._closing and time.monotonic() >= self._close_deadline)
                     log.warning(
                         "flush of events %d..%d failed (attempt %d): %s; %s",
@@ -432,7 +432,6 @@ class BufferedWriter:
                     if give_up:
                         return
                     self._cond.wait(delay)
-                delay = min(delay * 2, self._retry_max)
                 continue
             except Exception as exc:  # a bug or an unexpected library error: stop loudly, never loop on it
                 log.exception("the flusher stopped on an unexpected error")
@@ -441,7 +440,7 @@ class BufferedWriter:
                     self._closing = True
                     self._cond.notify_all()
                 return
-            delay = self._retry_initial
+            failures = 0
             with self._cond:
                 self._pending = None
                 self._records_committed += commit.records

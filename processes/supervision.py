@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from processes.cli import EXIT_LOCKED
 from utils.config import Settings
+from utils.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ class ChildCompactor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self._started_at = 0.0
-        self._delay = restart_seconds
+        self._backoff = Backoff(first=restart_seconds, factor=2.0, cap=max(restart_seconds, CHILD_RESTART_MAX_SECONDS))
+        self._quick_exits = 0  # consecutive exits soon after a start
         self._restart_at: float | None = None
 
     @classmethod
@@ -102,8 +104,8 @@ class ChildCompactor:
                 log.info("another compactor already runs on this lake (it compacts); checking again in %.0f s", delay)
             else:
                 quick = now - self._started_at < 10 * self.restart_seconds
-                self._delay = min(self._delay * 2, CHILD_RESTART_MAX_SECONDS) if quick else self.restart_seconds
-                delay = self._delay
+                self._quick_exits = self._quick_exits + 1 if quick else 0
+                delay = self._backoff.delay(self._quick_exits + 1)
                 log.warning(
                     "the compactor (pid %d) exited with status %s; restarting in %.0f s", self.proc.pid, status, delay
                 )

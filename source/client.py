@@ -6,8 +6,9 @@ Guarantee: :meth:`BadgeLogClient.get_employee_badge_logs` either returns every r
 :class:`~utils.errors.PermanentSourceError` (retrying cannot help: another 4xx, a body that is not records).
 
 Retry policy (data, from settings, see :class:`RetryPolicy`): connection errors, timeouts, truncated or
-undecodable bodies, 429 and 5xx are retried; the wait before retry ``n`` is ``min(cap, base**n)`` with
-"equal jitter" (uniformly between half and all of it), or the server's ``Retry-After`` (capped). Every
+undecodable bodies, 429 and 5xx are retried; the wait before retry ``n`` is the platform's
+:class:`~utils.retry.Backoff`, ``min(cap, base**n)`` with "equal jitter" (uniformly between half and
+all of it), or the server's ``Retry-After`` (capped). Every
 failed attempt is logged. Other 4xx are never retried. One long-lived ``httpx.Client`` with explicit
 timeouts; Arrow is asked for first, JSON accepted (and used when the server answers JSON).
 """
@@ -33,6 +34,7 @@ from source.validation import decode_arrow, validate_json, validate_table
 from utils.config import Settings, get_settings
 from utils.errors import PermanentSourceError, TransientSourceError
 from utils.protocol import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE, MAX_BATCH, NEXT_CURSOR_HEADER
+from utils.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +49,17 @@ class RetryPolicy:
     """Which failures are retried, how often, and how long to wait between attempts."""
 
     max_attempts: int
-    backoff_base: float
-    max_delay_seconds: float
+    backoff: Backoff
     statuses: frozenset[int] = field(default=DEFAULT_RETRY_STATUSES)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(settings.retry_max_attempts, settings.retry_backoff_base, settings.retry_max_delay_seconds)
-
-    def backoff(self, retry: int, rng: random.Random) -> float:
-        """Seconds to wait before retry number ``retry`` (1, 2, ...): min(cap, base**retry), equal jitter."""
-        ceiling = min(self.max_delay_seconds, self.backoff_base ** min(retry, 64))
-        return ceiling * (0.5 + 0.5 * rng.random())
+        backoff = Backoff.for_source(settings.retry_backoff_base, settings.retry_max_delay_seconds)
+        return cls(settings.retry_max_attempts, backoff)
 
     def honour(self, retry_after: float) -> float:
         """Seconds to wait when the server said ``Retry-After: retry_after`` (capped)."""
-        return min(self.max_delay_seconds, max(0.0, retry_after))
+        return min(self.backoff.cap, max(0.0, retry_after))
 
 
 @dataclass(frozen=True)
@@ -196,7 +193,7 @@ class BadgeLogClient:
         retry_after = exc.retry_after if isinstance(exc, RetryableResponseError) else None
         if retry_after is not None:
             return self.policy.honour(retry_after)
-        return self.policy.backoff(state.attempt_number, self._rng)
+        return self.policy.backoff.delay(state.attempt_number, self._rng)
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None

@@ -28,6 +28,7 @@ from utils.config import Settings
 from utils.errors import PermanentSourceError, TransientSourceError
 from utils.protocol import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE, NEXT_CURSOR_HEADER
 from utils.records import QUARANTINE_SCHEMA, RECORD_SCHEMA
+from utils.retry import Backoff
 
 START = datetime(2025, 3, 3, tzinfo=UTC)
 URL = "http://badge.test/employee-badge-logs/"
@@ -156,11 +157,12 @@ def test_exhausted_attempts_are_a_transient_error_with_capped_jittered_backoff(
 
 
 def test_backoff_is_capped(tmp_path: Path) -> None:
-    policy = RetryPolicy(max_attempts=10, backoff_base=3, max_delay_seconds=5)
+    policy = RetryPolicy(max_attempts=10, backoff=Backoff.for_source(3, 5))
     rng = random.Random(1)
-    assert all(2.5 <= policy.backoff(n, rng) <= 5 for n in range(2, 10))
-    assert 0.5 <= policy.backoff(0, rng) <= 1
-    assert policy.backoff(1000, rng) <= 5
+    assert all(2.5 <= policy.backoff.delay(n, rng) <= 5 for n in range(2, 10))
+    assert 1.5 <= policy.backoff.delay(1, rng) <= 3
+    assert policy.backoff.delay(1000, rng) <= 5
+    assert policy.honour(3600) == 5
     assert policy.statuses >= {429, 500, 503, 599}
     assert 404 not in policy.statuses
 

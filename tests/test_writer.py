@@ -23,8 +23,10 @@ from lake.storage import LocalStorage
 from lake.writer import BufferedWriter, FlushThresholds, WriterClosedError
 from testkit.fake_source import as_refused, make_records
 from testkit.processes import ROOT, wait_until
+from utils import fsio
 from utils.errors import CommitError
 from utils.records import LAKE_SCHEMA
+from utils.retry import Backoff
 
 
 def landing_ids(storage: LocalStorage) -> np.ndarray:
@@ -283,7 +285,7 @@ def test_disk_full_during_a_flush_leaves_nothing_partial_and_retries(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     disk = DiskFull(monkeypatch, times=3)
-    writer = BufferedWriter(storage, FlushThresholds(records=100, interval_seconds=60), retry_initial=0.05)
+    writer = BufferedWriter(storage, FlushThresholds(records=100, interval_seconds=60), retry=Backoff(0.05, 2.0, 5.0))
     with writer:
         writer.add(make_records(0, 100))
         wait_until(lambda: writer.stats().failed_attempts >= 1, 5, interval=0.005, what="a failed flush")
@@ -303,7 +305,7 @@ def test_a_retry_resumes_at_the_failed_step_without_writing_the_quarantine_file_
     DiskFull(monkeypatch, times=2, only_kind="landing")
     records = make_records(0, 10)
     mask = pa.array([i == 4 for i in range(10)])
-    with BufferedWriter(storage, FlushThresholds(10, 60), retry_initial=0.05) as writer:
+    with BufferedWriter(storage, FlushThresholds(10, 60), retry=Backoff(0.05, 2.0, 5.0)) as writer:
         writer.add(records.filter(pa.compute.invert(mask)), as_refused(records.filter(mask), "bad"))
     assert len(storage.list_files(layout.QUARANTINE)) == 1
     assert quarantine_ids(storage).tolist() == [4]
@@ -313,7 +315,7 @@ def test_a_retry_resumes_at_the_failed_step_without_writing_the_quarantine_file_
 def test_an_error_after_the_commit_point_is_not_retried_into_a_duplicate(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = lake_storage.fsync_dir
+    real = fsio.fsync_dir
     calls = {"n": 0}
 
     def flaky_fsync_dir(path: Path) -> None:
@@ -322,8 +324,8 @@ def test_an_error_after_the_commit_point_is_not_retried_into_a_duplicate(
             raise OSError(errno.EIO, "Input/output error")
         real(path)
 
-    monkeypatch.setattr(lake_storage, "fsync_dir", flaky_fsync_dir)
-    with BufferedWriter(storage, FlushThresholds(10, 60), retry_initial=0.05) as writer:
+    monkeypatch.setattr(fsio, "fsync_dir", flaky_fsync_dir)
+    with BufferedWriter(storage, FlushThresholds(10, 60), retry=Backoff(0.05, 2.0, 5.0)) as writer:
         writer.add(make_records(0, 10))
         writer.add(make_records(10, 10))
     assert calls["n"] == 1
@@ -333,7 +335,7 @@ def test_an_error_after_the_commit_point_is_not_retried_into_a_duplicate(
 
 def test_back_pressure_while_flushes_fail(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
     disk = DiskFull(monkeypatch, times=10_000)
-    writer = BufferedWriter(storage, FlushThresholds(10, 60), retry_initial=0.02, retry_max=0.05)
+    writer = BufferedWriter(storage, FlushThresholds(10, 60), retry=Backoff(0.02, 2.0, 0.05))
     with writer:
         writer.add(make_records(0, 10))  # cut into a failing flush
         wait_until(lambda: writer.stats().failed_attempts >= 1, 5, what="a failed flush")
@@ -350,7 +352,7 @@ def test_back_pressure_while_flushes_fail(storage: LocalStorage, monkeypatch: py
 
 def test_close_gives_up_when_the_disk_stays_full(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
     DiskFull(monkeypatch, times=10_000)
-    writer = BufferedWriter(storage, FlushThresholds(100, 60), retry_initial=0.02, retry_max=0.05).start()
+    writer = BufferedWriter(storage, FlushThresholds(100, 60), retry=Backoff(0.02, 2.0, 0.05)).start()
     writer.add(make_records(0, 50))
     with pytest.raises(CommitError, match="50 buffered records were not committed"):
         writer.close(timeout=0.3)
