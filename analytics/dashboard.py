@@ -21,18 +21,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analytics import figures
+from analytics.engine import LakeAnalytics, Snapshot
+from analytics.filters import Filters
 from analytics.health import LakeHealth, lake_health
 from analytics.history import summary_frame, timeline_frame
-from analytics.queries import (
-    ALL,
-    Filters,
-    Freshness,
-    Kpis,
-    LakeAnalytics,
-    Snapshot,
-    freshness_status,
-    percent_text,
-)
+from analytics.presentation import freshness_status, percent_text
+from analytics.results import Freshness, Kpis
 from lake.storage import LocalStorage
 from utils.config import Settings, get_settings
 from utils.errors import BadgeError
@@ -411,4 +405,4 @@ def main() -> None:
     st.fragment(run_every=run_every)(body)(engine, settings, controls)
 
 
-__all__ = ["ALL", "main"]
+__all__ = ["main"]

@@ -1,6 +1,6 @@
 """Plotly figures for the dashboard: pure ``make_*_figure(df) -> go.Figure`` functions, no Streamlit.
 
-Each takes the DataFrame its query returns (see :mod:`analytics.queries`) and never fails on an empty
+Each takes the DataFrame its query returns (see :mod:`analytics.engine`) and never fails on an empty
 one: it then shows a "No data" note in place of the chart.
 """
 

@@ -6,7 +6,8 @@ file whose sources are all cached gets its aggregates by merging theirs (it hold
 the live set holds each event once before and after a compaction; the row counts are checked).
 
 The time axis is the **event time**, ``badge_out_timestamp``: the stream emits a session when it closes,
-files are in that order (tight row-group statistics), and freshness is measured on it. Three kinds:
+files are in that order (tight row-group statistics), and freshness is measured on it. Three aggregates
+(each an :class:`Aggregate`):
 
 * ``cube``: events per badge-out **minute** x department x building x access, with the premature count
   (granted and ``duration_s < 14400``) and the newest badge-out. At most 48 cells a minute, whatever
@@ -15,7 +16,7 @@ files are in that order (tight row-group statistics), and freshness is measured 
 * ``users``: granted and premature sessions per badge-out **hour** x employee x department x building,
   kept only where it is much smaller than the file (a compacted file; not a small landing file).
 
-The hourly kinds answer whole hours from the cache; the minutes of a partly selected hour, and files
+The hourly aggregates answer whole hours from the cache; the minutes of a partly selected hour, and files
 without the partial, are read directly (cheap: files are sorted by badge-out, so DuckDB skips row groups).
 """
 
@@ -58,8 +59,11 @@ class Measure:
 
 
 @dataclass(frozen=True)
-class Kind:
-    """One kind of partial: grouping keys over the raw columns, measures, and which rows it covers."""
+class Aggregate:
+    """One per-file partial aggregate: grouping keys over the raw columns, measures, and which rows it covers.
+
+    Its SQL holds only constant expressions and identifiers, never a value; every partial of it has :attr:`schema`.
+    """
 
     name: str
     time_column: str  # "minute" or "hour": badge-out time bucket
@@ -83,7 +87,7 @@ class Kind:
         return all(m.merge == "sum" for m in self.measures)
 
     def raw_select(self, sign: int = 1) -> str:
-        """Projection of source rows onto this kind's columns (one row each), for direct reads.
+        """Projection of source rows onto this aggregate's columns (one row each), for direct reads.
 
         ``sign=-1`` negates the (additive) measures: rows to subtract from a cached bucket.
         """
@@ -93,7 +97,7 @@ class Kind:
         return ", ".join(cols)
 
     def scan_sql(self) -> str:
-        """Aggregate ``$files`` per file (``file_index``: position in the list) into this kind, sorted by file."""
+        """Aggregate ``$files`` per file (``file_index``: position in the list) into this partial, sorted by file."""
         cols = [f"{expr} AS {name}" for name, expr, _ in self.keys] + [f"{m.scan} AS {m.name}" for m in self.measures]
         return (
             f"SELECT file_index, {', '.join(cols)} FROM read_parquet($files) "  # noqa: S608 (constants only)
@@ -107,7 +111,7 @@ class Kind:
         return f"SELECT {keys}, {aggs} FROM parts GROUP BY ALL"  # noqa: S608 (constant identifiers only)
 
 
-CUBE: Final = Kind(
+CUBE: Final = Aggregate(
     "cube",
     "minute",
     US_PER_MINUTE,
@@ -128,7 +132,7 @@ CUBE: Final = Kind(
         Measure("last_out_us", _OUT_US, f"max({_OUT_US})", "max"),
     ),
 )
-ARRIVALS: Final = Kind(
+ARRIVALS: Final = Aggregate(
     "arrivals",
     "hour",
     US_PER_HOUR,
@@ -140,7 +144,7 @@ ARRIVALS: Final = Kind(
     ),
     (Measure("events", "1::BIGINT", "count(*)", "sum"),),
 )
-USERS: Final = Kind(
+USERS: Final = Aggregate(
     "users",
     "hour",
     US_PER_HOUR,
@@ -157,7 +161,7 @@ USERS: Final = Kind(
     where="access_granted",  # a denied attempt is not a session
     always_keep=False,
 )
-KINDS: Final[tuple[Kind, ...]] = (CUBE, ARRIVALS, USERS)
+AGGREGATES: Final[tuple[Aggregate, ...]] = (CUBE, ARRIVALS, USERS)
 
 
 @dataclass(frozen=True)
@@ -166,13 +170,13 @@ class FilePartial:
 
     info: FileInfo
     rows: int
-    tables: Mapping[str, pa.Table | None]  # by kind name; None = not kept, read the file directly
+    tables: Mapping[str, pa.Table | None]  # by aggregate name; None = not kept, read the file directly
     minute_lo: int | None  # badge-out minutes the file covers, inclusive; None for an empty file
     minute_hi: int | None
     derived: bool = False  # merged from the partials of the files a compaction replaced
 
-    def table(self, kind: Kind) -> pa.Table | None:
-        return self.tables.get(kind.name)
+    def table(self, aggregate: Aggregate) -> pa.Table | None:
+        return self.tables.get(aggregate.name)
 
     def overlaps(self, lo: int | None, hi: int | None) -> bool:
         """Whether the file may hold badge-outs in minutes [lo, hi) (None = unbounded)."""
@@ -203,15 +207,15 @@ def _minute_range(cube: pa.Table) -> tuple[int | None, int | None]:
     return int(mm["min"].as_py()), int(mm["max"].as_py())
 
 
-def merge_tables(con: duckdb.DuckDBPyConnection, kind: Kind, tables: Sequence[pa.Table]) -> pa.Table:
-    """One partial from several of the same kind (cells summed, newest kept)."""
+def merge_tables(con: duckdb.DuckDBPyConnection, aggregate: Aggregate, tables: Sequence[pa.Table]) -> pa.Table:
+    """One partial from several of the same aggregate (cells summed, newest kept)."""
     filled = [t for t in tables if t.num_rows]
     if not filled:
-        return kind.schema.empty_table()
+        return aggregate.schema.empty_table()
     cur = con.cursor()
     try:
         cur.register("parts", pa.concat_tables(filled))
-        return _conform(cur.sql(kind.merge_sql()).to_arrow_table(), kind.schema)
+        return _conform(cur.sql(aggregate.merge_sql()).to_arrow_table(), aggregate.schema)
     finally:
         cur.close()
 
@@ -244,8 +248,8 @@ class PartialCache:
             for key in [k for k, p in self._by_key.items() if keep.get(k) != p.info]:
                 del self._by_key[key]
 
-    def _kept(self, kind: Kind, table: pa.Table, rows: int) -> pa.Table | None:
-        return table if kind.always_keep or table.num_rows <= self.users_max_share * rows else None
+    def _kept(self, aggregate: Aggregate, table: pa.Table, rows: int) -> pa.Table | None:
+        return table if aggregate.always_keep or table.num_rows <= self.users_max_share * rows else None
 
     def ensure(
         self, con: duckdb.DuckDBPyConnection, storage: LocalStorage, files: Sequence[DataFile]
@@ -262,26 +266,26 @@ class PartialCache:
                 out[f.key] = hit
             else:
                 missing.append(f)
-        to_scan: dict[str, list[DataFile]] = {k.name: [] for k in KINDS}
+        to_scan: dict[str, list[DataFile]] = {agg.name: [] for agg in AGGREGATES}
         derived: dict[str, FilePartial] = {}
         for f in missing:
             merged = self._derive(con, f)
             if merged is None:
-                for k in KINDS:
-                    to_scan[k.name].append(f)
+                for agg in AGGREGATES:
+                    to_scan[agg.name].append(f)
                 continue
             derived[f.key] = merged
             if merged.table(USERS) is None and f.row_count > 0:
                 to_scan[USERS.name].append(f)  # merged from small files that had none: read it once
-        scanned = {k.name: self._scan(con, storage, k, to_scan[k.name]) for k in KINDS}
+        scanned = {agg.name: self._scan(con, storage, agg, to_scan[agg.name]) for agg in AGGREGATES}
         wanted = {name: {f.key for f in fs} for name, fs in to_scan.items()}
         read = set().union(*wanted.values())
         for f in missing:
             tables: dict[str, pa.Table | None] = dict(derived[f.key].tables) if f.key in derived else {}
-            for k in KINDS:
-                if f.key in wanted[k.name]:
-                    table = scanned[k.name].get(f.key, k.schema.empty_table())
-                    tables[k.name] = self._kept(k, table, f.row_count)
+            for agg in AGGREGATES:
+                if f.key in wanted[agg.name]:
+                    table = scanned[agg.name].get(f.key, agg.schema.empty_table())
+                    tables[agg.name] = self._kept(agg, table, f.row_count)
             cube = tables[CUBE.name]
             assert cube is not None
             lo, hi = _minute_range(cube)
@@ -303,12 +307,14 @@ class PartialCache:
         if len(sources) != len(parts) or sum(p.rows for p in sources) != f.row_count:
             return None
         tables: dict[str, pa.Table | None] = {}
-        for k in KINDS:
-            pieces = [p.table(k) for p in sources]
+        for agg in AGGREGATES:
+            pieces = [p.table(agg) for p in sources]
             if any(t is None for t in pieces):
-                tables[k.name] = None
+                tables[agg.name] = None
                 continue
-            tables[k.name] = self._kept(k, merge_tables(con, k, [t for t in pieces if t is not None]), f.row_count)
+            tables[agg.name] = self._kept(
+                agg, merge_tables(con, agg, [t for t in pieces if t is not None]), f.row_count
+            )
         cube = tables[CUBE.name]
         if cube is None:
             return None
@@ -316,10 +322,12 @@ class PartialCache:
         return FilePartial(f.info, f.row_count, tables, lo, hi, derived=True)
 
     def _scan(
-        self, con: duckdb.DuckDBPyConnection, storage: LocalStorage, kind: Kind, files: Sequence[DataFile]
+        self, con: duckdb.DuckDBPyConnection, storage: LocalStorage, aggregate: Aggregate, files: Sequence[DataFile]
     ) -> dict[str, pa.Table]:
-        """This kind's partial of each file, read in one DuckDB query over all of them."""
+        """This aggregate's partial of each file, read in one DuckDB query over all of them."""
         if not files:
             return {}
-        result = con.sql(kind.scan_sql(), params={"files": [str(storage.path(f.key)) for f in files]}).to_arrow_table()
-        return {files[i].key: _conform(t, kind.schema) for i, t in _split_by_file(result).items()}
+        result = con.sql(
+            aggregate.scan_sql(), params={"files": [str(storage.path(f.key)) for f in files]}
+        ).to_arrow_table()
+        return {files[i].key: _conform(t, aggregate.schema) for i, t in _split_by_file(result).items()}

@@ -37,10 +37,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analytics.engine import LakeAnalytics, Snapshot
+from analytics.filters import ALL, Filters
 from analytics.health import lake_health
-from analytics.partials import ARRIVALS, CUBE, USERS, Kind
-from analytics.queries import (
-    ALL,
+from analytics.partials import ARRIVALS, CUBE, USERS, Aggregate
+from analytics.sql import (
     COMPLIANCE_BY_DEPT_SQL,
     DENIAL_SQL,
     FRESHNESS_SQL,
@@ -48,9 +49,6 @@ from analytics.queries import (
     KPIS_SQL,
     REPEAT_SQL,
     TRAFFIC_SQL,
-    Filters,
-    LakeAnalytics,
-    Snapshot,
 )
 from lake import layout
 from lake.parquet import ROW_GROUP_ROWS, badge_metadata, open_writer, write_file
@@ -233,7 +231,7 @@ _ORIGINAL_SQL: dict[str, str] = {
     "compliance distribution": f"""SELECT CASE WHEN {_HOURS} >= 4 THEN 'Compliant' ELSE 'Non-compliant' END AS s,
         COUNT(*) AS n FROM read_parquet($files) GROUP BY s""",  # noqa: S608 (constants only)
 }
-_BODIES: dict[str, tuple[Kind, str, dict[str, Any]]] = {
+_BODIES: dict[str, tuple[Aggregate, str, dict[str, Any]]] = {
     "kpis": (CUBE, KPIS_SQL, {}),
     "traffic over time": (CUBE, TRAFFIC_SQL, {"bucket": 60}),
     "building x hour heatmap": (ARRIVALS, HEATMAP_SQL, {}),
@@ -251,9 +249,9 @@ def original_query(files: list[str], name: str) -> list[tuple[Any, ...]]:
         con.execute("SET enable_progress_bar = false")
         if name in _ORIGINAL_SQL:
             return con.sql(_ORIGINAL_SQL[name], params={"files": files}).fetchall()
-        kind, body, params = _BODIES[name]
-        where = " WHERE access_granted" if kind is USERS else ""
-        sql = f"WITH src AS (SELECT {_ORIGINAL_SOURCES[kind.name]} FROM read_parquet($files){where}) {body}"  # noqa: S608
+        aggregate, body, params = _BODIES[name]
+        where = " WHERE access_granted" if aggregate is USERS else ""
+        sql = f"WITH src AS (SELECT {_ORIGINAL_SOURCES[aggregate.name]} FROM read_parquet($files){where}) {body}"  # noqa: S608
         return con.sql(sql, params={"files": files, **params}).fetchall()
     finally:
         con.close()
@@ -410,7 +408,7 @@ def run(size: str = "full", work: Path | None = None) -> list[Row]:
             None,
         )
     )
-    for name, ms in ORIGINAL_MS.items():  # BASELINE.md, for orientation (another run, same kind of machine)
+    for name, ms in ORIGINAL_MS.items():  # docs/original.md, for orientation (another run, same kind of machine)
         rows.append(
             {
                 "figure": f"{name}: the original, as measured in BASELINE.md",

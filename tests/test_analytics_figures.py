@@ -11,9 +11,9 @@ import plotly.graph_objects as go
 import pytest
 
 from analytics import figures
+from analytics.engine import LakeAnalytics, Snapshot
 from analytics.health import lake_health
 from analytics.history import timeline_frame
-from analytics.queries import LakeAnalytics, Snapshot
 from lake.storage import LocalStorage
 from testkit import lakes as lg
 from testkit.processes import make_settings

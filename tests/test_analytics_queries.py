@@ -20,9 +20,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from analytics.engine import LakeAnalytics, Snapshot
+from analytics.filters import ALL, Filters
 from analytics.monitor import QUERY_HISTORY
 from analytics.partials import USERS, PartialCache
-from analytics.queries import ALL, Filters, LakeAnalytics, Snapshot, freshness_status, minute_of, plan
+from analytics.presentation import freshness_status
+from analytics.spans import plan_spans
+from analytics.timeutil import minute_of
 from lake import layout
 from lake.parquet import write_file
 from lake.storage import LocalStorage
@@ -374,13 +378,13 @@ def test_concurrent_callers_each_get_their_own_answer(lake: Lake) -> None:
     assert results == {f: [e] * 4 for f, e in expected.items()}
 
 
-def test_plan_covers_exactly_the_selected_minutes() -> None:
+def test_span_plan_covers_exactly_the_selected_minutes() -> None:
     rng = random.Random(8)
     for _ in range(600):
         size = rng.choice([1, 60, 1440])
         lo = rng.choice([None, rng.randrange(0, 5000)])
         hi = rng.choice([None, rng.randrange(0, 5000)])
-        how = plan(lo, hi, size, subtract=size > 1 and rng.random() < 0.7)
+        how = plan_spans(lo, hi, size, subtract=size > 1 and rng.random() < 0.7)
         universe = range(-size, 5000 + 2 * size)
         count = dict.fromkeys(universe, 0)
         for b_lo, b_hi in how.cached:

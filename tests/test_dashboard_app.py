@@ -11,7 +11,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from analytics.queries import Snapshot
+from analytics.engine import Snapshot
 from lake.storage import LocalStorage
 from testkit import lakes as lg
 from testkit.processes import ROOT
