@@ -3,7 +3,7 @@
 Guarantee: the same records give the same bytes; JSON carries every contract field in contract order with
 timestamps as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (UTC, always six fractional digits).
 
-Why it is fast (PROBES.md: row dicts + orjson reach ~0.35 M rec/s, the original 27,600 rec/s): a record is
+Why it is fast (docs/measurements.md: row dicts + orjson reach ~0.35 M rec/s, the original 27,600 rec/s): a record is
 ``{"event_id":<id>`` + a cached fragment per (employee, building) with user_id, dept and building +
 one fixed-width block holding both timestamps + ``true},``/``false},``. Timestamps are written into a
 numpy structured array from lookup tables (date per distinct day, ``HH:MM:SS`` per second of the day,

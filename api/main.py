@@ -1,4 +1,4 @@
-"""The generator service: ``GET /employee-badge-logs/``, ``GET /health/`` and ``GET /`` (see CONTRACT.md).
+"""The generator service: ``GET /employee-badge-logs/``, ``GET /health/`` and ``GET /`` (README, "HTTP").
 
 Guarantee: the same seed and cursor give the same records, byte for byte, in either format; a live
 request never returns an event whose time has not come; deliberate faults never change what a cursor

@@ -1,6 +1,6 @@
 """Generator and service benchmark: records/s generated in-process and served over loopback (JSON, Arrow).
 
-Each figure sits beside a reference measured in the same run and the original's figure (BASELINE.md):
+Each figure sits beside a reference measured in the same run and the original's figure (docs/original.md):
 
 * **generation in-process**: :func:`api.generators.generate_table` for batches of 100,000 records.
   Reference: a straightforward per-record Python generator (a dict per record, ``uuid4()`` each, the
@@ -53,7 +53,7 @@ SIZES: dict[str, dict[str, int]] = {
     "full": {"runs": 7, "requests": 5, "reference": 20_000},
 }
 TARGETS = {"generation": 5_000_000, "json": 1_000_000, "arrow": 5_000_000}
-ORIGINAL = {"generation": 112_000, "json": 27_600}  # BASELINE.md
+ORIGINAL = {"generation": 112_000, "json": 27_600}  # docs/original.md
 
 Row = dict[str, Any]
 

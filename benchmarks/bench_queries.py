@@ -411,7 +411,7 @@ def run(size: str = "full", work: Path | None = None) -> list[Row]:
     for name, ms in ORIGINAL_MS.items():  # docs/original.md, for orientation (another run, same kind of machine)
         rows.append(
             {
-                "figure": f"{name}: the original, as measured in BASELINE.md",
+                "figure": f"{name}: the original, as measured in docs/original.md",
                 "value": ms,
                 "unit": "ms",
                 "reference": "",

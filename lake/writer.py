@@ -9,7 +9,7 @@ A flusher thread owns all writing, so the time-based flush fires whatever the ca
 the next batch. Leaving the ``with`` block normally flushes everything; leaving it by an exception
 does not (nothing half-written survives either way).
 
-A flush follows LAKE-PROTOCOL.md: the refused records below the flush's last valid event id are
+A flush commits in a fixed order: the refused records below the flush's last valid event id are
 committed to ``quarantine/`` first, then the valid records as one landing file (LAKE_SCHEMA, rows in
 event_id order, Snappy, badge metadata, atomic publish). Refused records *after* the last valid one
 stay buffered until a valid record follows them, so a quarantine file is always confirmed by the

@@ -16,7 +16,7 @@ def test_quick_benchmark_covers_every_query_and_form(tmp_path: Path) -> None:
     rows = bq.run("quick", work=tmp_path)
     figures = {r["figure"] for r in rows}
     for name in bq.QUERIES:
-        assert sum(1 for f in figures if f.startswith(f"{name}: ") and "BASELINE" not in f) == 5, name
+        assert sum(1 for f in figures if f.startswith(f"{name}: ") and "docs/original.md" not in f) == 5, name
     assert any(f.startswith("full refresh: dashboard, compacted, 1 new landing file") for f in figures)
     for r in rows:
         assert r["value"] > 0 and r["unit"] == "ms", r

@@ -1,7 +1,7 @@
 """The badge record: field names, value domains and Arrow schemas shared by the service and the lake.
 
 Timestamps are stored as naive ``timestamp[us]`` that are UTC by convention (no time-zone
-annotation). PROBES.md measured DuckDB's ``hour()`` and ``date_trunc`` at about 2.7x faster on a
+annotation). docs/measurements.md has DuckDB's ``hour()`` and ``date_trunc`` at about 2.7x faster on a
 naive TIMESTAMP than on TIMESTAMPTZ (168 vs 457 ms on 10 M rows), and every engine that reads the
 lake (DuckDB, Spark's TIMESTAMP_NTZ, Trino's ``timestamp(6)``) reads the values unchanged. JSON on
 the wire carries an explicit ``Z``.
@@ -55,7 +55,7 @@ RECORD_SCHEMA: Final[pa.Schema] = pa.schema(
 
 # What every data file in landing/ and compacted/ holds: the record plus a derived column.
 # duration_s = floor((badge_out - badge_in) in seconds); stored so that compliance queries compare an
-# integer (82 ms on 10 M rows in PROBES.md) instead of doing interval arithmetic (1,900 ms).
+# integer (82 ms on 10 M rows, docs/measurements.md) instead of doing interval arithmetic (1,900 ms).
 LAKE_SCHEMA: Final[pa.Schema] = RECORD_SCHEMA.append(pa.field("duration_s", pa.int32(), nullable=False))
 
 # Quarantined records: every field as text (it may not parse), plus why it was refused.
