@@ -3,8 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from utils.config import SPECS, load_settings
+from testkit.processes import ROOT
+from utils.config import SPECS, Settings, load_settings, settings_fields
 from utils.errors import ConfigError
 
 
@@ -50,6 +52,59 @@ def test_bad_values_name_the_variable(name: str, value: str, fragment: str) -> N
     assert fragment in str(info.value)
 
 
+def test_the_message_is_one_line_with_the_raw_value_and_the_cause_kept() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"BATCH_SIZE": "0", "GENERATOR_SEED": "-1"}, env_file=None)
+    assert str(info.value) == "BATCH_SIZE='0' is invalid: an integer from 1 to 100000"  # the first field wins
+    assert isinstance(info.value.__cause__, ValidationError)
+
+
+def test_a_bad_value_in_dotenv_is_named_too(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("RETRY_MAX_ATTEMPTS=0\n")
+    with pytest.raises(ConfigError, match=r"^RETRY_MAX_ATTEMPTS='0' is invalid: an integer from 1 to 100$"):
+        load_settings({}, env_file=env_file)
+
+
+def test_dotenv_reads_only_exact_names_and_ignores_strangers(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("batch_size=3\nAWS_REGION=eu-west-1\nAPI_PORT=9000\n")
+    s = load_settings({}, env_file=env_file)
+    assert (s.batch_size, s.api_port) == (100_000, 9000)
+
+
+@pytest.mark.parametrize(("name", "value"), [("DATA_LAKE_PATH", ""), ("DATA_LAKE_PATH", "  "), ("API_HOST", "")])
+def test_empty_is_refused_where_there_is_no_empty_meaning(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({name: value}, env_file=None)
+    assert info.value.variable == name
+
+
+def test_blank_optional_is_none_and_values_are_normalised() -> None:
+    s = load_settings(
+        {"GENERATOR_STREAM_START": " ", "LOG_LEVEL": " debug ", "BATCH_SIZE": " 1_000 ", "DATA_LAKE_PATH": "~/lake"},
+        env_file=None,
+    )
+    assert s.generator_stream_start is None
+    assert s.log_level == "DEBUG"
+    assert s.batch_size == 1_000
+    assert s.data_lake_path == Path.home() / "lake"
+
+
+def test_an_explicit_mapping_is_the_whole_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_SIZE", "7")
+    assert load_settings({}, env_file=None).batch_size == 100_000
+    assert load_settings(env_file=None).batch_size == 7
+
+
+def test_settings_are_frozen_and_hashable() -> None:
+    s = load_settings({}, env_file=None)
+    with pytest.raises(ValidationError):
+        s.batch_size = 1
+    assert {s: 1}[load_settings({}, env_file=None)] == 1
+    assert s.compaction_target_max_bytes == 500 * 1024 * 1024
+
+
 def test_replace_validates() -> None:
     s = load_settings({}, env_file=None)
     assert s.replace(batch_size=7).batch_size == 7
@@ -62,3 +117,12 @@ def test_every_spec_has_a_field_and_round_trips() -> None:
     env = s.as_env()
     assert set(env) == {spec.name for spec in SPECS}
     assert load_settings(env, env_file=None) == s
+    assert settings_fields() == tuple(spec.field for spec in SPECS) == tuple(Settings.model_fields)
+
+
+def test_env_example_comments_are_the_models_help_and_bounds() -> None:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    above = {line.split("=", 1)[0]: lines[i - 1] for i, line in enumerate(lines) if line[:1].isupper()}
+    assert {spec.name: above.get(spec.name) for spec in SPECS} == {
+        spec.name: f"# {spec.help} ({spec.allowed})" for spec in SPECS
+    }
