@@ -6,41 +6,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from testkit.records import make_records
 from utils.errors import PermanentSourceError, TransientSourceError
-from utils.records import BUILDINGS, DEPARTMENTS, QUARANTINE_SCHEMA, RECORD_SCHEMA
-
-BASE_US = int((datetime(2025, 3, 3, 8) - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
-
-
-def make_records(start: int, count: int, now_us: int | None = None) -> pa.Table:
-    """Records ``start .. start+count-1``: the same ids always give the same rows.
-
-    With ``now_us`` every record closes (badge_out) at that instant, as at the head of a live stream.
-    """
-    ids = np.arange(start, start + count, dtype=np.int64)
-    badge_in = BASE_US + ids * 1_000_000
-    badge_out = badge_in + (ids % 600) * 60_000_000
-    if now_us is not None:
-        badge_out = np.full(count, now_us, dtype=np.int64)
-        badge_in = badge_out - (ids % 600) * 60_000_000
-    return pa.table(
-        {
-            "event_id": ids,
-            "user_id": pa.array([f"user-{i % 50:04d}" for i in ids.tolist()], pa.string()),
-            "dept": pa.array([DEPARTMENTS[i % len(DEPARTMENTS)] for i in ids.tolist()], pa.string()),
-            "building_location": pa.array([BUILDINGS[i % len(BUILDINGS)] for i in ids.tolist()], pa.string()),
-            "badge_in_timestamp": pa.array(badge_in, pa.timestamp("us")),
-            "badge_out_timestamp": pa.array(badge_out, pa.timestamp("us")),
-            "access_granted": pa.array(ids % 7 != 0),
-        },
-        schema=RECORD_SCHEMA,
-    )
+from utils.records import QUARANTINE_SCHEMA, RECORD_SCHEMA
 
 
 def as_refused(table: pa.Table, reason: str) -> pa.Table:
@@ -98,7 +70,7 @@ class FakeSource:
         assert cursor is not None and batch is not None
         end = cursor + batch if self.available is None else min(cursor + batch, self.available)
         count = max(0, end - cursor)
-        table = make_records(cursor, count, int(time.time() * 1e6) if self.live else None)
+        table = make_records(cursor, count, now_us=int(time.time() * 1e6) if self.live else None)
         if self.refuse is None or count == 0:
             return FakeResult(table, QUARANTINE_SCHEMA.empty_table(), cursor, cursor + count, count)
         bad = pa.array([self.refuse(i) for i in range(cursor, cursor + count)], pa.bool_())

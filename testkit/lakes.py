@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,7 +24,8 @@ import pyarrow as pa
 from lake import layout
 from lake.parquet import write_file
 from lake.storage import FileInfo, LocalStorage
-from utils.records import BUILDINGS, DEPARTMENT_WEIGHTS, DEPARTMENTS, RECORD_SCHEMA, with_duration
+from testkit.records import Population, assemble
+from utils.records import BUILDINGS, RECORD_SCHEMA, with_duration
 
 US_PER_S = 1_000_000
 US_PER_DAY = 86_400 * US_PER_S
@@ -36,25 +36,6 @@ DEFAULT_START = datetime(2025, 3, 3)  # a Monday, midnight UTC
 def to_us(moment: datetime) -> int:
     """Microseconds since the epoch of a naive-UTC datetime."""
     return (moment - EPOCH) // timedelta(microseconds=1)
-
-
-@dataclass(frozen=True)
-class Population:
-    """Employees: a stable id, one department and a home building each."""
-
-    user_ids: pa.Array  # string
-    dept_idx: np.ndarray  # index into DEPARTMENTS
-    home_idx: np.ndarray  # index into BUILDINGS
-
-    @classmethod
-    def make(cls, size: int, seed: int) -> Population:
-        rng = np.random.default_rng([seed, 1])
-        raw = rng.integers(0, 256, size=(size, 16), dtype=np.uint8)
-        ids = [str(uuid.UUID(bytes=bytes(row), version=4)) for row in raw]
-        weights = np.array([DEPARTMENT_WEIGHTS[d] for d in DEPARTMENTS])
-        dept = rng.choice(len(DEPARTMENTS), size=size, p=weights / weights.sum())
-        home = rng.integers(0, len(BUILDINGS), size=size)
-        return cls(pa.array(ids, pa.string()), dept, home)
 
 
 def badge_in_times(rows: int, *, seed: int, start: datetime, days: int) -> np.ndarray:
@@ -103,20 +84,14 @@ def columns(rows: int, *, seed: int, start: datetime, days: int, population: Pop
 
 def records(cols: dict[str, np.ndarray], lo: int, hi: int, population: Population) -> pa.Table:
     """A RECORD_SCHEMA table of the stream's records ``lo``..``hi - 1`` (event id = position)."""
-    who = cols["who"][lo:hi]
-    depts = pa.array(DEPARTMENTS, pa.string())
-    buildings = pa.array(BUILDINGS, pa.string())
-    return pa.Table.from_arrays(
-        [
-            pa.array(np.arange(lo, hi, dtype=np.int64)),
-            population.user_ids.take(pa.array(who)),
-            depts.take(pa.array(population.dept_idx[who])),
-            buildings.take(pa.array(cols["building"][lo:hi])),
-            pa.array(cols["badge_in"][lo:hi], pa.int64()).cast(pa.timestamp("us")),
-            pa.array(cols["badge_out"][lo:hi], pa.int64()).cast(pa.timestamp("us")),
-            pa.array(cols["granted"][lo:hi]),
-        ],
-        schema=RECORD_SCHEMA,
+    return assemble(
+        ids=np.arange(lo, hi, dtype=np.int64),
+        who=cols["who"][lo:hi],
+        building=cols["building"][lo:hi],
+        badge_in_us=cols["badge_in"][lo:hi],
+        badge_out_us=cols["badge_out"][lo:hi],
+        granted=cols["granted"][lo:hi],
+        people=population,
     )
 
 

@@ -28,8 +28,9 @@ from lake.quarantine import write_refused
 from lake.storage import FileInfo, LocalStorage
 from lake.writer import BufferedWriter, FlushThresholds
 from processes.pipeline import RunOptions, run
-from testkit.fake_source import FakeResult, FakeSource, as_refused, make_records
+from testkit.fake_source import FakeResult, FakeSource, as_refused
 from testkit.processes import make_settings, wait_until
+from testkit.records import make_records
 from utils.config import Settings
 from utils.errors import LakeLockedError, PermanentSourceError
 from utils.records import QUARANTINE_SCHEMA, with_duration

@@ -21,8 +21,9 @@ from lake import storage as lake_storage
 from lake.liveset import live_set
 from lake.storage import LocalStorage
 from lake.writer import BufferedWriter, FlushThresholds, WriterClosedError
-from testkit.fake_source import as_refused, make_records
+from testkit.fake_source import as_refused
 from testkit.processes import ROOT, wait_until
+from testkit.records import make_records
 from utils import fsio
 from utils.errors import CommitError
 from utils.records import LAKE_SCHEMA
@@ -68,7 +69,10 @@ def test_size_threshold_flushes_whole_files_in_event_order(storage: LocalStorage
         "100",
     )
     table = pq.read_table(storage.path(files[0].key))
-    assert table["duration_s"].to_pylist()[:3] == [0, 60, 120]
+    sent = make_records(0, 100)
+    seconds = (sent["badge_out_timestamp"].to_numpy() - sent["badge_in_timestamp"].to_numpy()) // np.timedelta64(1, "s")
+    assert table["duration_s"].to_pylist() == seconds.tolist()
+    assert 0 in seconds and seconds.max() > 3600  # denied attempts and long sessions both present
 
 
 def test_time_based_flush_without_new_data(storage: LocalStorage) -> None:
@@ -198,7 +202,7 @@ def test_unique_names_across_two_processes(storage: LocalStorage) -> None:
         from lake import layout
         from lake.storage import LocalStorage
         from lake.writer import BufferedWriter, FlushThresholds
-        from testkit.fake_source import make_records
+        from testkit.records import make_records
 
         class Frozen(datetime):
             @classmethod
