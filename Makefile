@@ -5,9 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PY := $(BIN)/python
+BROWSER_PATH := $(VENV)/.browser
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint typecheck pytest bench api pipeline compactor dashboard stats verify clean
+.PHONY: help run test browser lint typecheck pytest bench api pipeline compactor dashboard stats verify clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,7 +24,11 @@ venv: $(STAMP)
 run: $(STAMP) ## start service, pipeline, compactor and dashboard together (Ctrl-C stops all)
 	$(PY) -m processes.launcher
 
-test: $(STAMP) lint typecheck pytest ## ruff, mypy and the full pytest suite
+test: $(STAMP) browser lint typecheck pytest ## a Chromium (found, else installed), ruff, mypy and the full pytest suite
+
+# Re-checked every run (cheap when present, so a removed browser is noticed); a BROWSER_EXECUTABLE you set wins.
+browser: $(STAMP) ## find or install the Chromium the browser test drives (testkit/provision.py)
+	@$(PY) -m testkit.provision browser > $(BROWSER_PATH)
 
 lint: $(STAMP) ## ruff, ruff format and the import layers (pyproject.toml's importlinter contract)
 	$(BIN)/ruff check .
@@ -33,8 +38,8 @@ lint: $(STAMP) ## ruff, ruff format and the import layers (pyproject.toml's impo
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
-	$(BIN)/pytest
+pytest: $(STAMP) browser
+	BROWSER_EXECUTABLE="$$(cat $(BROWSER_PATH))" $(BIN)/pytest
 
 bench: $(STAMP) ## every benchmark, side by side with its reference (benchmarks/results.md)
 	$(PY) -m benchmarks $(BENCH_ARGS)

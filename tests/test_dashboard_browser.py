@@ -1,7 +1,9 @@
 """The dashboard in a real browser: ``streamlit run`` on a loopback port, headless Chromium via playwright.
 
-Uses the system Chromium (``/usr/bin/chromium``, installed by ``.ci/run``), never playwright's own
-download. Run as a script to refresh the README's screenshot over a lake of a few million rows::
+The browser is ``BROWSER_EXECUTABLE`` (``make test`` sets it from ``python -m testkit.provision browser``,
+which installs one when needed). Run directly, the test finds one the same way but installs nothing: without
+a browser it fails with the line saying what to install, it is never skipped. Run as a script to refresh
+the README's screenshot over a lake of a few million rows::
 
     .venv/bin/python -m tests.test_dashboard_browser --rows 3000000 --out docs/dashboard.png
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import os
 import shutil
 import tempfile
 import time
@@ -21,11 +25,11 @@ import pytest
 
 from lake.storage import LocalStorage
 from testkit import lakes as lg
+from testkit import provision
 from testkit.processes import BIN, ROOT, ManagedProcess, free_port, http_ok, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -40,14 +44,17 @@ ARTIFACTS = ROOT / "test-artifacts"
 KPIS = ("Total logs", "Access denied", "Compliant sessions", "Compliance rate")
 
 
-def chromium() -> Path:
-    """The system Chromium; its absence fails the test with the fix, it is never skipped silently."""
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
-            "(.ci/run does this on CI). The browser test drives the system Chromium, not playwright's download."
-        )
-    return CHROMIUM
+@functools.cache
+def chromium() -> str:
+    """``BROWSER_EXECUTABLE``, else a browser found as ``make test`` would, installing nothing.
+
+    Its absence fails the test with the one line saying what to install; it is never skipped silently.
+    """
+    try:
+        return provision.resolve(provision.BROWSER, provision.SystemProbe(os.environ), install=False)
+    except provision.ProvisionError as exc:
+        missing = str(exc)
+    pytest.fail(missing, pytrace=False)
 
 
 @contextlib.contextmanager
@@ -82,8 +89,9 @@ def capture(url: str, shot: Path, *, charts: int, height: int = 2300, settle_s: 
     """Open the page, wait for the KPIs and ``charts`` Plotly charts, save a screenshot, return the KPI texts."""
     from playwright.sync_api import sync_playwright
 
+    executable = chromium()  # before playwright starts: finding playwright's own Chromium starts it too
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(chromium()), args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
             # Tall viewport: Streamlit scrolls inside its own container, so a full-page shot needs the height.
             page = browser.new_page(viewport={"width": 1600, "height": height})
