@@ -5,7 +5,6 @@ Read from file listings and Parquet footers only (cheap at any size): no data pa
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -14,9 +13,9 @@ import pandas as pd
 from analytics.monitor import note_files_scanned, sql_monitoring
 from lake import layout
 from lake.liveset import LiveSet
-from lake.storage import FileInfo, LocalStorage
+from lake.quarantine import count_quarantine
+from lake.storage import FileInfo
 from utils.config import Settings
-from utils.errors import CorruptFileError
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class LakeHealth:
     target_max_bytes: int
     replaced: tuple[FileInfo, ...]  # hidden by a compacted file, awaiting deletion after the grace period
     invalid: tuple[str, ...]  # unreadable or foreign files left out of the live set
-    quarantine_files: int
+    quarantine_files: int  # files in quarantine/, the .reason.json beside moved files not counted
     quarantined_records: int
     quarantine_unreadable: int  # quarantine files whose row count could not be read
     temp_files: int
@@ -88,55 +87,14 @@ class LakeHealth:
         return pd.DataFrame({"measure": [k for k, _ in items], "value": [str(v) for _, v in items]})
 
 
-class _RowCounts:
-    """Row counts of quarantine files by (key, size, mtime): files are immutable, so entries never go stale."""
-
-    def __init__(self, capacity: int = 50_000) -> None:
-        self._capacity = capacity
-        self._counts: dict[FileInfo, int | None] = {}
-        self._lock = threading.Lock()
-
-    def get(self, storage: LocalStorage, info: FileInfo) -> tuple[int | None, bool]:
-        """(rows or None if unreadable, whether the footer was read now)."""
-        with self._lock:
-            if info in self._counts:
-                return self._counts[info], False
-        count: int | None
-        try:
-            meta = storage.read_metadata(info.key)
-            raw = meta.get(layout.META_ROW_COUNT)
-            count = int(raw) if raw is not None and raw.isdigit() else storage.read_row_count(info.key)
-        except (CorruptFileError, FileNotFoundError):
-            count = None
-        with self._lock:
-            if len(self._counts) >= self._capacity:
-                self._counts.clear()
-            self._counts[info] = count
-        return count, True
-
-
-_ROW_COUNTS = _RowCounts()
-
-
 @sql_monitoring("lake health")
 def lake_health(live: LiveSet, settings: Settings) -> LakeHealth:
     """Zones and compaction state of the lake ``live`` was listed from, read from listings and footers."""
     storage = live.storage
     landing = live.in_zone(layout.LANDING)
     compacted = tuple(f.info for f in live.in_zone(layout.COMPACTED))
-    records = unreadable = read = 0
-    quarantine = storage.list_all(layout.QUARANTINE)
-    for info in quarantine:
-        if not info.name.endswith(layout.PARQUET_SUFFIX):
-            unreadable += 1
-            continue
-        count, fresh = _ROW_COUNTS.get(storage, info)
-        read += fresh
-        if count is None:
-            unreadable += 1
-        else:
-            records += count
-    note_files_scanned(read)
+    quarantine = count_quarantine(storage)  # footers through the lake's one bounded cache
+    note_files_scanned(quarantine.footers_read)
     return LakeHealth(
         live_files=len(live.files),
         live_rows=live.rows,
@@ -149,8 +107,8 @@ def lake_health(live: LiveSet, settings: Settings) -> LakeHealth:
         target_max_bytes=settings.compaction_target_max_bytes,
         replaced=tuple(f.info for f in live.replaced),
         invalid=live.invalid,
-        quarantine_files=len(quarantine),
-        quarantined_records=records,
-        quarantine_unreadable=unreadable,
+        quarantine_files=quarantine.files,
+        quarantined_records=quarantine.rows,
+        quarantine_unreadable=quarantine.unreadable,
         temp_files=len(storage.list_all(layout.TEMP)),
     )

@@ -113,7 +113,7 @@ def _warm_up() -> None:
 
 
 def _child_ours(lake: Path) -> dict[str, Any]:
-    from lake.compactor import Compactor
+    from lake.compaction import Compactor
     from lake.storage import LocalStorage
     from utils.config import load_settings
 

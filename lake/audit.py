@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from lake import layout
 from lake.liveset import DataFile, LiveSet, live_set, parse_badge_metadata
 from lake.lock import LakeLock
+from lake.quarantine import count_quarantine
 from lake.storage import LocalStorage
 from utils.errors import CorruptFileError
 
@@ -66,9 +67,11 @@ def stats(storage: LocalStorage, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     live = live_set(storage)
     zones: dict[str, dict[str, int]] = {}
-    for zone in (layout.LANDING, layout.COMPACTED, layout.QUARANTINE):
+    for zone in (layout.LANDING, layout.COMPACTED):
         files, rows, size = _zone_rows(storage, zone)
         zones[zone] = {"files": files, "rows": rows, "bytes": size}
+    quarantined = count_quarantine(storage)  # the one count: every quarantined file, reason files excluded
+    zones[layout.QUARANTINE] = {"files": quarantined.files, "rows": quarantined.rows, "bytes": quarantined.bytes}
     temp = storage.list_all(layout.TEMP)
     zones[layout.TEMP] = {"files": len(temp), "rows": 0, "bytes": sum(f.size for f in temp)}
     newest = newest_event_time(storage, live)

@@ -1,6 +1,6 @@
 """The live set: the one definition of what every reader of the lake sees.
 
-Rule (CONTRACT.md): all files in ``landing/`` and ``compacted/``, minus every file named in the
+Rule: all files in ``landing/`` and ``compacted/``, minus every file named in the
 ``badge.sources`` of any file in ``compacted/``. Computed from the files alone, so any engine can
 apply it; at every instant, including after a crash, it holds each event exactly once.
 
@@ -64,34 +64,81 @@ def parse_badge_metadata(info: FileInfo, meta: dict[str, str]) -> DataFile:
     return DataFile(info, lo, hi, rows, sources)
 
 
+@dataclass(frozen=True)
+class Footer:
+    """What the cache keeps of one file's footer: its badge metadata (or why it has none) and its rows."""
+
+    badge: DataFile | CorruptFileError
+    rows: int | None  # badge.row_count if it is a number, else the footer's row count; None if unreadable
+
+
+def read_footer(storage: LocalStorage, info: FileInfo) -> Footer:
+    """Read what :class:`Footer` keeps of ``info`` from storage; raises FileNotFoundError if it is gone.
+
+    An unreadable or foreign file gives a Footer holding the error, never an exception.
+    """
+    try:
+        meta = storage.read_metadata(info.key)
+    except CorruptFileError as exc:
+        return Footer(exc, None)
+    badge: DataFile | CorruptFileError
+    try:
+        badge = parse_badge_metadata(info, meta)
+    except CorruptFileError as exc:
+        badge = exc
+    raw = meta.get(layout.META_ROW_COUNT)
+    rows: int | None
+    if raw is not None and raw.isdigit():
+        rows = int(raw)
+    else:  # a foreign Parquet file: its footer still knows its rows
+        try:
+            rows = storage.read_row_count(info.key)
+        except CorruptFileError:
+            rows = None
+    return Footer(badge, rows)
+
+
 class MetadataCache:
-    """Footer metadata by (key, size, mtime): data files are immutable, so an entry never goes stale."""
+    """Footers by (key, size, mtime): data files are immutable, so an entry never goes stale.
+
+    Bounded: beyond ``capacity`` entries the least recently used one is dropped. Safe across threads.
+    """
 
     def __init__(self, capacity: int = 200_000) -> None:
         self._capacity = capacity
-        self._entries: OrderedDict[FileInfo, DataFile | CorruptFileError] = OrderedDict()
+        self._entries: OrderedDict[FileInfo, Footer] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, storage: LocalStorage, info: FileInfo) -> DataFile:
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def footer(self, storage: LocalStorage, info: FileInfo) -> tuple[Footer, bool]:
+        """The footer of ``info`` and whether it was read from storage now (False: from the cache).
+
+        Raises FileNotFoundError if the file is gone (not cached: a new file may take its key).
+        """
         with self._lock:
             hit = self._entries.get(info)
             if hit is not None:
                 self._entries.move_to_end(info)
-        if hit is None:
-            try:
-                hit = parse_badge_metadata(info, storage.read_metadata(info.key))
-            except CorruptFileError as exc:
-                hit = exc
-            with self._lock:
-                self._entries[info] = hit
-                if len(self._entries) > self._capacity:
-                    self._entries.popitem(last=False)
-        if isinstance(hit, CorruptFileError):
-            raise hit
-        return hit
+                return hit, False
+        hit = read_footer(storage, info)
+        with self._lock:
+            self._entries[info] = hit
+            if len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+        return hit, True
+
+    def get(self, storage: LocalStorage, info: FileInfo) -> DataFile:
+        """The badge metadata of ``info``; raises CorruptFileError if it has none, FileNotFoundError if gone."""
+        badge = self.footer(storage, info)[0].badge
+        if isinstance(badge, CorruptFileError):
+            raise badge
+        return badge
 
 
-_CACHE = MetadataCache()
+# The one footer cache of the process: the live set and the quarantine count share it.
+FOOTER_CACHE = MetadataCache()
 
 
 @dataclass(frozen=True)
@@ -156,7 +203,7 @@ def live_set(storage: LocalStorage, cache: MetadataCache | None = None) -> LiveS
 
     An empty or missing lake gives an empty live set, never an error.
     """
-    cache = cache or _CACHE
+    cache = cache or FOOTER_CACHE
     for attempt in range(_LISTING_ATTEMPTS):
         try:
             landing, bad_landing = _read_zone(storage, layout.LANDING, cache)

@@ -1,11 +1,14 @@
-"""Watching ``landing/``: a watchdog observer whose handlers only enqueue, and one worker thread that acts.
+"""A debounced directory watcher: a watchdog observer whose handlers only enqueue, and one worker that acts.
 
-watchdog reports a file renamed or linked into ``landing/`` (how every landing file is published) as a
-*created* event, and a rename inside it as a *moved* event; both are queued. The worker waits until
-the burst has been quiet for ``COMPACTION_DEBOUNCE_SECONDS`` (at most ``max_delay_seconds`` under a
-steady stream) and runs one cycle. Independently of events, a sweep runs a cycle every
-``COMPACTION_SWEEP_SECONDS`` - at start too - so a restart, a missed event or a grace period running
-out is acted on without any new file. Compaction never runs inside an observer callback.
+The callback runs only in the worker thread, one call at a time, never inside an observer callback;
+``stop()`` leaves no thread behind.
+
+watchdog reports a file renamed or linked into the directory (how every landing file is published) as
+a *created* event, and a rename inside it as a *moved* event; both are queued. The worker waits until
+the burst has been quiet for ``debounce_seconds`` (at most ``max_delay_seconds`` under a steady
+stream) and runs the callback once. Independently of events, a sweep runs it every ``sweep_seconds``
+- at start too - so a restart, a missed event or a deadline running out is acted on without any new
+file. What the callback does is the caller's business: this module knows nothing of compaction.
 """
 
 from __future__ import annotations
@@ -21,11 +24,6 @@ from typing import Final
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-
-from lake import layout
-from lake.compactor import Compactor
-from lake.storage import LocalStorage
-from utils.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +52,9 @@ class _EnqueueHandler(FileSystemEventHandler):
 class LandingWatcher:
     """Runs ``cycle`` after debounced bursts of new files in ``directory`` and on a periodic sweep.
 
-    At most one cycle runs at a time, always in the worker thread. ``stop()`` sets the shared stop
-    event (a running compaction ends at its next step), then stops and joins the observer and the worker.
+    At most one cycle runs at a time, always in the worker thread (named ``<name>-worker``). ``stop()``
+    sets the stop event (shared with the cycle, so a long one can end early), then stops and joins the
+    observer and the worker.
     """
 
     def __init__(
@@ -67,8 +66,10 @@ class LandingWatcher:
         sweep_seconds: float,
         max_delay_seconds: float | None = None,
         stop: threading.Event | None = None,
+        name: str = "watcher",
     ) -> None:
         self.directory = Path(directory)
+        self.name = name
         self._cycle = cycle
         self.debounce_seconds = debounce_seconds
         self.sweep_seconds = sweep_seconds
@@ -78,23 +79,10 @@ class LandingWatcher:
         self.stop_event = stop or threading.Event()
         self._events: queue.Queue[object] = queue.Queue()
         self._observer = Observer()
-        self._worker = threading.Thread(target=self._work, name="compactor-worker", daemon=True)
+        self._worker = threading.Thread(target=self._work, name=f"{name}-worker", daemon=True)
         self.events_seen = 0
         self.cycles: list[str] = []  # why each cycle ran, in order
         self.failures = 0
-
-    @classmethod
-    def for_compactor(cls, compactor: Compactor, settings: Settings) -> LandingWatcher:
-        """A watcher on the compactor's ``landing/`` that runs ``compactor.run_cycle`` and shares its stop event."""
-        storage: LocalStorage = compactor.storage
-        storage.ensure_layout()
-        return cls(
-            storage.path(layout.LANDING),
-            lambda _reason: compactor.run_cycle(),
-            debounce_seconds=settings.compaction_debounce_seconds,
-            sweep_seconds=settings.compaction_sweep_seconds,
-            stop=compactor.stop_event,
-        )
 
     # -- life cycle ------------------------------------------------------------------------------------
     def start(self) -> LandingWatcher:
@@ -190,6 +178,6 @@ class LandingWatcher:
             self._cycle(reason)
         except Exception:  # a failed cycle (disk full, a vanished file) is retried by the next event or sweep
             self.failures += 1
-            log.exception("compaction cycle failed; it is retried at the next event or sweep")
+            log.exception("%s cycle failed; it is retried at the next event or sweep", self.name)
         finally:
             self.cycles.append(reason)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lake import layout
-from lake.compactor import KIND
+from lake.compaction import KIND
 from lake.liveset import live_set
 from lake.parquet import write_file
 from lake.storage import FileInfo, LocalStorage

@@ -9,7 +9,10 @@ import pyarrow.parquet as pq
 
 from analytics.health import lake_health
 from analytics.monitor import QUERY_HISTORY
+from lake import layout
+from lake.audit import stats
 from lake.liveset import live_set
+from lake.quarantine import SIDECAR_SUFFIX, count_quarantine, quarantine_file
 from lake.storage import LocalStorage
 from testkit import lakes as lg
 from utils.config import Settings
@@ -24,6 +27,7 @@ def test_health_counts_every_kind_of_file(storage: LocalStorage, settings: Setti
     # A readable Parquet file without badge metadata (moved there by hand): counted from its footer.
     pq.write_table(pa.table({"x": [1, 2, 3, 4, 5]}), storage.path("quarantine/foreign.parquet"))
     storage.path("quarantine/notes.txt").write_text("not data")
+    storage.path("quarantine/notes.txt.reason.json").write_text('{"reason": "foreign name"}')  # not counted
     storage.path("temp/half-written.tmp").write_bytes(b"x")
 
     before = datetime.now(UTC)
@@ -65,3 +69,23 @@ def test_health_of_an_empty_or_missing_lake(tmp_path, settings: Settings) -> Non
     assert (health.live_files, health.landing_files, health.quarantine_files, health.temp_files) == (0, 0, 0, 0)
     assert health.last_compaction is None and not health.compaction_due
     assert health.compacted_frame().empty
+
+
+def test_reason_files_are_never_counted_as_quarantined_files(storage: LocalStorage, settings: Settings) -> None:
+    storage.ensure_layout()
+    refused = lg.add_quarantine(storage, ["bad timestamp", "missing user"])
+    storage.path("landing/junk.parquet").write_bytes(b"PAR1 junk")
+    moved = quarantine_file(
+        storage, "landing/junk.parquet", "not readable Parquet", by="test", temp_name="test-sidecar"
+    )
+    assert storage.exists(moved + SIDECAR_SUFFIX), "quarantining writes a reason file beside the file"
+    files = storage.list_all(layout.QUARANTINE)
+    assert len(files) == 3  # the refused records, the moved file and its reason file
+
+    count = count_quarantine(storage)
+    assert (count.files, count.rows, count.unreadable) == (2, 2, 1)  # the junk file: counted, unreadable
+    assert count.bytes == refused.size + storage.path(moved).stat().st_size
+    health = lake_health(live_set(storage), settings)
+    assert (health.quarantine_files, health.quarantined_records, health.quarantine_unreadable) == (2, 2, 1)
+    zone = stats(storage)["zones"][layout.QUARANTINE]
+    assert zone == {"files": 2, "rows": 2, "bytes": count.bytes}

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lake import layout
-from lake.compactor import STEP_PUBLISHED, STEP_WRITING, STEP_WRITTEN, CompactionMetrics, Compactor
+from lake.compaction import STEP_PUBLISHED, STEP_WRITING, STEP_WRITTEN, CompactionMetrics, Compactor
 from lake.liveset import live_set
 from lake.parquet import ROW_GROUP_ROWS, badge_metadata, write_file
 from lake.storage import FileInfo, LocalStorage
@@ -112,7 +112,7 @@ def test_one_log_line_per_compaction(
     storage: LocalStorage, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     publish_landing(storage, 0, 1_000, 8)
-    with caplog.at_level(logging.INFO, logger="lake.compactor"):
+    with caplog.at_level(logging.INFO, logger="lake.compaction"):
         _compactor(storage, settings).compact()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compacted ")]
     assert len(lines) == 1

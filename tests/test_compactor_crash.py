@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from lake import layout
-from lake.compactor import (
+from lake.compaction import (
     STEP_DELETED,
     STEP_DELETING,
     STEP_PUBLISHED,

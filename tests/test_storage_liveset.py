@@ -3,13 +3,14 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from lake import layout
-from lake.liveset import live_set
+from lake.liveset import MetadataCache, live_set
 from lake.parquet import badge_metadata, write_file
 from lake.storage import LocalStorage
-from utils.errors import CommitError
+from utils.errors import CommitError, CorruptFileError
 
 
 def _table(lo: int, hi: int) -> pa.Table:
@@ -67,3 +68,25 @@ def test_badge_metadata_shape() -> None:
         "badge.row_count": "5",
         "badge.sources": '["landing/a.parquet"]',
     }
+
+
+def test_the_footer_cache_reads_each_footer_once_and_stays_bounded(storage: LocalStorage) -> None:
+    cache = MetadataCache(capacity=2)
+    good = write_file(storage, _table(0, 9), layout.LANDING, "landing")
+    pq.write_table(pa.table({"x": [1, 2, 3]}), storage.path("landing/foreign.parquet"))
+    (storage.root / "landing" / "junk.parquet").write_bytes(b"not parquet")
+    foreign, junk = (
+        next(f for f in storage.list_files(layout.LANDING) if f.name == n) for n in ("foreign.parquet", "junk.parquet")
+    )
+
+    footer, fresh = cache.footer(storage, good)
+    assert fresh and footer.rows == 10 and cache.get(storage, good).row_count == 10
+    assert cache.footer(storage, good) == (footer, False)
+    footer, _ = cache.footer(storage, foreign)
+    assert footer.rows == 3 and isinstance(footer.badge, CorruptFileError)  # rows from the footer, no badge
+    with pytest.raises(CorruptFileError):
+        cache.get(storage, foreign)
+    assert cache.footer(storage, junk)[0].rows is None
+    assert len(cache) == 2  # bounded: the least recently used entry went
+    assert cache.footer(storage, good)[1], "evicted, so read again"
+    assert live_set(storage, cache).keys == [good.key]

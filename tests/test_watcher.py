@@ -1,18 +1,22 @@
-"""The landing watcher: real file events (renames and links from temp/), debouncing, the sweep, stopping."""
+"""The landing watcher: real file events (renames and links from temp/), debouncing, the sweep, stopping;
+and its wiring to the compactor (processes.compactor.watch_landing)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import threading
 import time
 from pathlib import Path
 
+import lake.watcher
 from lake import layout
-from lake.compactor import Compactor
+from lake.compaction import Compactor
 from lake.liveset import live_set
 from lake.parquet import write_file
 from lake.storage import LocalStorage
 from lake.watcher import LandingWatcher
+from processes.compactor import watch_landing
 from testkit.landing import assert_exactly_once, lake_table, publish_landing
 from testkit.processes import make_settings, wait_until
 
@@ -55,7 +59,7 @@ def test_renames_and_links_from_temp_arrive_and_a_burst_is_one_cycle(storage: Lo
         time.sleep(0.6)  # longer than the debounce: no further cycle may follow
     assert recorder.reasons("events") == 1
     assert watcher.events_seen == 25
-    assert {thread for _, thread in recorder.calls} == {"compactor-worker"}  # never in an observer callback
+    assert {thread for _, thread in recorder.calls} == {"watcher-worker"}  # never in an observer callback
 
 
 def test_a_rename_inside_landing_is_a_moved_event_and_counts(storage: LocalStorage) -> None:
@@ -116,12 +120,12 @@ def test_stop_interrupts_a_long_cycle_and_joins_every_thread(storage: LocalStora
     watcher.stop()
     assert time.monotonic() - began < 2
     assert not watcher.running and not watcher._observer.is_alive()
-    assert not [t for t in threading.enumerate() if t.name == "compactor-worker"]
+    assert not [t for t in threading.enumerate() if t.name == "watcher-worker"]
 
 
 def test_new_landing_files_are_compacted_on_file_events(storage: LocalStorage, lake_root: Path) -> None:
     settings = make_settings(lake_root, COMPACTION_SWEEP_SECONDS=60, COMPACTION_DEBOUNCE_SECONDS=0.2)
-    with LandingWatcher.for_compactor(Compactor(storage, settings), settings) as watcher:
+    with watch_landing(Compactor(storage, settings), settings) as watcher:
         wait_until(lambda: watcher.cycles, 5, what="the start-up sweep")
         publish_landing(storage, 0, 1_000, 8)  # the next sweep is a minute away: only the events can act
         wait_until(lambda: storage.list_files(layout.COMPACTED), 10, what="a compacted file")
@@ -133,7 +137,7 @@ def test_new_landing_files_are_compacted_on_file_events(storage: LocalStorage, l
 def test_the_sweep_compacts_what_was_there_and_deletes_after_grace(storage: LocalStorage, lake_root: Path) -> None:
     sources = publish_landing(storage, 0, 1_000, 8)  # landed while no compactor ran: no event will come
     settings = make_settings(lake_root, COMPACTION_SWEEP_SECONDS=0.3, COMPACTION_GRACE_SECONDS=0.5)
-    with LandingWatcher.for_compactor(Compactor(storage, settings), settings) as watcher:
+    with watch_landing(Compactor(storage, settings), settings) as watcher:
         wait_until(lambda: storage.list_files(layout.COMPACTED), 10, what="a compacted file")
         wait_until(lambda: not any(storage.exists(f.key) for f in sources), 10, what="sources deleted after grace")
     assert watcher.events_seen == 0
@@ -152,3 +156,23 @@ def test_without_file_events_the_sweep_still_runs(storage: LocalStorage, monkeyp
     with watcher:
         wait_until(lambda: recorder.reasons("sweep") >= 2, 5, what="sweeps without an observer")
     assert not watcher.running
+
+
+def test_the_compactor_watcher_shares_its_stop_event_and_names_its_worker(
+    storage: LocalStorage, lake_root: Path
+) -> None:
+    compactor = Compactor(storage, make_settings(lake_root))
+    watcher = watch_landing(compactor, make_settings(lake_root))
+    assert watcher.stop_event is compactor.stop_event
+    assert watcher.directory == storage.path(layout.LANDING)
+    with watcher:
+        wait_until(lambda: watcher.cycles, 5, what="the start-up sweep")
+        assert "compaction-worker" in {t.name for t in threading.enumerate()}
+    assert compactor.stop_event.is_set()
+
+
+def test_the_watcher_knows_nothing_of_compaction() -> None:
+    tree = ast.parse(Path(lake.watcher.__file__).read_text())
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not [m for m in imported if m.split(".")[0] in ("lake", "processes")]

@@ -1,0 +1,215 @@
+"""Reading compaction inputs: WRITE_SCHEMA batches, checked against their metadata, decoded ahead in a thread.
+
+An input is either streamed whole in event-id order or refused with an error saying why (corrupt,
+or unsorted and to be sorted on the next read); memory stays bounded by a few batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lake.compaction.schema import WRITE_SCHEMA
+from lake.compaction.steps import CompactionStoppedError
+from lake.liveset import DataFile
+from lake.parquet import DICTIONARY_COLUMNS, ROW_GROUP_ROWS
+from utils.errors import CorruptFileError, LakeError
+from utils.records import LAKE_SCHEMA
+
+# Batches the reader thread may decode ahead of the writer.
+PREFETCH_DEPTH: Final = 2
+
+
+class CorruptInputError(CorruptFileError):
+    """An input turned out unreadable or inconsistent with its metadata while it was streamed."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class NeedsSortError(LakeError):
+    """An input's rows are not in event-id order; it is read whole and sorted on the next attempt."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key}: rows not in event-id order")
+        self.key = key
+
+
+def _converter(schema: pa.Schema, key: str) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+    """A function bringing batches of ``schema`` to WRITE_SCHEMA; raises CorruptInputError if impossible."""
+    if schema.equals(WRITE_SCHEMA, check_metadata=False):
+        return lambda batch: batch
+    if sorted(schema.names) != sorted(LAKE_SCHEMA.names):
+        raise CorruptInputError(key, f"columns {schema.names} differ from the lake's {LAKE_SCHEMA.names}")
+    try:
+        schema.empty_table().select(LAKE_SCHEMA.names).cast(LAKE_SCHEMA)
+    except (pa.ArrowException, ValueError, TypeError, NotImplementedError) as exc:
+        raise CorruptInputError(key, f"schema cannot be cast to the lake's ({exc})") from exc
+
+    def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
+        try:
+            return batch.select(WRITE_SCHEMA.names).cast(WRITE_SCHEMA)
+        except (pa.ArrowException, ValueError, TypeError) as exc:
+            raise CorruptInputError(key, f"values do not fit the lake's schema ({exc})") from exc
+
+    return convert
+
+
+def _is_corruption(exc: BaseException) -> bool:
+    """Decoding errors (pyarrow raises them as OSError without errno, or ArrowInvalid), not system errors."""
+    if isinstance(exc, FileNotFoundError):
+        return False
+    if isinstance(exc, OSError):
+        return exc.errno is None
+    return isinstance(exc, pa.ArrowException | ValueError)
+
+
+def read_batches(path: Path, key: str, *, sort: bool = False) -> Generator[pa.RecordBatch, None, None]:
+    """The rows of one data file as WRITE_SCHEMA batches of at most ROW_GROUP_ROWS rows.
+
+    Streams row group by row group unless ``sort`` (then the file is read whole and sorted by event_id).
+    Raises CorruptInputError for undecodable files, LakeError if the file vanished, OSError for I/O errors.
+    """
+    try:
+        footer = pq.read_metadata(path)
+        names = set(footer.schema.names)
+        as_dictionary = [c for c in DICTIONARY_COLUMNS if c in names]
+        pf = pq.ParquetFile(path, pre_buffer=True, metadata=footer, read_dictionary=as_dictionary)
+    except FileNotFoundError as exc:
+        raise LakeError(f"{key} vanished while it was being compacted") from exc
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        if not _is_corruption(exc):
+            raise
+        raise CorruptInputError(key, f"not readable Parquet ({exc})") from exc
+    try:
+        convert = _converter(pf.schema_arrow, key)
+        if sort:
+            table = pf.read(use_threads=True).sort_by("event_id")
+            batches: Iterator[pa.RecordBatch] = iter(table.to_batches(max_chunksize=ROW_GROUP_ROWS))
+        else:
+            batches = pf.iter_batches(batch_size=ROW_GROUP_ROWS, use_threads=True)
+        for batch in batches:
+            if batch.num_rows:
+                yield convert(batch)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        if not _is_corruption(exc) or isinstance(exc, CorruptInputError):
+            raise
+        raise CorruptInputError(key, f"data pages not decodable ({exc})") from exc
+    finally:
+        pf.close()
+
+
+def checked_batches(
+    batches: Iterator[pa.RecordBatch], f: DataFile, *, sorted_on_read: bool, check_stop: Callable[[], None]
+) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+    """The batches of input ``f`` with their event ids, each checked against ``f``'s badge metadata.
+
+    Raises NeedsSortError for rows out of event-id order (CorruptInputError if ``sorted_on_read``: a
+    duplicate id), CorruptInputError for ids outside the metadata's range or a row count that differs;
+    ``check_stop`` runs before every batch.
+    """
+    seen = 0
+    last: int | None = None
+    column = LAKE_SCHEMA.get_field_index("event_id")
+    for batch in batches:
+        check_stop()
+        ids = batch.column(column).to_numpy()
+        if (last is not None and ids[0] <= last) or bool(np.any(ids[1:] <= ids[:-1])):
+            if sorted_on_read:
+                raise CorruptInputError(f.key, "the same event id appears twice")
+            raise NeedsSortError(f.key)
+        if ids[0] < f.event_id_min or ids[-1] > f.event_id_max:
+            raise CorruptInputError(
+                f.key,
+                f"holds event ids {int(ids[0])}..{int(ids[-1])} outside its metadata's "
+                f"{f.event_id_min}..{f.event_id_max}",
+            )
+        yield batch, ids
+        seen += len(ids)
+        last = int(ids[-1])
+    if seen != f.row_count:
+        raise CorruptInputError(f.key, f"holds {seen} rows, its metadata says {f.row_count}")
+
+
+_DONE: Final = object()
+
+
+class Prefetcher:
+    """Decodes the inputs of a run in a background thread, at most ``depth`` batches ahead.
+
+    pyarrow releases the GIL while decoding, so reading overlaps with encoding on another core.
+    ``close()`` always stops the thread (also when the consumer gave up half way).
+    """
+
+    def __init__(
+        self,
+        read: Callable[[DataFile], Iterator[pa.RecordBatch]],
+        files: Sequence[DataFile],
+        stop: threading.Event,
+        depth: int = PREFETCH_DEPTH,
+    ) -> None:
+        self._read = read
+        self._files = list(files)
+        self._stop = stop
+        self._queue: queue.Queue[tuple[int, object]] = queue.Queue(maxsize=max(1, depth))
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="compactor-reader", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: tuple[int, object]) -> bool:
+        while not self._cancel.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        index = 0
+        try:
+            for index, f in enumerate(self._files):
+                for batch in self._read(f):
+                    if not self._put((index, batch)):
+                        return
+                if not self._put((index, _DONE)):
+                    return
+        except Exception as exc:  # handed to the consumer, who raises it in its own thread
+            self._put((index, exc))
+
+    def batches(self, index: int) -> Iterator[pa.RecordBatch]:
+        """The batches of input ``index`` (inputs must be consumed in order)."""
+        while True:
+            try:
+                got, payload = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise CompactionStoppedError("stop requested") from None
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise LakeError("the compaction reader thread ended unexpectedly") from None
+                continue
+            if isinstance(payload, BaseException):
+                raise payload
+            if got != index:
+                raise LakeError(f"reader out of step: got input {got}, expected {index}")
+            if payload is _DONE:
+                return
+            assert isinstance(payload, pa.RecordBatch)
+            yield payload
+
+    def close(self) -> None:
+        self._cancel.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._thread.join(timeout=30)

@@ -1,0 +1,109 @@
+"""The compaction process: the lock, signals, recovery, then one cycle (``--once``) or the landing watcher.
+
+At most one compactor per lake (a second one gets LakeLockedError: exit status 3); SIGTERM or SIGINT
+stop it between two protocol steps and it returns 0. The compaction itself is :mod:`lake.compaction`;
+the debounced watching of ``landing/`` is :mod:`lake.watcher`, wired to the compactor here.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Final
+
+from lake import layout
+from lake.compaction import Compactor, StepHook, pause_hook
+from lake.lock import LakeLock
+from lake.storage import LocalStorage
+from lake.watcher import LandingWatcher
+from processes.cli import EXIT_OK
+from utils.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Test-only: pause at a protocol step ("written", "published:2", ...) so a test can kill -9 the process there.
+PAUSE_ENV: Final = "BADGE_COMPACTOR_PAUSE_AT"
+TICK_SECONDS: Final = 0.1  # how often the main thread looks at the stop flag and the watcher
+WATCHER_NAME: Final = "compaction"  # names the watcher's worker thread and its failure log line
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` for the rest of the process; the work in progress ends at its next step.
+
+    Not :func:`processes.signals.stop_on_signals`: a second signal must not exit at once (a terminal's
+    SIGINT reaches the pipeline's child compactor before the pipeline's own SIGTERM does, and a step is
+    short), and the handlers stay until the process is gone, so a late signal during exit cannot turn a
+    clean stop into death by signal. The main thread never waits on ``stop``'s lock (it polls
+    ``is_set()``), so setting it from the handler cannot deadlock. Only the main thread can install
+    handlers; elsewhere (tests) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if not stop.is_set():
+            log.info("%s received: stopping after the current step", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def watch_landing(compactor: Compactor, settings: Settings) -> LandingWatcher:
+    """A watcher on the compactor's ``landing/`` that runs ``compactor.run_cycle`` and shares its stop event.
+
+    Not started; every cycle runs in the watcher's one worker thread, never two at once.
+    """
+    storage = compactor.storage
+    storage.ensure_layout()
+    return LandingWatcher(
+        storage.path(layout.LANDING),
+        lambda _reason: compactor.run_cycle(),
+        debounce_seconds=settings.compaction_debounce_seconds,
+        sweep_seconds=settings.compaction_sweep_seconds,
+        stop=compactor.stop_event,
+        name=WATCHER_NAME,
+    )
+
+
+def run(
+    settings: Settings,
+    *,
+    once: bool = False,
+    pause_at: str | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Compact the lake of ``settings``: recover, then one cycle (``once``) or watch until stopped.
+
+    Returns 0 after the cycle or a clean stop (signal, ``stop``). Raises LakeLockedError if another
+    compactor runs on the lake, ConfigError if ``pause_at`` (see PAUSE_ENV) names no step.
+    """
+    stop = stop or threading.Event()
+    install_stop_handlers(stop)
+    hook: StepHook | None = pause_hook(pause_at) if pause_at else None
+
+    storage = LocalStorage(settings.data_lake_path)
+    storage.ensure_layout()
+    with LakeLock(storage.root, layout.COMPACTOR_LOCK, "compactor"):
+        compactor = Compactor(storage, settings, stop=stop, hook=hook)
+        compactor.recover()
+        if once:
+            report = compactor.run_cycle()
+            log.info(
+                "done: %d compaction(s), %d file(s) deleted, %d quarantined",
+                len(report.compactions),
+                len(report.deleted),
+                len(report.quarantined),
+            )
+            return EXIT_OK
+        watcher = watch_landing(compactor, settings).start()
+        try:
+            while not stop.is_set() and watcher.running:
+                time.sleep(TICK_SECONDS)  # wakes for signals; the handler only sets the flag
+        finally:
+            watcher.stop()
+        log.info("stopped")
+    return EXIT_OK
