@@ -19,15 +19,10 @@ from lake.compaction import STEP_PUBLISHED, STEP_WRITING, STEP_WRITTEN, Compacti
 from lake.liveset import live_set
 from lake.parquet import ROW_GROUP_ROWS, badge_metadata, write_file
 from lake.storage import FileInfo, LocalStorage
-from testkit.landing import (
-    assert_exactly_once,
-    clone_landing,
-    compactor_temp,
-    lake_table,
-    live_ids,
-    publish_landing,
-)
+from testkit.ids import assert_exactly_once, live_ids
+from testkit.landing import clone_landing, compactor_temp, publish_landing
 from testkit.processes import make_settings
+from testkit.records import lake_table
 from utils.config import Settings
 from utils.records import LAKE_SCHEMA
 

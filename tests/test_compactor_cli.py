@@ -15,7 +15,8 @@ import pytest
 from lake import layout
 from lake.liveset import live_set
 from lake.storage import LocalStorage
-from testkit.landing import assert_exactly_once, compactor_temp, publish_landing
+from testkit.ids import assert_exactly_once
+from testkit.landing import compactor_temp, publish_landing
 from testkit.processes import PYTHON, ROOT, ManagedProcess, make_settings, wait_until
 
 pytestmark = pytest.mark.integration

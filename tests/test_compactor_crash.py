@@ -27,7 +27,8 @@ from lake.compaction import (
 )
 from lake.liveset import live_set
 from lake.storage import LocalStorage
-from testkit.landing import assert_exactly_once, clone_lake, compactor_temp, live_ids, publish_landing
+from testkit.ids import assert_exactly_once, live_ids
+from testkit.landing import clone_lake, compactor_temp, publish_landing
 from testkit.processes import make_settings
 from utils.config import Settings
 

@@ -22,6 +22,7 @@ import pytest
 from lake import layout
 from lake.liveset import live_set
 from lake.storage import LocalStorage
+from testkit.ids import live_ids, zone_ids
 from testkit.processes import PYTHON, ROOT, ManagedProcess, free_port, make_settings, running_service, wait_until
 
 pytestmark = pytest.mark.integration
@@ -67,10 +68,7 @@ def committed_by(output: str) -> int:
 def all_ids(lake: Path) -> np.ndarray:
     """Every event id in the live set and in the pipeline's quarantine files, sorted."""
     storage = LocalStorage(lake)
-    paths = list(live_set(storage).paths)
-    paths += [storage.path(f.key) for f in storage.list_files(layout.QUARANTINE) if f.name.startswith("quarantine-")]
-    chunks = [pq.read_table(p, columns=["event_id"])["event_id"].to_numpy() for p in paths]
-    return np.sort(np.concatenate(chunks)) if chunks else np.empty(0, np.int64)
+    return np.sort(np.concatenate([live_ids(storage), zone_ids(storage, layout.QUARANTINE, prefix="quarantine-")]))
 
 
 def alive(pid: int) -> bool:

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -28,7 +27,9 @@ from lake.quarantine import write_refused
 from lake.storage import FileInfo, LocalStorage
 from lake.writer import BufferedWriter, FlushThresholds
 from processes.pipeline import RunOptions, run
+from testkit import ids as lake_ids
 from testkit.fake_source import FakeResult, FakeSource, as_refused
+from testkit.ids import zone_ids
 from testkit.processes import make_settings, wait_until
 from testkit.records import make_records
 from utils.config import Settings
@@ -37,16 +38,11 @@ from utils.records import QUARANTINE_SCHEMA, with_duration
 
 
 def ids_in(storage: LocalStorage, zone: str) -> list[int]:
-    chunks = [
-        pq.read_table(storage.path(f.key), columns=["event_id"])["event_id"].to_numpy()
-        for f in storage.list_files(zone)
-    ]
-    return sorted(np.concatenate(chunks).tolist()) if chunks else []
+    return sorted(zone_ids(storage, zone).tolist())
 
 
 def live_ids(storage: LocalStorage) -> list[int]:
-    chunks = [pq.read_table(p, columns=["event_id"])["event_id"].to_numpy() for p in live_set(storage).paths]
-    return sorted(np.concatenate(chunks).tolist()) if chunks else []
+    return sorted(lake_ids.live_ids(storage).tolist())
 
 
 def start_in_thread(

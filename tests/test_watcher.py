@@ -17,8 +17,10 @@ from lake.parquet import write_file
 from lake.storage import LocalStorage
 from lake.watcher import LandingWatcher
 from processes.compactor import watch_landing
-from testkit.landing import assert_exactly_once, lake_table, publish_landing
+from testkit.ids import assert_exactly_once
+from testkit.landing import publish_landing
 from testkit.processes import make_settings, wait_until
+from testkit.records import lake_table
 
 
 class Recorder:

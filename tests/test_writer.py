@@ -22,6 +22,7 @@ from lake.liveset import live_set
 from lake.storage import LocalStorage
 from lake.writer import BufferedWriter, FlushThresholds, WriterClosedError
 from testkit.fake_source import as_refused
+from testkit.ids import zone_ids
 from testkit.processes import ROOT, wait_until
 from testkit.records import make_records
 from utils import fsio
@@ -31,21 +32,11 @@ from utils.retry import Backoff
 
 
 def landing_ids(storage: LocalStorage) -> np.ndarray:
-    files = storage.list_files(layout.LANDING)
-    if not files:
-        return np.empty(0, np.int64)
-    return np.concatenate(
-        [pq.read_table(storage.path(f.key), columns=["event_id"])["event_id"].to_numpy() for f in files]
-    )
+    return zone_ids(storage, layout.LANDING)
 
 
 def quarantine_ids(storage: LocalStorage) -> np.ndarray:
-    files = storage.list_files(layout.QUARANTINE)
-    if not files:
-        return np.empty(0, np.int64)
-    return np.concatenate(
-        [pq.read_table(storage.path(f.key), columns=["event_id"])["event_id"].to_numpy() for f in files]
-    )
+    return zone_ids(storage, layout.QUARANTINE)
 
 
 def test_size_threshold_flushes_whole_files_in_event_order(storage: LocalStorage) -> None:
