@@ -1,4 +1,8 @@
-"""Decorators: ``@timing`` logs how long a call took; ``@sql_monitoring`` times queries into a history."""
+"""The query monitor: ``@sql_monitoring`` times each dashboard query, result included, into a bounded history.
+
+Guarantee: the time recorded covers running the query and materializing its result (a lazy DuckDB
+relation is refused), and the history keeps at most ``per_query`` records per query name.
+"""
 
 from __future__ import annotations
 
@@ -20,22 +24,6 @@ R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 
-def timing(func: Callable[P, R]) -> Callable[P, R]:
-    """Log the wall-clock duration of every call of ``func`` at DEBUG level (also when it raises)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        start = time.perf_counter()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            elapsed_ms = (time.perf_counter() - start) * 1000
-            log.debug("%s took %.1f ms", func.__qualname__, elapsed_ms)
-
-    return wrapper
-
-
-# -- query monitoring -----------------------------------------------------------------------------------
 # ``@sql_monitoring(name)`` replaces the original's timer, which measured building a lazy DuckDB relation
 # (2-5 ms) instead of running it (2.7 s). It times the call *including* materializing the result, refuses
 # lazy relations, and keeps a bounded per-query history so a dashboard can show p50/p95 across reruns.
