@@ -6,11 +6,11 @@ thread commits files on size or age (so the time-based flush fires even while th
 mid-retry). The *main* thread only supervises: signals, ``--duration``, the progress line, and the
 child compactor.
 
-Exactly-once (the flush order in :mod:`lake.writer`): on start, under the pipeline lock, :func:`ingestion.resume.recover`
-removes the pipeline's own leftovers in ``temp/``, derives the cursor from the live set and removes
-orphan quarantine files at or beyond it. Nothing buffered is ever durable, and it does not need to be:
-the source is deterministic per cursor, so records that were not committed when the process died are
-simply fetched again.
+Exactly-once (the flush order in :mod:`lake.writer`): on start, under the pipeline lock,
+:func:`ingestion.resume.recover` removes the pipeline's own leftovers in ``temp/``, derives the cursor
+from the live set and removes orphan quarantine files at or beyond it. Nothing buffered is ever
+durable, and it does not need to be: the source is deterministic per cursor, so records that were not
+committed when the process died are simply fetched again.
 """
 
 from __future__ import annotations
