@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from utils.errors import BadgeError, ConfigError, LakeLockedError
+from utils.errors import BadgeError, ConfigError, LakeLockedError, StreamMismatchError, UnmigratedLakeError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -29,11 +29,12 @@ def setup_logging(level: str = "INFO", name: str | None = None) -> None:
 def run_main(main: Callable[[], int]) -> int:
     """Run ``main`` and turn the platform's errors into one clear line and an exit status.
 
-    ConfigError -> 2 (one line naming the variable), LakeLockedError -> 3, other BadgeError -> 1.
+    ConfigError, StreamMismatchError and UnmigratedLakeError -> 2 (one line saying what to do),
+    LakeLockedError -> 3, other BadgeError -> 1.
     """
     try:
         return main()
-    except ConfigError as exc:
+    except (ConfigError, StreamMismatchError, UnmigratedLakeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except LakeLockedError as exc:

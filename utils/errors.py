@@ -5,13 +5,17 @@ exceptions are translated at the boundary with ``raise ... from exc``::
 
     BadgeError
     ├── ConfigError              a setting is missing or out of range (exit status 2)
+    ├── StreamMismatchError      the source serves another stream than the lake's table holds (exit status 2)
     ├── SourceError              the generator service could not give us records
     │   ├── TransientSourceError     worth retrying later (timeouts, resets, 429, 5xx) - retries exhausted
     │   └── PermanentSourceError     retrying will not help (other 4xx, undecodable schema)
     └── LakeError                something about the Parquet lake
         ├── LakeLockedError          another process holds the pipeline or compactor lock
         ├── CorruptFileError         a data file is unreadable or lacks the badge metadata
-        └── CommitError              publishing a file into the lake failed; nothing partial is left
+        ├── CommitError              publishing a file into the lake failed; nothing partial is left
+        ├── FencedError              another writer committed the pipeline's position: this one must stop
+        ├── StaleInputsError         a compaction's inputs left the table before its commit
+        └── UnmigratedLakeError      a lake in the previous layout: run `python -m lake migrate` (exit status 2)
 """
 
 from __future__ import annotations
@@ -57,3 +61,22 @@ class CorruptFileError(LakeError):
 
 class CommitError(LakeError):
     """Publishing a file into the lake failed; the temporary file was removed."""
+
+
+class StreamMismatchError(BadgeError):
+    """The source serves a different stream than the one the lake's table was created for; nothing was written."""
+
+
+class FencedError(LakeError):
+    """Another writer committed the pipeline's position since this one last did: this writer is a zombie.
+
+    Never retried: retrying would append records the other writer may also append.
+    """
+
+
+class StaleInputsError(LakeError):
+    """Files a compaction read are no longer in the table when it is about to commit; it commits nothing."""
+
+
+class UnmigratedLakeError(LakeError):
+    """The lake holds data files but no Delta log: it is in the previous layout and must be migrated first."""

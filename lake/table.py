@@ -1,0 +1,393 @@
+"""The lake's Delta tables: the commit log that alone says which files the lake holds (delta-rs).
+
+Two tables share the lake root:
+
+* the **events table** at ``DATA_LAKE_PATH`` (log in ``<lake>/_delta_log``): the data files of
+  ``landing/`` and ``compacted/``, with statistics, the stream's identity in its configuration and
+  the pipeline's position as the application transaction ``badge-pipeline`` (its version is the last
+  event id committed);
+* the **quarantine table** at ``<lake>/quarantine`` (log in ``<lake>/quarantine/_delta_log``): the
+  refused records, each with its reason.
+
+Guarantees: a file is part of a table when, and only when, a commit in its log adds it; every commit
+is atomic (delta-rs writes the next log entry only if it does not exist yet). An append by a writer
+whose view is stale (another writer committed the pipeline's position since) fails with FencedError
+instead of duplicating. A compaction commits only if every file it read is still in the table.
+Errors from delta-rs are translated here into the platform's LakeError tree, with the cause kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+from deltalake import DeltaTable, Schema
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
+
+from lake import layout
+from lake.filestats import QUARANTINE_STATS_COLUMNS, STATS_COLUMNS, FileStats
+from lake.identity import StreamIdentity, check_stream
+from lake.snapshot import DataFile, Snapshot
+from lake.storage import FileInfo, LocalStorage
+from utils.errors import FencedError, LakeError, StaleInputsError, UnmigratedLakeError
+from utils.records import LAKE_SCHEMA, QUARANTINE_SCHEMA
+
+log = logging.getLogger(__name__)
+
+LOG_DIR: Final = "_delta_log"
+APP_ID: Final = "badge-pipeline"  # the pipeline's application transaction: version = last event id committed
+TABLE_NAME: Final = "badge_events"
+QUARANTINE_TABLE_NAME: Final = "badge_quarantine"
+OPERATION_KEY: Final = "badge.operation"  # in each commit's commitInfo: flush, compaction, quarantine, ...
+
+# Log upkeep: delta-rs writes a checkpoint every CHECKPOINT_INTERVAL commits and, with it, deletes log
+# entries older than the retention, so the log (and with it commit latency and snapshot load time)
+# stays flat however long the lake lives. Time travel reaches back as far as the retention.
+LOG_RETENTION: Final = "interval 15 minutes"
+CHECKPOINT_INTERVAL: Final = 100
+LOG_PROPERTIES: Final[dict[str, str]] = {
+    "delta.logRetentionDuration": LOG_RETENTION,
+    "delta.enableExpiredLogCleanup": "true",
+    "delta.checkpointInterval": str(CHECKPOINT_INTERVAL),
+}
+
+
+def has_log(path: Path) -> bool:
+    """True if ``path`` is the root of a Delta table (its log has at least one entry)."""
+    log_dir = path / LOG_DIR
+    return log_dir.is_dir() and any(log_dir.glob("*.json"))
+
+
+def ensure_migrated(storage: LocalStorage) -> None:
+    """Raise UnmigratedLakeError if the lake holds data files but no log (the previous layout)."""
+    if has_log(storage.root):
+        return
+    for zone in layout.DATA_ZONES:
+        if storage.list_files(zone):
+            raise UnmigratedLakeError(
+                f"the lake at {storage.root} is in the previous layout (data files but no {LOG_DIR}/): "
+                "run `python -m lake migrate` first"
+            )
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """delta-rs errors as LakeError (the cause kept); ours pass through."""
+    try:
+        yield
+    except (LakeError, TableNotFoundError):
+        raise
+    except (DeltaError, OSError) as exc:
+        raise LakeError(f"{what}: {exc}") from exc
+
+
+def _millis(info: FileInfo) -> int:
+    return info.mtime_ns // 1_000_000
+
+
+class _DeltaFiles:
+    """One Delta table rooted at ``prefix`` under the lake: its handle, its files, its commits.
+
+    Keys are relative to the lake root (``landing/x.parquet``, ``quarantine/y.parquet``); paths in the
+    log are relative to the table root. One instance per thread of use (delta-rs handles are not shared).
+    """
+
+    def __init__(self, storage: LocalStorage, prefix: str, dt: DeltaTable) -> None:
+        self.storage = storage
+        self.prefix = prefix
+        self._dt = dt
+        self._uncertain = False  # a commit failed in a way that may or may not have landed
+
+    @property
+    def root(self) -> Path:
+        return self.storage.root / self.prefix if self.prefix else self.storage.root
+
+    @property
+    def version(self) -> int:
+        return int(self._dt.version())
+
+    @property
+    def configuration(self) -> Mapping[str, str | None]:
+        return self._dt.metadata().configuration
+
+    def key_of(self, path: str) -> str:
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    def path_of(self, key: str) -> str:
+        if not self.prefix:
+            return key
+        head = f"{self.prefix}/"
+        if not key.startswith(head):
+            raise ValueError(f"{key} is not under {head}")
+        return key[len(head) :]
+
+    def refresh(self) -> None:
+        """Bring the handle to the newest version of the log."""
+        with _translated(f"reading the log of {self.root}"):
+            self._dt.update_incremental()
+
+    def add_actions(self) -> pa.Table:
+        """The ``add`` actions of the handle's version, flattened (path, size_bytes, num_records, min.*, max.*)."""
+        with _translated(f"reading the log of {self.root}"):
+            return pa.table(self._dt.get_add_actions(flatten=True))
+
+    def data_files(self) -> tuple[DataFile, ...]:
+        """The files of the handle's version with their statistics, sorted by first event id."""
+        actions = self.add_actions()
+        if actions.num_rows == 0:
+            return ()
+        cols = actions.to_pydict()
+        out: list[DataFile] = []
+        newest = cols.get("max.badge_out_timestamp")
+        for i, path in enumerate(cols["path"]):
+            rows = cols["num_records"][i]
+            lo = cols.get("min.event_id", [None] * actions.num_rows)[i]
+            hi = cols.get("max.event_id", [None] * actions.num_rows)[i]
+            if rows is None:
+                raise LakeError(f"{self.key_of(path)}: its add action in the log carries no statistics")
+            info = FileInfo(self.key_of(path), int(cols["size_bytes"][i]), int(cols["modification_time"][i]) * 10**6)
+            out.append(
+                DataFile(
+                    info,
+                    -1 if lo is None else int(lo),
+                    -1 if hi is None else int(hi),
+                    int(rows),
+                    newest[i] if newest is not None else None,
+                )
+            )
+        out.sort(key=lambda f: (f.event_id_min, f.key))
+        return tuple(out)
+
+    def commit(self, actions: list[AddAction | RemoveAction], operation: str, txn: int | None = None) -> None:
+        """Commit ``actions`` as one transaction on top of the handle's version; then refresh the handle.
+
+        Raises FencedError if ``txn`` (the pipeline's new position) conflicts with a concurrent commit of
+        the same application, LakeError on any other failure (the commit may or may not have landed:
+        callers check the refreshed table before trying again).
+        """
+        properties = CommitProperties(
+            custom_metadata={OPERATION_KEY: operation},
+            app_transactions=[Transaction(APP_ID, txn)] if txn is not None else None,
+        )
+        try:
+            self._dt.create_write_transaction(actions, "append", self._dt.schema(), commit_properties=properties)
+        except CommitFailedError as exc:
+            if txn is not None and "concurrent transaction" in str(exc).lower():
+                raise FencedError(
+                    f"another writer committed the pipeline's position in {self.root} since this one last did; "
+                    "this pipeline stops (the other one goes on)"
+                ) from exc
+            raise LakeError(f"commit to {self.root} failed: {exc}") from exc
+        except (DeltaError, OSError) as exc:
+            raise LakeError(f"commit to {self.root} failed: {exc}") from exc
+        self.refresh()
+
+
+def _open(storage: LocalStorage, prefix: str) -> DeltaTable:
+    root = storage.root / prefix if prefix else storage.root
+    with _translated(f"opening the table at {root}"):
+        return DeltaTable(str(root))
+
+
+def _create(root: Path, schema: pa.Schema, name: str, configuration: dict[str, str]) -> DeltaTable:
+    """Create an empty table at ``root`` in one commit; if another process just did, open theirs."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        return DeltaTable.create(
+            str(root),
+            Schema.from_arrow(schema),
+            mode="error",
+            name=name,
+            configuration=configuration,
+            raise_if_key_not_exists=False,  # our own badge.* keys sit beside the delta.* ones
+            commit_properties=CommitProperties(custom_metadata={OPERATION_KEY: "create"}),
+        )
+    except DeltaError as exc:
+        if has_log(root):  # lost a race to create it: theirs stands
+            with _translated(f"opening the table at {root}"):
+                return DeltaTable(str(root))
+        raise LakeError(f"creating the table at {root} failed: {exc}") from exc
+
+
+class LakeTable(_DeltaFiles):
+    """The events table: what every reader reads, what the pipeline appends to and the compactor rewrites."""
+
+    @classmethod
+    def open(cls, storage: LocalStorage) -> LakeTable:
+        """The lake's table; LakeError if there is none yet, UnmigratedLakeError for the previous layout."""
+        ensure_migrated(storage)
+        if not has_log(storage.root):
+            raise LakeError(f"no table at {storage.root} yet (the pipeline creates it)")
+        return cls(storage, "", _open(storage, ""))
+
+    @classmethod
+    def open_or_create(cls, storage: LocalStorage, identity: StreamIdentity) -> LakeTable:
+        """The lake's table for the stream ``identity``, created (with it recorded) if the lake has none.
+
+        Raises StreamMismatchError, before anything is written, if the table holds another stream.
+        """
+        ensure_migrated(storage)
+        if has_log(storage.root):
+            table = cls(storage, "", _open(storage, ""))
+            check_stream(table.identity, identity, str(storage.root))
+            return table
+        configuration = {
+            **LOG_PROPERTIES,
+            "delta.dataSkippingStatsColumns": ",".join(STATS_COLUMNS),
+            **identity.to_config(),
+        }
+        table = cls(storage, "", _create(storage.root, LAKE_SCHEMA, TABLE_NAME, configuration))
+        check_stream(table.identity, identity, str(storage.root))
+        return table
+
+    @property
+    def identity(self) -> StreamIdentity | None:
+        return StreamIdentity.from_config(self.configuration)
+
+    def committed_event_id(self) -> int | None:
+        """The pipeline's position at the handle's version: the last event id it committed (None: nothing yet)."""
+        with _translated(f"reading the log of {self.root}"):
+            version = self._dt.transaction_version(APP_ID)
+        return None if version is None else int(version)
+
+    def snapshot(self, *, refresh: bool = True) -> Snapshot:
+        """The table's files and position, at the newest version (``refresh``) or the handle's own."""
+        if refresh:
+            self.refresh()
+        return Snapshot(self.storage, self.version, self.data_files(), self.committed_event_id(), self.identity)
+
+    def append(self, info: FileInfo, stats: FileStats, *, through_event_id: int, expected: int | None) -> None:
+        """Add the published file ``info`` and move the pipeline's position from ``expected`` to ``through_event_id``.
+
+        Idempotent across failures: after a failed attempt the next call reads the newest version first;
+        if the earlier attempt landed (the position is ``through_event_id`` and the file is in the
+        table) it returns. If the position is neither ``expected`` nor that, another writer moved it:
+        FencedError, and nothing is committed. Raises LakeError when the commit failed for another
+        reason (call again to retry).
+        """
+        if self._uncertain:
+            self.refresh()
+            position = self.committed_event_id()
+            if position == through_event_id and info.key in {f.key for f in self.data_files()}:
+                self._uncertain = False
+                return
+            self._uncertain = False
+        position = self.committed_event_id()
+        if position != expected:
+            raise FencedError(
+                f"the pipeline's position in {self.root} is {position}, not {expected} as this writer "
+                "last committed: another pipeline writes to this lake; this one stops"
+            )
+        action = AddAction(self.path_of(info.key), info.size, {}, _millis(info), True, stats.to_json())
+        try:
+            self.commit([action], "flush", txn=through_event_id)
+        except FencedError:
+            raise
+        except LakeError:
+            self._uncertain = True  # it may have landed: the next attempt looks before it commits
+            raise
+        if self.committed_event_id() != through_event_id:
+            raise FencedError(f"another writer moved the pipeline's position in {self.root} right after this commit")
+
+    def replace(self, removed: Sequence[DataFile], added: Sequence[tuple[FileInfo, FileStats]]) -> None:
+        """Remove ``removed`` and add ``added`` in one commit (``dataChange=false``: the same rows, rewritten).
+
+        Checks against the newest version first: if any of ``removed`` is no longer in the table, nothing
+        is committed and StaleInputsError is raised.
+        """
+        self.refresh()
+        current = {f.key for f in self.data_files()}
+        gone = [f.key for f in removed if f.key not in current]
+        if gone:
+            raise StaleInputsError(f"{len(gone)} input(s) are no longer in the table, e.g. {gone[0]}")
+        now_ms = int(time.time() * 1000)
+        actions: list[AddAction | RemoveAction] = [
+            RemoveAction(self.path_of(f.key), False, now_ms, size=f.info.size) for f in removed
+        ]
+        actions += [
+            AddAction(self.path_of(info.key), info.size, {}, _millis(info), False, stats.to_json())
+            for info, stats in added
+        ]
+        self.commit(actions, "compaction")
+
+
+class QuarantineTable(_DeltaFiles):
+    """The quarantine table under ``quarantine/``: refused records, appended before the flush that passes them."""
+
+    @classmethod
+    def open(cls, storage: LocalStorage, *, create: bool = False) -> QuarantineTable | None:
+        """The lake's quarantine table; None if it does not exist (and ``create`` is False)."""
+        root = storage.root / layout.QUARANTINE
+        if has_log(root):
+            return cls(storage, layout.QUARANTINE, _open(storage, layout.QUARANTINE))
+        if not create:
+            return None
+        configuration = {**LOG_PROPERTIES, "delta.dataSkippingStatsColumns": ",".join(QUARANTINE_STATS_COLUMNS)}
+        return cls(storage, layout.QUARANTINE, _create(root, QUARANTINE_SCHEMA, QUARANTINE_TABLE_NAME, configuration))
+
+    def append(self, info: FileInfo, stats: FileStats) -> None:
+        """Add the published file ``info``; idempotent (a file already in the table is not added again)."""
+        self.refresh()
+        if info.key in {f.key for f in self.data_files()}:
+            return
+        action = AddAction(self.path_of(info.key), info.size, {}, _millis(info), True, stats.to_json())
+        self.commit([action], "quarantine")
+
+    def remove(self, files: Sequence[DataFile], reason: str) -> None:
+        """Take ``files`` out of the table in one commit (orphans of a flush that never committed)."""
+        if not files:
+            return
+        now_ms = int(time.time() * 1000)
+        actions: list[AddAction | RemoveAction] = [
+            RemoveAction(self.path_of(f.key), True, now_ms, size=f.info.size) for f in files
+        ]
+        self.commit(actions, reason)
+
+
+def read_snapshot(storage: LocalStorage) -> Snapshot:
+    """The lake's current snapshot; an empty one (version None) if no table exists yet.
+
+    Raises UnmigratedLakeError for a lake in the previous layout, LakeError if the log cannot be read.
+    """
+    ensure_migrated(storage)
+    if not has_log(storage.root):
+        return Snapshot(storage, None, ())
+    return LakeTable.open(storage).snapshot(refresh=False)
+
+
+class SnapshotReader:
+    """A long-lived reader (a dashboard, a verifier): each :meth:`snapshot` refreshes one handle incrementally."""
+
+    def __init__(self, storage: LocalStorage) -> None:
+        self.storage = storage
+        self._table: LakeTable | None = None
+
+    def snapshot(self) -> Snapshot:
+        """The newest snapshot (empty while the lake has no table)."""
+        if self._table is None:
+            ensure_migrated(self.storage)
+            if not has_log(self.storage.root):
+                return Snapshot(self.storage, None, ())
+            self._table = LakeTable.open(self.storage)
+            return self._table.snapshot(refresh=False)
+        return self._table.snapshot()
+
+
+def quarantine_files(storage: LocalStorage) -> tuple[DataFile, ...]:
+    """The files of the quarantine table's newest version (none if it does not exist)."""
+    table = QuarantineTable.open(storage)
+    return () if table is None else table.data_files()
+
+
+def describe_log(storage: LocalStorage) -> dict[str, Any]:
+    """Facts about the events table's log, for ``stats``: version, entries and checkpoints on disk."""
+    log_dir = storage.root / LOG_DIR
+    entries = list(log_dir.glob("*.json")) if log_dir.is_dir() else []
+    checkpoints = list(log_dir.glob("*.checkpoint*.parquet")) if log_dir.is_dir() else []
+    return {"log_entries": len(entries), "checkpoints": len(checkpoints)}
