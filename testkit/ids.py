@@ -1,4 +1,4 @@
-"""The one reader of event ids for tests and benchmarks: what a zone, or the lake's live set, holds.
+"""The one reader of event ids for tests and benchmarks: what a zone, or the lake's table, holds.
 
 Ground truth for exactly-once checks: tests compare these ids with the ranges they wrote, never with
 figures computed by the code under test.
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from lake.liveset import live_set
 from lake.storage import LocalStorage
+from lake.table import read_snapshot
 
 
 def file_ids(paths: Iterable[Path | str]) -> np.ndarray:
@@ -28,12 +28,12 @@ def zone_ids(storage: LocalStorage, zone: str, *, prefix: str = "") -> np.ndarra
 
 
 def live_ids(storage: LocalStorage) -> np.ndarray:
-    """Every event id in the live set, in the order the live files hold them (file by file)."""
-    return file_ids(live_set(storage).paths)
+    """Every event id in the table's current snapshot, in the order its files hold them (file by file)."""
+    return file_ids(read_snapshot(storage).paths)
 
 
 def assert_exactly_once(storage: LocalStorage, expected: range) -> None:
-    """The live set holds each id of ``expected`` exactly once and nothing else."""
+    """The table's snapshot holds each id of ``expected`` exactly once and nothing else."""
     ids = np.sort(live_ids(storage))
-    assert len(ids) == len(expected), f"{len(ids)} live rows, expected {len(expected)}"
-    assert np.array_equal(ids, np.arange(expected.start, expected.stop)), "live set is not the expected ids once each"
+    assert len(ids) == len(expected), f"{len(ids)} rows in the table, expected {len(expected)}"
+    assert np.array_equal(ids, np.arange(expected.start, expected.stop)), "the table is not the expected ids once each"

@@ -19,6 +19,7 @@ from functools import cache
 import numpy as np
 import pyarrow as pa
 
+from lake.identity import StreamIdentity
 from utils.records import BUILDINGS, DEPARTMENT_WEIGHTS, DEPARTMENTS, RECORD_SCHEMA, with_duration
 
 US_PER_S = 1_000_000
@@ -27,6 +28,8 @@ POPULATION = 2_000
 SECONDS_BETWEEN_EVENTS = 5
 DENIED_ONE_IN = 51
 MAX_SESSION_S = 12 * 3600
+# The stream identity of lakes the tests build from this factory (recorded when a test creates a table).
+TEST_IDENTITY = StreamIdentity(seed=0, events_per_second=0.2, stream_start="2025-03-03T00:00:00Z")
 
 
 @dataclass(frozen=True)
