@@ -1,11 +1,14 @@
-"""``python pipeline.py``: ingest the badge stream into the lake, exactly once, until stopped.
+"""``python pipeline.py``: ingest the badge stream into the lake's Delta table, exactly once, until stopped.
 
-Polls the generator service by cursor, buffers Arrow batches, and commits Snappy Parquet files into
-``landing/`` on size (``BUFFER_RECORDS``) or age (``FLUSH_INTERVAL_SECONDS``); refused records go to
-``quarantine/``. Resumes where the lake ends after any crash. By default it also runs
-``compaction_monitoring.py`` as a child process. SIGINT/SIGTERM: flush, stop the child, exit 0.
-Exit status 2 for a bad setting, 3 if another pipeline runs on the lake, 1 if the source refuses us
-for good (wrong URL, 4xx). The logic lives in :mod:`processes.pipeline`.
+Polls the generator service by cursor, buffers Arrow batches, and on size (``BUFFER_RECORDS``) or age
+(``FLUSH_INTERVAL_SECONDS``) publishes a Snappy Parquet file into ``landing/`` and commits it to the
+table together with its position; refused records go to the quarantine table first. Resumes at the
+position the table's log records after any crash. By default it also runs ``compaction_monitoring.py``
+as a child process. SIGINT/SIGTERM: flush, stop the child, exit 0. Exit status 2 for a bad setting, a
+source serving another stream than the table holds, or a lake in the previous layout (run
+``python -m lake migrate``); 3 if another pipeline runs on the lake; 1 if the source refuses us for good
+(wrong URL, 4xx) or another writer moved the table's position (this one is fenced off). The logic
+lives in :mod:`processes.pipeline`.
 """
 
 from __future__ import annotations

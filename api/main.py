@@ -1,5 +1,8 @@
 """The generator service: ``GET /employee-badge-logs/``, ``GET /health/`` and ``GET /`` (README, "HTTP").
 
+``GET /`` reports the stream's ``identity`` (seed, the timeline's events per second, stream start,
+schema version): the pipeline reads it and refuses to append another stream to a lake's table.
+
 Guarantee: the same seed and cursor give the same records, byte for byte, in either format; a live
 request never returns an event whose time has not come; deliberate faults never change what a cursor
 returns. ``uvicorn api.main:app`` reads settings from the environment and ``.env`` at start-up (not on
@@ -28,6 +31,7 @@ from api.encoding import encode_arrow, encode_json
 from api.faults import RETRY_AFTER_SECONDS, SLOW_MARGIN_SECONDS, Fault, FaultInjector, TruncatedResponse
 from api.generators import MAX_EVENTS, BadgeStream
 from api.stream_state import format_stream_start, resolve_stream_start
+from lake.identity import SCHEMA_VERSION
 from processes.cli import EXIT_CONFIG, run_main, setup_logging
 from utils.config import Settings, get_settings
 from utils.errors import ConfigError
@@ -104,6 +108,19 @@ class Service:
         """The encoded records of ``window`` (CPU-bound: run it off the event loop)."""
         columns = self.stream.columns(window.start, window.count)
         return encode_arrow(columns) if arrow else encode_json(columns)
+
+    def identity(self) -> dict[str, Any]:
+        """What makes record ``k`` what it is (lake.identity.StreamIdentity's fields).
+
+        ``events_per_second`` is the timeline's rate: the firehose serves the records of its nominal
+        rate, stamped with those times, so it is the same stream as a live service at that rate.
+        """
+        return {
+            "seed": self.settings.generator_seed,
+            "events_per_second": float(self.stream.timeline.rate),
+            "stream_start": format_stream_start(self.stream.stream_start),
+            "schema_version": SCHEMA_VERSION,
+        }
 
     def describe(self, now: datetime) -> dict[str, Any]:
         return {
@@ -192,6 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "service": "badge generator",
             "endpoints": ["/employee-badge-logs/?batch=N&cursor=C", "/health/", "/docs"],
             "stream": service.describe(datetime.now(UTC)),
+            "identity": service.identity(),
         }
 
     @app.get("/health/", summary="Liveness")

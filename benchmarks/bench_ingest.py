@@ -4,11 +4,12 @@ Each figure sits beside a reference measured in the same run:
 
 * **records/s, Arrow and JSON**: the real service (``uvicorn api.main:app``, ``EVENTS_PER_SECOND=0``) in
   its own process on a loopback port, and the real pipeline loop (:func:`processes.pipeline.run` with the real
-  client) in this one, timed from the first to the last committed record. Reference: the *ceiling*,
-  writing the same tables (generated in-process) straight to Parquet with pyarrow's defaults.
+  client) in this one, timed from the first to the last committed record (each flush one commit to the
+  lake's table). Reference: the *ceiling*, writing the same tables (generated in-process) straight to
+  Parquet with pyarrow's defaults.
 * **freshness p50/p95** at a live rate (``EVENTS_PER_SECOND=2000``) with the default flush and poll
-  intervals: for every record, the instant its landing file was published minus its event time
-  (``badge_out_timestamp``). Reference: ``FLUSH_INTERVAL_SECONDS`` (target p95 <= interval + 1 s).
+  intervals: for every record, the instant the commit adding its landing file to the table returned minus
+  its event time (``badge_out_timestamp``). Reference: ``FLUSH_INTERVAL_SECONDS`` (target p95 <= interval + 1 s).
 
 ``python -m benchmarks.bench_ingest [--size quick|full]`` prints a table; :func:`run` returns the rows.
 Work happens in temporary lakes under ``benchmarks/.work/``.
@@ -127,7 +128,7 @@ def ceiling_rate(records: int) -> float:
 
 
 def freshness(seconds: float) -> tuple[float, float, float]:
-    """(p50, p95, flush interval): publish instant minus event time, over every record of a live run."""
+    """(p50, p95, flush interval): commit instant minus event time, over every record of a live run."""
     with _lake() as lake:
         port = free_port()
         settings = _settings(lake, port, EVENTS_PER_SECOND=LIVE_RATE)

@@ -26,10 +26,28 @@ class FetchResultLike(Protocol):
     def next_cursor(self) -> int: ...
 
 
+class StreamIdentityLike(Protocol):
+    """The stream a source serves, as it reports it (source.client.ServiceIdentity has these)."""
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def events_per_second(self) -> float: ...  # the rate of the stream's timeline
+
+    @property
+    def stream_start(self) -> str: ...  # ISO-8601 UTC with ``Z``
+
+    @property
+    def schema_version(self) -> int: ...
+
+
 class BadgeSource(Protocol):
     """The generator service as the pipeline sees it (source.client.BadgeLogClient is one)."""
 
     def get_employee_badge_logs(self, cursor: int | None = None, batch: int | None = None) -> FetchResultLike: ...
+
+    def stream_identity(self) -> StreamIdentityLike: ...
 
 
 @dataclass(frozen=True)

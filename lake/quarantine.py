@@ -1,46 +1,40 @@
-"""The quarantine zone: refused records written into it, foreign or corrupt files moved into it, and its count.
+"""The quarantine: refused records as files of the quarantine table (``<lake>/quarantine``), and its count.
 
-Nothing in ``quarantine/`` is ever part of the live set, every file moved there keeps its reason beside
-it, and one count (files and rows, reason files excluded) serves every report.
+Only refused records live there, each row with its reason; a file is quarantined when, and only
+when, a commit in ``quarantine/_delta_log`` adds it (:class:`lake.table.QuarantineTable`). Files in
+``quarantine/`` that no commit added are not the quarantine: nothing counts or reads them, and the
+compactor's clean-up deletes them after the grace period. Foreign or damaged files elsewhere in the
+lake are no longer moved here: a file the events table's log does not add is simply not the lake.
 
-*Refused records.* A flush commits the quarantine file for the refused records of its range *before*
-the landing file that holds the range's valid records, and only refused records below that landing
-file's last event id go into it. So a quarantine file is confirmed exactly when a landing file with
-higher event ids is committed; one whose ``badge.event_id_min`` is at or beyond the resume cursor is
-the orphan of a flush that never finished. Removing it at start is safe: the source is deterministic
-per cursor, so those records are fetched and refused again. Every event id is thus, exactly once,
-either in the live set or in ``quarantine/``.
-
-*Foreign and corrupt files.* A file in ``landing/`` or ``compacted/`` that is not a lake data file
-(foreign name, unreadable Parquet, missing badge metadata, or contents that contradict it) is moved
-into ``quarantine/`` with a ``<name>.reason.json`` file saying why; the live set already leaves it out.
+*Order.* A flush appends the file of the refused records of its range to the quarantine table
+*before* the commit that moves the pipeline's position past them (:mod:`lake.writer`), and only
+refused records below that commit's last event id go into it. So an entry whose first event id is
+at or beyond the resume cursor (the committed position + 1) belongs to a flush that never committed:
+:func:`remove_orphans` takes it out of the table at the next start, and the source, deterministic
+per cursor, refuses those records again. Every event id up to the committed position is thus,
+exactly once, either in the events table or in the quarantine table.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Final
 
 import pyarrow as pa
 
 from lake import layout
-from lake.liveset import FOOTER_CACHE, LiveSet, MetadataCache, live_set, parse_badge_metadata
+from lake.filestats import QUARANTINE_STATS_COLUMNS, FileStats
 from lake.parquet import write_file
 from lake.storage import FileInfo, LocalStorage
-from utils.errors import CommitError, CorruptFileError
+from lake.table import QuarantineTable
 from utils.records import QUARANTINE_SCHEMA
 
 log = logging.getLogger(__name__)
 
 KIND: Final = "quarantine"  # file names (and temp names) of refused-record files start with this
-SIDECAR_SUFFIX: Final = ".reason.json"  # beside a file moved into quarantine/: why it is there
-# A file in landing/ younger than this is not judged foreign yet (a foreign writer may still be copying it).
-FOREIGN_MIN_AGE_SECONDS: Final = 2.0
+ORPHANS_OPERATION: Final = "remove-orphans"  # the quarantine table's commit that drops unconfirmed entries
 
 
 def reason_summary(table: pa.Table, limit: int = 3) -> str:
@@ -51,167 +45,92 @@ def reason_summary(table: pa.Table, limit: int = 3) -> str:
     return f"{table.num_rows} refused record(s): {top}{more}"
 
 
+def conform(table: pa.Table) -> pa.Table:
+    """``table`` as exactly QUARANTINE_SCHEMA (columns selected and cast)."""
+    if table.schema.equals(QUARANTINE_SCHEMA, check_metadata=False):
+        return table
+    return table.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
+
+
+def refused_stats(table: pa.Table) -> FileStats:
+    """The statistics the quarantine table keeps for a file of these refused records (rows, event id range)."""
+    return FileStats.of_table(table, QUARANTINE_STATS_COLUMNS)
+
+
 def write_refused(storage: LocalStorage, table: pa.Table) -> FileInfo:
     """Publish refused records (QUARANTINE_SCHEMA, with a ``reason`` per row) as one file in ``quarantine/``.
 
-    Atomic like every data file: staged in temp/, published whole, nothing partial left on failure.
-    The badge metadata names the refused event ids it holds; ``badge.reason`` summarises why.
+    Atomic like every data file (staged in temp/, published whole, nothing partial left on failure),
+    but not yet quarantined: only :func:`commit_refused` (or the writer's append) makes it so.
     """
-    if table.schema != QUARANTINE_SCHEMA:
-        table = table.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
+    table = conform(table)
     return write_file(storage, table, layout.QUARANTINE, KIND, {layout.META_REASON: reason_summary(table)})
 
 
-def is_own_file(name: str) -> bool:
-    """True for files the pipeline writes into quarantine/ (not foreign files moved there)."""
-    return name.startswith(f"{KIND}-") and name.endswith(layout.PARQUET_SUFFIX)
+def commit_refused(storage: LocalStorage, table: pa.Table) -> FileInfo:
+    """Publish refused records and append the file to the quarantine table (created if absent).
 
-
-def remove_orphans(storage: LocalStorage, next_event_id: int) -> list[str]:
-    """Delete the pipeline's quarantine files at or beyond ``next_event_id`` (the resume cursor).
-
-    Call only while holding the pipeline lock, after deriving the cursor from the live set.
-    Foreign or unreadable files in quarantine/ are left alone. Returns the deleted keys.
+    For one-off callers; the pipeline's writer does the same two steps with its own retries.
     """
-    removed: list[str] = []
-    for info in storage.list_files(layout.QUARANTINE):
-        if not is_own_file(info.name):
-            continue
-        try:
-            meta = parse_badge_metadata(info, storage.read_metadata(info.key))
-        except (CorruptFileError, FileNotFoundError):
-            continue
-        if meta.row_count > 0 and meta.event_id_min >= next_event_id:
-            storage.delete(info.key)
-            removed.append(info.key)
-            log.info(
-                "removed orphan quarantine file %s (events %d..%d: its flush never committed; they are fetched again)",
-                info.key,
-                meta.event_id_min,
-                meta.event_id_max,
-            )
-    return removed
+    table = conform(table)
+    info = write_refused(storage, table)
+    quarantine = QuarantineTable.open(storage, create=True)
+    assert quarantine is not None  # create=True
+    quarantine.append(info, refused_stats(table))
+    return info
 
 
-# -- foreign and corrupt files --------------------------------------------------------------------------
+def remove_orphans(storage: LocalStorage, cursor: int) -> list[str]:
+    """Take out of the quarantine table, in one commit, its files whose first event id is >= ``cursor``.
 
-
-def is_reason_file(name: str) -> bool:
-    """True for the ``<name>.reason.json`` written beside a file moved into quarantine/ (not itself quarantined)."""
-    return name.endswith(SIDECAR_SUFFIX)
-
-
-def why_invalid(storage: LocalStorage, info: FileInfo) -> str | None:
-    """Why ``info`` is not a lake data file, or None if it is one (or vanished); reads its footer afresh."""
-    if not info.name.endswith(layout.PARQUET_SUFFIX):
-        return "not a Parquet data file (foreign name)"
-    try:
-        parse_badge_metadata(info, storage.read_metadata(info.key))
-    except CorruptFileError as exc:
-        return str(exc)
-    except FileNotFoundError:
-        return None
-    return None
-
-
-def quarantine_file(storage: LocalStorage, key: str, reason: str, *, by: str, temp_name: str) -> str:
-    """Move ``key`` into quarantine/ and write ``<name>.reason.json`` beside it; returns the new key.
-
-    The move is atomic; the reason file is staged in temp/ as ``temp_name`` (so the caller's recovery
-    removes a leftover) and published whole, and failing to write it only logs a warning.
+    Call only while holding the pipeline lock, with the cursor read from the events table's committed
+    position. Idempotent. The files stay on disk (a reader of an older version may still read them)
+    until the clean-up after grace deletes them. Returns the keys taken out.
     """
-    new_key = storage.move(key, layout.QUARANTINE)
-    sidecar = {
-        "file": new_key,
-        "original": key,
-        "reason": reason,
-        "quarantined_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "by": by,
-    }
-    tmp = storage.new_temp_path(temp_name)
-    try:
-        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
-        storage.publish(tmp, layout.QUARANTINE, new_key.rsplit("/", 1)[-1] + SIDECAR_SUFFIX)
-    except (OSError, CommitError) as exc:
-        tmp.unlink(missing_ok=True)
-        log.warning("could not write the reason file for %s: %s", new_key, exc)
-    log.warning("quarantined %s -> %s: %s", key, new_key, reason)
-    return new_key
+    quarantine = QuarantineTable.open(storage)
+    if quarantine is None:
+        return []
+    quarantine.refresh()
+    orphans = [f for f in quarantine.data_files() if f.row_count > 0 and f.event_id_min >= cursor]
+    if not orphans:
+        return []
+    quarantine.remove(orphans, ORPHANS_OPERATION)
+    for f in orphans:
+        log.info(
+            "removed orphan quarantine entry %s (events %d..%d: its flush never committed; they are fetched again)",
+            f.key,
+            f.event_id_min,
+            f.event_id_max,
+        )
+    return [f.key for f in orphans]
 
 
-def quarantine_foreign(
-    storage: LocalStorage,
-    *,
-    clock: Callable[[], float],
-    by: str,
-    temp_name: str,
-    min_age_seconds: float = FOREIGN_MIN_AGE_SECONDS,
-    live: LiveSet | None = None,
-) -> list[str]:
-    """Move foreign or corrupt files out of landing/ and compacted/ into quarantine/; returns their new keys.
-
-    Each suspect is checked again without any cache first, and left alone while younger than
-    ``min_age_seconds`` by ``clock``; ``by`` and ``temp_name`` are as for :func:`quarantine_file`.
-    """
-    live = live if live is not None else live_set(storage)
-    suspects = set(live.invalid)
-    listed: dict[str, FileInfo] = {}
-    for zone in layout.DATA_ZONES:
-        for info in storage.list_all(zone):
-            listed[info.key] = info
-            if not info.name.endswith(layout.PARQUET_SUFFIX):
-                suspects.add(info.key)
-    now = clock()
-    moved: list[str] = []
-    for key in sorted(suspects):
-        found = listed.get(key)
-        if found is None or now - found.mtime_ns / 1e9 < min_age_seconds:
-            continue
-        reason = why_invalid(storage, found)
-        if reason is not None:
-            moved.append(quarantine_file(storage, key, reason, by=by, temp_name=temp_name))
-    return moved
-
-
-# -- what quarantine/ holds -----------------------------------------------------------------------------
+# -- what the quarantine holds --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class QuarantineCount:
-    """What quarantine/ holds: files (reason files excluded), the rows they hold, their bytes."""
+    """What the quarantine table's newest version holds: its files, their rows and bytes.
+
+    Counted from the log's statistics, so ``unreadable`` and ``footers_read`` are always 0 (kept for
+    the callers that report them); files in ``quarantine/`` that no commit added are not counted.
+    """
 
     files: int
     rows: int
     bytes: int
-    unreadable: int  # counted files whose row count could not be read (foreign names, broken footers)
-    footers_read: int  # footers read from storage for this count (the others came from the cache)
+    unreadable: int = 0  # files whose row count could not be read (none: the log carries every count)
+    footers_read: int = 0  # Parquet footers read for this count (none: only the log is read)
 
 
-def count_quarantine(storage: LocalStorage, cache: MetadataCache | None = None) -> QuarantineCount:
-    """Count the files and rows in quarantine/: every file but the ``.reason.json`` beside moved ones.
+def count_quarantine(storage: LocalStorage) -> QuarantineCount:
+    """Files, rows and bytes of the quarantine table's newest version; all 0 while it does not exist.
 
-    Rows come from each Parquet file's ``badge.row_count`` (else its footer's count), through the
-    bounded footer cache, so each file's footer is read once; a missing zone counts as empty.
+    Reads the quarantine table's log only (no data file, no footer). Raises LakeError if the log
+    cannot be read.
     """
-    cache = cache or FOOTER_CACHE
-    files = rows = size = unreadable = read = 0
-    for info in storage.list_all(layout.QUARANTINE):
-        if is_reason_file(info.name):
-            continue
-        files += 1
-        size += info.size
-        if not info.name.endswith(layout.PARQUET_SUFFIX):
-            unreadable += 1
-            continue
-        try:
-            footer, fresh = cache.footer(storage, info)
-        except FileNotFoundError:  # removed since the listing
-            unreadable += 1
-            read += 1
-            continue
-        read += fresh
-        if footer.rows is None:
-            unreadable += 1
-        else:
-            rows += footer.rows
-    return QuarantineCount(files, rows, size, unreadable, read)
+    quarantine = QuarantineTable.open(storage)
+    if quarantine is None:
+        return QuarantineCount(0, 0, 0)
+    files = quarantine.data_files()
+    return QuarantineCount(len(files), sum(f.row_count for f in files), sum(f.info.size for f in files))

@@ -53,6 +53,9 @@ LOG_RETENTION: Final = "interval 15 minutes"
 CHECKPOINT_INTERVAL: Final = 100
 LOG_PROPERTIES: Final[dict[str, str]] = {
     "delta.logRetentionDuration": LOG_RETENTION,
+    # Tombstones (remove actions) stay in checkpoints this long; our clean-up never reads them (it
+    # follows the log itself), so they only have to outlive the grace period of a reader.
+    "delta.deletedFileRetentionDuration": LOG_RETENTION,
     "delta.enableExpiredLogCleanup": "true",
     "delta.checkpointInterval": str(CHECKPOINT_INTERVAL),
 }
@@ -266,18 +269,17 @@ class LakeTable(_DeltaFiles):
         """Add the published file ``info`` and move the pipeline's position from ``expected`` to ``through_event_id``.
 
         Idempotent across failures: after a failed attempt the next call reads the newest version first;
-        if the earlier attempt landed (the position is ``through_event_id`` and the file is in the
-        table) it returns. If the position is neither ``expected`` nor that, another writer moved it:
-        FencedError, and nothing is committed. Raises LakeError when the commit failed for another
-        reason (call again to retry).
+        if the earlier attempt landed (the position is ``through_event_id``) it returns. If the position
+        is neither ``expected`` nor that, another writer moved it: FencedError, and nothing is committed.
+        Raises LakeError when the commit failed for another reason (call again to retry).
         """
         if self._uncertain:
             self.refresh()
-            position = self.committed_event_id()
-            if position == through_event_id and info.key in {f.key for f in self.data_files()}:
-                self._uncertain = False
-                return
             self._uncertain = False
+            if self.committed_event_id() == through_event_id:
+                # The earlier attempt landed (the file may even be compacted away already); had another
+                # writer committed the same range instead, those events are in the table all the same.
+                return
         position = self.committed_event_id()
         if position != expected:
             raise FencedError(
@@ -295,7 +297,13 @@ class LakeTable(_DeltaFiles):
         if self.committed_event_id() != through_event_id:
             raise FencedError(f"another writer moved the pipeline's position in {self.root} right after this commit")
 
-    def replace(self, removed: Sequence[DataFile], added: Sequence[tuple[FileInfo, FileStats]]) -> None:
+    def replace(
+        self,
+        removed: Sequence[DataFile],
+        added: Sequence[tuple[FileInfo, FileStats]],
+        *,
+        removed_at_ms: int | None = None,
+    ) -> None:
         """Remove ``removed`` and add ``added`` in one commit (``dataChange=false``: the same rows, rewritten).
 
         Checks against the newest version first: if any of ``removed`` is no longer in the table, nothing
@@ -306,7 +314,7 @@ class LakeTable(_DeltaFiles):
         gone = [f.key for f in removed if f.key not in current]
         if gone:
             raise StaleInputsError(f"{len(gone)} input(s) are no longer in the table, e.g. {gone[0]}")
-        now_ms = int(time.time() * 1000)
+        now_ms = int(time.time() * 1000) if removed_at_ms is None else removed_at_ms
         actions: list[AddAction | RemoveAction] = [
             RemoveAction(self.path_of(f.key), False, now_ms, size=f.info.size) for f in removed
         ]

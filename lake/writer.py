@@ -9,22 +9,34 @@ A flusher thread owns all writing, so the time-based flush fires whatever the ca
 the next batch. Leaving the ``with`` block normally flushes everything; leaving it by an exception
 does not (nothing half-written survives either way).
 
-A flush commits in a fixed order: the refused records below the flush's last valid event id are
-committed to ``quarantine/`` first, then the valid records as one landing file (LAKE_SCHEMA, rows in
-event_id order, Snappy, badge metadata, atomic publish). Refused records *after* the last valid one
-stay buffered until a valid record follows them, so a quarantine file is always confirmed by the
-landing file committed right after it (a restart removes unconfirmed ones as orphans).
+A flush commits in a fixed order (the lake's protocol, ``docs/lake-protocol.md``):
 
-A failed flush (``OSError`` such as ENOSPC, ``CommitError``) leaves nothing partial: the records stay
-held, the failure is logged, and the flush is retried with a capped backoff, resuming at the step
-that failed, so nothing is lost and nothing written twice. While a flush is failing, :meth:`add`
-blocks once a full buffer is waiting (back-pressure instead of unbounded memory).
+1. the refused records below the flush's last valid event id are published into ``quarantine/`` and
+   appended to the quarantine table (:class:`~lake.table.QuarantineTable`, created on first use);
+2. the valid records are published as one landing file (LAKE_SCHEMA, rows in event_id order, Snappy,
+   staged in ``temp/`` and linked into ``landing/`` whole);
+3. one commit to the events table adds that file and moves the pipeline's position (the ``txn`` of
+   :data:`lake.table.APP_ID`) from where this writer last put it to the flush's last valid event id.
+
+Only step 3 makes the records part of the lake. Refused records *after* the last valid one stay
+buffered until a valid record follows them, so a quarantine entry is always confirmed by the commit
+right after it; a crash before that commit leaves an orphan (a landing file no reader sees, a
+quarantine entry beyond the position) that the next start removes (:mod:`ingestion.resume`).
+
+A failed step (``OSError`` such as ENOSPC, ``CommitError``, a ``LakeError`` from the log) leaves
+nothing partial: the records stay held, the failure is logged, and the flush is retried with a
+capped backoff, resuming at the step that failed with the files already published (so a retry
+leaves no second copy behind, and :meth:`~lake.table.LakeTable.append` is idempotent across
+failures). :class:`~utils.errors.FencedError` is different: another writer moved the position, so
+this one is a zombie; the flusher stops at once and never retries (retrying could duplicate what the
+other writer commits), and the error is the writer's :attr:`BufferedWriter.fatal_error`. While a
+flush is failing, :meth:`BufferedWriter.add` blocks once a full buffer is waiting (back-pressure
+instead of unbounded memory).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -39,10 +51,12 @@ import pyarrow.compute as pc
 
 from lake import layout, quarantine
 from lake import parquet as lake_parquet
-from lake.liveset import live_set
+from lake.filestats import FileStats
 from lake.storage import FileInfo, LocalStorage
+from lake.table import LakeTable, QuarantineTable
 from utils.config import Settings
-from utils.errors import CommitError, LakeError
+from utils.errors import CommitError, FencedError, LakeError
+from utils.fsio import fsync_dir
 from utils.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, with_duration
 from utils.retry import Backoff
 
@@ -55,12 +69,54 @@ FLUSH_RETRY: Final = Backoff(first=0.2, factor=2.0, cap=5.0)  # a failed flush i
 CLOSE_TIMEOUT_SECONDS: Final = 30.0
 
 
-def write_landing(storage: LocalStorage, table: pa.Table) -> FileInfo:
-    """Write a LAKE_SCHEMA table as one landing file and publish it atomically (as lake.parquet.write_file).
+def id_range(table: pa.Table) -> tuple[int, int]:
+    """(first, last) of the table's non-null event ids; (0, -1) if it has none."""
+    return lake_parquet.event_id_range(table.select(["event_id"]).drop_null())
 
-    Carries ``badge.event_id_min/max`` and ``badge.row_count``; nothing partial survives a failure.
+
+def file_name(kind: str, table: pa.Table) -> str:
+    """A new, never-colliding name for a file of ``kind`` holding ``table`` (lake.layout's grammar)."""
+    lo, hi = id_range(table)
+    return layout.new_file_name(kind, lo, hi)
+
+
+def publish_table(
+    storage: LocalStorage, table: pa.Table, zone: str, name: str, extra_metadata: dict[str, str] | None = None
+) -> FileInfo:
+    """Write ``table`` as ``zone/name``: staged in temp/, published whole, with the badge metadata.
+
+    Idempotent by name: if ``zone/name`` exists, an earlier call published it and then failed after
+    the link (a directory fsync): it is made durable and returned, never written a second time.
+    Nothing partial survives a failure (CommitError/OSError).
     """
-    return lake_parquet.write_file(storage, table, layout.LANDING, LANDING_KIND)
+    key = f"{zone}/{name}"
+    path = storage.path(key)
+    if path.exists():
+        fsync_dir(path.parent)
+        st = path.stat()
+        return FileInfo(key, st.st_size, st.st_mtime_ns)
+    lo, hi = id_range(table)
+    metadata = {**lake_parquet.badge_metadata(lo, hi, table.num_rows), **(extra_metadata or {})}
+    with storage.staged(name) as tmp:
+        with lake_parquet.open_writer(tmp, table.schema, metadata) as writer:
+            writer.write_table(table, row_group_size=lake_parquet.ROW_GROUP_ROWS)
+        return storage.publish(tmp, zone, name)
+
+
+def write_landing(storage: LocalStorage, table: pa.Table, name: str | None = None) -> FileInfo:
+    """Publish a LAKE_SCHEMA table as one landing file (not yet part of the lake: a commit adds it).
+
+    Carries ``badge.event_id_min/max`` and ``badge.row_count`` (for humans: nothing reads them);
+    ``name`` (default: a new one) makes a retry find the file an earlier attempt published.
+    """
+    return publish_table(storage, table, layout.LANDING, name or file_name(LANDING_KIND, table))
+
+
+def write_quarantine(storage: LocalStorage, table: pa.Table, name: str | None = None) -> FileInfo:
+    """Publish refused records (QUARANTINE_SCHEMA) as one file in ``quarantine/``, as :func:`write_landing`."""
+    table = quarantine.conform(table)
+    reason = {layout.META_REASON: quarantine.reason_summary(table)}
+    return publish_table(storage, table, layout.QUARANTINE, name or file_name(quarantine.KIND, table), reason)
 
 
 class WriterClosedError(LakeError):
@@ -85,7 +141,7 @@ class FlushThresholds:
 
 @dataclass(frozen=True)
 class Commit:
-    """One finished flush: what was published, and the wall-clock instant it became visible."""
+    """One finished flush: the files its commits added, and the wall-clock instant it became visible."""
 
     landing_key: str | None
     quarantine_key: str | None
@@ -112,17 +168,24 @@ class WriterStats:
 
 @dataclass
 class _Flush:
-    """A cut of the buffer being committed; survives failed attempts so a retry resumes where it stopped."""
+    """A cut of the buffer being committed; survives failed attempts so a retry resumes where it stopped.
+
+    The file names are chosen once, so a retry after a failure past a publish's link finds that file
+    instead of publishing a second copy; a published file is reused until its commit lands.
+    """
 
     valid: pa.Table  # RECORD_SCHEMA, event_id order, at least one row
     refused: pa.Table | None  # QUARANTINE_SCHEMA, ids below valid's last id
     event_id_min: int
     event_id_max: int
     lake_table: pa.Table | None = None
-    quarantine_key: str | None = None
-    quarantine_done: bool = False
-    landing_key: str | None = None
-    landing_done: bool = False
+    landing_name: str | None = None
+    landing: FileInfo | None = None  # published into landing/
+    landing_stats: FileStats | None = None
+    quarantine_name: str | None = None
+    quarantine: FileInfo | None = None  # published into quarantine/
+    quarantine_done: bool = False  # appended to the quarantine table
+    committed: bool = False  # the landing file is in the events table
     attempts: int = 0
 
     @property
@@ -134,9 +197,13 @@ class _Flush:
 class BufferedWriter:
     """Buffers Arrow tables of records and commits them as whole files on size, age, request or close.
 
-    Thread-safe: one thread (or several, in event_id order) calls :meth:`add`; the flusher thread writes.
-    Guarantees: files hold rows in event_id order; every committed record is committed exactly once;
-    a failed flush leaves nothing partial and is retried.
+    ``table`` is the open events table (the flusher thread uses it from then on: give the writer a
+    handle of its own) and ``position`` the pipeline's committed position when the writer starts (the
+    last event id committed, None for none): each commit moves it, and fails with FencedError if
+    another writer moved it meanwhile. The quarantine table is opened (created) on the first refused
+    records. Thread-safe: one thread (or several, in event_id order) calls :meth:`add`; the flusher
+    thread writes. Guarantees: files hold rows in event_id order; every committed record is committed
+    exactly once; a failed flush leaves nothing partial and is retried; a fenced one is not.
     """
 
     def __init__(
@@ -144,11 +211,16 @@ class BufferedWriter:
         storage: LocalStorage,
         thresholds: FlushThresholds,
         *,
+        table: LakeTable,
+        position: int | None,
         on_commit: Callable[[Commit], None] | None = None,
         retry: Backoff = FLUSH_RETRY,
     ) -> None:
         self.storage = storage
         self.thresholds = thresholds
+        self._table = table
+        self._position = position  # the flusher's: the last event id this writer knows committed
+        self._quarantine_table: QuarantineTable | None = None
         self._on_commit = on_commit
         self._retry = retry
         self._cond = threading.Condition()
@@ -158,7 +230,7 @@ class BufferedWriter:
         self._refused_rows = 0
         self._deadline: float | None = None  # monotonic instant the buffered valid records are due
         self._last_valid_id: int | None = None
-        self._last_seen_id: int | None = None
+        self._last_seen_id: int | None = position  # records at or below the position are committed already
         self._pending: _Flush | None = None
         self._flush_requested = False
         self._closing = False
@@ -304,7 +376,7 @@ class BufferedWriter:
 
     @property
     def fatal_error(self) -> BaseException | None:
-        """The unexpected error that stopped the flusher, if any (retryable errors never do)."""
+        """The error that stopped the flusher, if any: FencedError, or an unexpected one (retryable errors never do)."""
         with self._cond:
             return self._fatal
 
@@ -414,6 +486,15 @@ class BufferedWriter:
                 flush = self._pending
             try:
                 commit = self._commit(flush)
+            except FencedError as exc:  # a zombie: another writer owns the position; never retried
+                log.error(
+                    "flush of events %d..%d refused: %s (its records were not committed by this writer)",
+                    flush.event_id_min,
+                    flush.event_id_max,
+                    exc,
+                )
+                self._stop_on(exc)
+                return
             except (OSError, LakeError) as exc:
                 with self._cond:
                     self._failed_attempts += 1
@@ -435,86 +516,89 @@ class BufferedWriter:
                 continue
             except Exception as exc:  # a bug or an unexpected library error: stop loudly, never loop on it
                 log.exception("the flusher stopped on an unexpected error")
-                with self._cond:
-                    self._fatal = exc
-                    self._closing = True
-                    self._cond.notify_all()
+                self._stop_on(exc)
                 return
             failures = 0
-            with self._cond:
-                self._pending = None
-                self._records_committed += commit.records
-                self._refused_committed += commit.refused
-                self._files_written += 1 if flush.landing_done else 0
-                self._quarantine_files += 1 if commit.quarantine_key else 0
-                self._next_event_id = commit.event_id_max + 1
-                if commit.newest_event_time is not None:
-                    newest = self._newest_event_time
-                    self._newest_event_time = (
-                        commit.newest_event_time if newest is None else max(newest, commit.newest_event_time)
-                    )
-                self._cond.notify_all()
+            self._count(commit)
             if self._on_commit is not None:
                 self._on_commit(commit)
 
+    def _stop_on(self, exc: BaseException) -> None:
+        """Stop the flusher for good: ``exc`` becomes the writer's fatal error, add() refuses from now on."""
+        with self._cond:
+            self._fatal = exc
+            self._closing = True
+            self._cond.notify_all()
+
+    def _count(self, commit: Commit) -> None:
+        """The flush is done: count it, and make room for the next one."""
+        with self._cond:
+            self._pending = None
+            self._records_committed += commit.records
+            self._refused_committed += commit.refused
+            self._files_written += 1
+            self._quarantine_files += 1 if commit.quarantine_key else 0
+            self._next_event_id = commit.event_id_max + 1
+            if commit.newest_event_time is not None:
+                newest = self._newest_event_time
+                self._newest_event_time = (
+                    commit.newest_event_time if newest is None else max(newest, commit.newest_event_time)
+                )
+            self._cond.notify_all()
+
+    def _quarantine(self) -> QuarantineTable:
+        """The quarantine table, opened (and created if the lake has none) on first use by the flusher."""
+        if self._quarantine_table is None:
+            self._quarantine_table = QuarantineTable.open(self.storage, create=True)
+            assert self._quarantine_table is not None  # create=True
+        return self._quarantine_table
+
+    def _still_there(self, info: FileInfo) -> bool:
+        """Whether a published, not yet committed file still exists (it is published again if not)."""
+        if self.storage.exists(info.key):
+            return True
+        log.warning("%s was removed before its commit (clean-up of uncommitted files); publishing it again", info.key)
+        return False
+
     def _commit(self, flush: _Flush) -> Commit:
-        """Publish the flush's quarantine file (if any) and then its landing file, skipping done steps."""
+        """Run the flush's steps in the protocol's order, skipping those an earlier attempt finished.
+
+        (1) publish the refused records and append them to the quarantine table; (2) publish the
+        landing file; (3) commit it to the events table, moving the position to the flush's last
+        valid event id. Raises FencedError if another writer moved the position, OSError or
+        LakeError (retryable) if a step failed.
+        """
+        if flush.attempts:  # retrying: a file published long ago may have been cleaned up as an orphan
+            if flush.quarantine is not None and not flush.quarantine_done and not self._still_there(flush.quarantine):
+                flush.quarantine = None
+            if flush.landing is not None and not flush.committed and not self._still_there(flush.landing):
+                flush.landing = None
         if flush.refused is not None and not flush.quarantine_done:
-            refused = flush.refused
-            flush.quarantine_key = self._publish_once(
-                lambda: quarantine.write_refused(self.storage, refused), layout.QUARANTINE, quarantine.KIND, refused
-            )
+            if flush.quarantine is None:
+                flush.quarantine_name = flush.quarantine_name or file_name(quarantine.KIND, flush.refused)
+                flush.quarantine = write_quarantine(self.storage, flush.refused, flush.quarantine_name)
+            self._quarantine().append(flush.quarantine, quarantine.refused_stats(flush.refused))
             flush.quarantine_done = True
-        if not flush.landing_done:
-            if flush.lake_table is None:
-                flush.lake_table = with_duration(flush.valid)
-            table = flush.lake_table
-            flush.landing_key = self._publish_once(
-                lambda: write_landing(self.storage, table),
-                layout.LANDING,
-                LANDING_KIND,
-                table,
+        if flush.lake_table is None:
+            flush.lake_table = with_duration(flush.valid)
+            flush.landing_stats = FileStats.of_table(flush.lake_table)
+        if flush.landing is None:
+            flush.landing_name = flush.landing_name or file_name(LANDING_KIND, flush.lake_table)
+            flush.landing = write_landing(self.storage, flush.lake_table, flush.landing_name)
+        if not flush.committed:
+            assert flush.landing_stats is not None
+            self._table.append(
+                flush.landing, flush.landing_stats, through_event_id=flush.event_id_max, expected=self._position
             )
-            flush.landing_done = True
+            flush.committed = True
+            self._position = flush.event_id_max
         newest = pc.max(flush.valid.column("badge_out_timestamp")).as_py()
         return Commit(
-            landing_key=flush.landing_key,
-            quarantine_key=flush.quarantine_key,
+            landing_key=flush.landing.key,
+            quarantine_key=flush.quarantine.key if flush.quarantine is not None else None,
             records=flush.valid.num_rows,
             refused=flush.refused.num_rows if flush.refused is not None else 0,
             event_id_max=flush.event_id_max,
             newest_event_time=newest,
             committed_at=time.time(),
         )
-
-    def _publish_once(self, write: Callable[[], FileInfo], zone: str, kind: str, table: pa.Table) -> str | None:
-        """Run ``write``; if it fails, check whether the file got published anyway before reporting failure.
-
-        An error after the commit point (say, the directory fsync after the link) would otherwise make
-        a retry publish the same records twice.
-        """
-        try:
-            return write().key
-        except (OSError, LakeError) as exc:
-            landed = self._find_published(zone, kind, table)
-            if landed is None:
-                raise
-            log.warning("%s reported an error after its commit point (%s); it is committed, not retried", landed, exc)
-            return landed
-
-    def _find_published(self, zone: str, kind: str, table: pa.Table) -> str | None:
-        ids = table.column("event_id").drop_null()
-        if not len(ids):
-            return None
-        lo, hi = lake_parquet.event_id_range(table.select(["event_id"]).drop_null())
-        marker = f"-{lo:012d}-{hi:012d}-{os.getpid()}-"
-        for info in self.storage.list_files(zone):
-            if info.name.startswith(f"{kind}-") and marker in info.name:
-                return info.key
-        if zone == layout.LANDING:
-            try:
-                if live_set(self.storage).next_event_id > hi:  # compacted away already: still committed
-                    return f"{zone}/(compacted)"
-            except LakeError:
-                return None
-        return None

@@ -1,6 +1,8 @@
 """``make clean``: empty the lake after asking, never under a running pipeline or compactor.
 
-Removing the lake also removes its ``.stream_start``, so the next run starts a new stream at event 0.
+Everything goes: the data files, the tables' logs (``_delta_log`` of the events table and of
+``quarantine/``, so no table survives to point at deleted files) and ``.stream_start``, so the next
+run creates a new table for a new stream at event 0.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sys
 
 from lake import layout
 from lake.lock import LakeLock
+from lake.table import LOG_DIR
 from processes.cli import EXIT_LOCKED, EXIT_OK, run_main
 from utils.config import get_settings
 
@@ -37,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print(f"kept {lake}")
                 return EXIT_OK
+        # The logs first: an interrupted clean then leaves inert files, never a table missing its files.
+        for log_dir in (lake / LOG_DIR, lake / layout.QUARANTINE / LOG_DIR):
+            shutil.rmtree(log_dir, ignore_errors=True)
         shutil.rmtree(lake)
-        print(f"removed {lake}")
+        print(f"removed {lake} (its data files and its tables' logs)")
         return EXIT_OK
 
     return run_main(run)

@@ -3,7 +3,7 @@
 honcho multiplexes the processes' output with a prefix per process and, on Ctrl-C, sends SIGTERM to
 every process group (the pipeline flushes what it holds and stops its compactor) and SIGKILL to any
 that outlast the wait. Checks that would otherwise fail obscurely (a port in use, a lake locked by
-another pipeline) are made first and reported in one line.
+another pipeline, a lake in the previous layout) are made first and reported in one line.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from honcho.manager import Manager
 
 from lake import layout
 from lake.lock import LakeLock
+from lake.storage import LocalStorage
+from lake.table import ensure_migrated
 from processes.cli import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, run_main
 from utils.config import Settings, get_settings
 
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         if LakeLock(settings.data_lake_path, layout.PIPELINE_LOCK, "pipeline").is_locked_elsewhere():
             print(f"error: a pipeline already runs on {settings.data_lake_path}; stop it first")
             return EXIT_LOCKED
+        ensure_migrated(LocalStorage(settings.data_lake_path))  # UnmigratedLakeError: one line, exit 2
         env = child_environment(settings)
         manager = Manager()
         for name, cmd in commands(settings).items():

@@ -6,11 +6,15 @@ thread commits files on size or age (so the time-based flush fires even while th
 mid-retry). The *main* thread only supervises: signals, ``--duration``, the progress line, and the
 child compactor.
 
-Exactly-once (the flush order in :mod:`lake.writer`): on start, under the pipeline lock,
-:func:`ingestion.resume.recover` removes the pipeline's own leftovers in ``temp/``, derives the cursor
-from the live set and removes orphan quarantine files at or beyond it. Nothing buffered is ever
-durable, and it does not need to be: the source is deterministic per cursor, so records that were not
-committed when the process died are simply fetched again.
+Exactly-once (the flush order in :mod:`lake.writer`): on start, under the pipeline lock, the lake
+must be a table (a lake in the previous layout: UnmigratedLakeError, exit 2), the source says which
+stream it serves, and :func:`ingestion.resume.recover` opens the table for that stream (another
+stream: StreamMismatchError, exit 2, nothing written), reads the committed position from its log and
+removes the orphans of a crashed flush. Each flush then commits with the position it expects; if
+another pipeline moved it (a zombie that ignored the lock), the commit fails with FencedError and
+this pipeline stops (exit 1) instead of duplicating. Nothing buffered is ever durable, and it does
+not need to be: the source is deterministic per cursor, so records that were not committed when the
+process died are simply fetched again.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from typing import Final
 from ingestion.fetcher import Fetcher
 from ingestion.placement import BadgeSource
 from ingestion.progress import Progress
-from ingestion.resume import recover
+from ingestion.resume import recover, wait_for_identity
 from lake import layout
 from lake.lock import LakeLock
 from lake.storage import LocalStorage
+from lake.table import ensure_migrated
 from lake.writer import BufferedWriter, Commit, FlushThresholds
 from processes.cli import EXIT_OK
 from processes.signals import stop_on_signals
@@ -52,11 +57,17 @@ class RunOptions:
     compaction: bool = True  # start and supervise the compaction process as a child
 
 
-def _open_client(settings: Settings, stop: threading.Event) -> contextlib.AbstractContextManager[BadgeSource]:
+def _open_client(settings: Settings, *stops: threading.Event) -> contextlib.AbstractContextManager[BadgeSource]:
     from source.client import BadgeLogClient
 
     def sleep(seconds: float) -> None:
-        stop.wait(seconds)  # retry pauses end early once we are stopping, so the fetcher finishes soon
+        # Retry pauses end early once we are stopping, so the fetcher (or the start-up) finishes soon.
+        deadline = time.monotonic() + seconds
+        while not any(s.is_set() for s in stops):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            stops[0].wait(min(left, TICK_SECONDS))
 
     client: contextlib.AbstractContextManager[BadgeSource] = BadgeLogClient(settings, sleep=sleep)
     return client
@@ -74,39 +85,54 @@ def run(
     """Run the pipeline until stopped (signal, ``stop``), ``duration`` is over or ``max_records`` are in.
 
     Returns 0 after a clean stop (everything buffered flushed, the child stopped). Raises
-    LakeLockedError if another pipeline runs on the lake, PermanentSourceError after a clean stop if
-    the source refused us for good, CommitError if the final flush could not be committed.
+    LakeLockedError if another pipeline runs on the lake, UnmigratedLakeError for a lake in the
+    previous layout, StreamMismatchError if the lake holds another stream than the source serves
+    (both before anything is written), PermanentSourceError after a clean stop if the source refused
+    us for good, FencedError if another pipeline committed to the lake meanwhile, CommitError if the
+    final flush could not be committed.
     """
     options = options or RunOptions()
     stop = stop or threading.Event()
     storage = LocalStorage(settings.data_lake_path)
     storage.ensure_layout()
     with LakeLock(storage.root, layout.PIPELINE_LOCK, "pipeline"), stop_on_signals(stop):
-        resume = recover(storage)
-        log.info(
-            "pipeline on %s: resuming at event %d; flush at %d records or %.2f s; compaction %s",
-            storage.root,
-            resume.cursor,
-            settings.buffer_records,
-            settings.flush_interval_seconds,
-            "as a child process" if options.compaction else "off",
-        )
+        ensure_migrated(storage)  # before waiting for the source: an old lake is refused at once
         fetch_stop = threading.Event()
+        deadline = None if options.duration is None else time.monotonic() + options.duration
         with contextlib.ExitStack() as stack:
             if source is None:
-                source = stack.enter_context(_open_client(settings, fetch_stop))
+                source = stack.enter_context(_open_client(settings, fetch_stop, stop))
+            identity = wait_for_identity(source, settings, stop, deadline=deadline)
+            if identity is None:
+                log.info("stopped before the source said which stream it serves; nothing was written")
+                return EXIT_OK
+            resume = recover(storage, identity)
+            log.info(
+                "pipeline on %s (stream: %s): resuming at event %d; flush at %d records or %.2f s; compaction %s",
+                storage.root,
+                identity,
+                resume.cursor,
+                settings.buffer_records,
+                settings.flush_interval_seconds,
+                "as a child process" if options.compaction else "off",
+            )
             child = None
             if options.compaction:
                 child = compactor or ChildCompactor.for_settings(settings)
                 child.start()
                 stack.callback(child.stop)  # runs after the final flush below, and on any error
-            writer = BufferedWriter(storage, FlushThresholds.from_settings(settings), on_commit=on_commit).start()
+            writer = BufferedWriter(
+                storage,
+                FlushThresholds.from_settings(settings),
+                table=resume.table,
+                position=resume.position,
+                on_commit=on_commit,
+            ).start()
             fetcher = Fetcher(
                 source, writer, settings, resume.cursor, max_records=options.max_records, stop_event=fetch_stop
             )
             fetcher.start()
             progress = Progress(writer, fetcher, settings.progress_interval_seconds)
-            deadline = None if options.duration is None else time.monotonic() + options.duration
             while not stop.wait(TICK_SECONDS):
                 if not fetcher.is_alive() or writer.fatal_error is not None:
                     break

@@ -4,6 +4,8 @@ Guarantee: :meth:`BadgeLogClient.get_employee_badge_logs` either returns every r
 (valid ones in ``table``, refused ones in ``invalid`` with a reason; none dropped) or raises
 :class:`~utils.errors.TransientSourceError` (retryable failures outlasted ``RETRY_MAX_ATTEMPTS``) or
 :class:`~utils.errors.PermanentSourceError` (retrying cannot help: another 4xx, a body that is not records).
+:meth:`BadgeLogClient.stream_identity` reads which stream the service serves (its ``GET /``) under the
+same policy.
 
 Retry policy (data, from settings, see :class:`RetryPolicy`): connection errors, timeouts, truncated or
 undecodable bodies, 429 and 5xx are retried; the wait before retry ``n`` is the platform's
@@ -15,16 +17,18 @@ timeouts; Arrow is asked for first, JSON accepted (and used when the server answ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.utils
+import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 import httpx
 import pyarrow as pa
@@ -80,6 +84,47 @@ class FetchResult:
     def count(self) -> int:
         """Records received: valid plus refused."""
         return int(self.table.num_rows + self.invalid.num_rows)
+
+
+@dataclass(frozen=True)
+class ServiceIdentity:
+    """The stream the service serves, as its ``GET /`` reports it under ``identity``.
+
+    ``events_per_second`` is the rate of the stream's timeline (a firehose reports the nominal rate
+    its records are stamped with); ``stream_start`` is ISO-8601 UTC with ``Z``.
+    """
+
+    seed: int
+    events_per_second: float
+    stream_start: str
+    schema_version: int
+
+    @classmethod
+    def from_json(cls, body: object) -> ServiceIdentity:
+        """The identity in a decoded ``GET /`` body; ValueError if it has none or a malformed one."""
+        identity = body.get("identity") if isinstance(body, dict) else None
+        if not isinstance(identity, dict):
+            raise ValueError("no 'identity' object")
+
+        def field_of(name: str, kinds: tuple[type, ...]) -> Any:
+            value = identity.get(name)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ValueError(f"identity.{name} is {value!r}")
+            return value
+
+        return cls(
+            seed=int(field_of("seed", (int,))),
+            events_per_second=float(field_of("events_per_second", (int, float))),
+            stream_start=str(field_of("stream_start", (str,))),
+            schema_version=int(field_of("schema_version", (int,))),
+        )
+
+
+def service_root(url: str) -> str:
+    """The service's root for the records endpoint ``url``: its parent path (``http://h:p/``, or a prefix)."""
+    parsed = httpx.URL(url)
+    parent = parsed.path.rstrip("/").rsplit("/", 1)[0] + "/"
+    return str(parsed.copy_with(path=parent, query=None, fragment=None))
 
 
 class RetryableResponseError(TransientSourceError):
@@ -169,14 +214,7 @@ class BadgeLogClient:
         params: dict[str, int] = {"batch": size}
         if cursor is not None:
             params["cursor"] = cursor
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.policy.max_attempts),
-            wait=self._wait,
-            retry=tenacity.retry_if_exception_type(TransientSourceError),
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
+        retrying = self._retrying()
         try:
             result = retrying(self._attempt, params, cursor)
         except TransientSourceError as exc:
@@ -187,6 +225,32 @@ class BadgeLogClient:
         if attempts > 1:
             log.info("GET %s %s: succeeded on attempt %d", self.url, params, attempts)
         return dataclasses.replace(result, attempts=attempts)
+
+    def stream_identity(self) -> ServiceIdentity:
+        """Which stream the service serves: the ``identity`` of its ``GET /`` (the root of the records URL).
+
+        Retries per :class:`RetryPolicy`; raises TransientSourceError when retries are exhausted and
+        PermanentSourceError when retrying cannot help (another 4xx, a service that reports no identity).
+        """
+        url = service_root(self.url)
+        retrying = self._retrying()
+        try:
+            return retrying(self._identity_attempt, url)
+        except TransientSourceError as exc:
+            attempts = retrying.statistics.get("attempt_number", self.policy.max_attempts)
+            log.error("GET %s: giving up after %d attempts: %s", url, attempts, exc)
+            raise TransientSourceError(f"{url}: gave up after {attempts} attempts: {exc}") from exc
+
+    def _retrying(self) -> tenacity.Retrying:
+        """The retry loop of one call: transient failures only, the policy's attempts and waits, each logged."""
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.policy.max_attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(TransientSourceError),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -207,28 +271,52 @@ class BadgeLogClient:
             wait,
         )
 
-    def _attempt(self, params: dict[str, int], cursor: int | None) -> FetchResult:
-        """One request: records, or TransientSourceError (retry) / PermanentSourceError (do not)."""
-        headers = {"Accept": ACCEPT_ARROW if self.prefer_arrow else ACCEPT_JSON}
+    @contextlib.contextmanager
+    def _translated(self, url: str) -> Iterator[None]:
+        """httpx's errors as the source's: timeouts and broken connections transient, the rest permanent."""
         try:
-            with self._http.stream("GET", self.url, params=params, headers=headers) as response:
-                status = response.status_code
-                if status in self.policy.statuses:
-                    raise RetryableResponseError(
-                        f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After"))
-                    )
-                if not 200 <= status < 300:
-                    detail = response.read()[:300].decode("utf-8", "replace")
-                    raise PermanentSourceError(f"GET {self.url} {params}: HTTP {status}: {detail}")
-                body = read_body(response)
-                content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-                next_header = response.headers.get(NEXT_CURSOR_HEADER)
+            yield
         except httpx.TimeoutException as exc:
             raise TransientSourceError(f"timeout: {type(exc).__name__}") from exc
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.DecodingError) as exc:
             raise TransientSourceError(f"{type(exc).__name__}: {exc}") from exc
         except httpx.HTTPError as exc:  # invalid URL, unsupported protocol, ...
-            raise PermanentSourceError(f"GET {self.url}: {type(exc).__name__}: {exc}") from exc
+            raise PermanentSourceError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+
+    def _check_status(self, response: httpx.Response, what: str) -> None:
+        """Raise RetryableResponseError for the policy's statuses, PermanentSourceError for any other non-2xx."""
+        status = response.status_code
+        if status in self.policy.statuses:
+            raise RetryableResponseError(f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")))
+        if not 200 <= status < 300:
+            detail = response.read()[:300].decode("utf-8", "replace")
+            raise PermanentSourceError(f"GET {what}: HTTP {status}: {detail}")
+
+    def _identity_attempt(self, url: str) -> ServiceIdentity:
+        """One ``GET /``: the identity, or TransientSourceError (retry) / PermanentSourceError (do not)."""
+        with self._translated(url):
+            response = self._http.get(url, headers={"Accept": JSON_MEDIA_TYPE})
+            self._check_status(response, url)
+            body = response.content
+        try:
+            return ServiceIdentity.from_json(json.loads(body))
+        except ValueError as exc:
+            raise PermanentSourceError(
+                f"GET {url}: the service does not report which stream it serves ({exc}); "
+                "the pipeline needs a service that does (update it)"
+            ) from exc
+
+    def _attempt(self, params: dict[str, int], cursor: int | None) -> FetchResult:
+        """One request: records, or TransientSourceError (retry) / PermanentSourceError (do not)."""
+        headers = {"Accept": ACCEPT_ARROW if self.prefer_arrow else ACCEPT_JSON}
+        with (
+            self._translated(self.url),
+            self._http.stream("GET", self.url, params=params, headers=headers) as response,
+        ):
+            self._check_status(response, f"{self.url} {params}")
+            body = read_body(response)
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            next_header = response.headers.get(NEXT_CURSOR_HEADER)
         try:
             next_cursor = int(next_header) if next_header is not None else -1
         except ValueError:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from testkit.records import make_records
+from lake.identity import StreamIdentity
+from testkit.records import TEST_IDENTITY, make_records
 from utils.errors import PermanentSourceError, TransientSourceError
 from utils.records import QUARANTINE_SCHEMA, RECORD_SCHEMA
 
@@ -39,6 +40,9 @@ class FakeSource:
     Set ``down`` to make every call raise TransientSourceError (an outage), ``broken`` for a
     PermanentSourceError. ``calls`` records (cursor, batch) of every request; ``on_call`` runs first.
     ``live=True`` stamps records with the current time as their event time (the head of a live stream).
+    :meth:`stream_identity` reports ``identity`` (TEST_IDENTITY: the stream of
+    :func:`testkit.records.make_records`); ``identity_calls`` counts those requests, which honour
+    ``down`` and ``broken`` too.
     """
 
     def __init__(
@@ -47,8 +51,11 @@ class FakeSource:
         refuse: Callable[[int], bool] | None = None,
         on_call: Callable[[int], None] | None = None,
         live: bool = False,
+        identity: StreamIdentity = TEST_IDENTITY,
     ) -> None:
         self.live = live
+        self.identity = identity
+        self.identity_calls = 0
         self.available = available
         self.refuse = refuse
         self.on_call = on_call
@@ -56,6 +63,16 @@ class FakeSource:
         self.broken = threading.Event()
         self.calls: list[tuple[int | None, int | None]] = []
         self.lock = threading.Lock()
+
+    def stream_identity(self) -> StreamIdentity:
+        """The stream this source serves (a value with the fields of source.client.ServiceIdentity)."""
+        with self.lock:
+            self.identity_calls += 1
+        if self.broken.is_set():
+            raise PermanentSourceError("404 Not Found for the service root")
+        if self.down.is_set():
+            raise TransientSourceError("connection refused (after 5 attempts)")
+        return self.identity
 
     def get_employee_badge_logs(self, cursor: int | None = None, batch: int | None = None) -> FakeResult:
         with self.lock:

@@ -1,4 +1,5 @@
-"""Where the stream starts: the setting wins; otherwise one value per lake, written once, read ever after."""
+"""Where the stream starts: the setting wins; otherwise one value per lake, written once, read ever after,
+and the same instant the lake's table records as its stream's identity."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from api.main import create_app
 from api.stream_state import STREAM_START_FILE, format_stream_start, parse_stream_start, resolve_stream_start
+from ingestion.resume import identity_of, recover
+from lake.storage import LocalStorage
+from lake.table import read_snapshot
+from source.client import ServiceIdentity
 from testkit.processes import make_settings
-from utils.errors import ConfigError
+from utils.errors import ConfigError, StreamMismatchError
 
 T0 = datetime(2025, 3, 3, 9, 15, 42, 123456, tzinfo=UTC)
 
@@ -89,3 +96,24 @@ def test_format_round_trips() -> None:
     moment = datetime(2025, 3, 3, 8, tzinfo=timezone(timedelta(hours=2)))
     assert format_stream_start(moment) == "2025-03-03T06:00:00Z"
     assert parse_stream_start(format_stream_start(T0)) == T0
+
+
+def test_the_table_records_the_stream_start_the_service_remembers(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    settings = make_settings(lake, EVENTS_PER_SECOND=50)  # no GENERATOR_STREAM_START: remembered in the lake
+    with TestClient(create_app(settings)) as client:
+        reported = ServiceIdentity.from_json(client.get("/").json())
+    remembered = (lake / STREAM_START_FILE).read_text().strip()
+    assert reported.stream_start == remembered
+    storage = LocalStorage(lake)
+    assert read_snapshot(storage).version is None  # .stream_start is service state, not a data file
+    recover(storage, identity_of(reported))  # what a starting pipeline does
+    assert read_snapshot(storage).identity == identity_of(reported)
+    # Another stream start (the file deleted, another written) is another stream: the table refuses it.
+    (lake / STREAM_START_FILE).write_text("2025-01-01T00:00:00Z\n")
+    with TestClient(create_app(make_settings(lake, EVENTS_PER_SECOND=50))) as client:
+        other = ServiceIdentity.from_json(client.get("/").json())
+    assert other.stream_start == "2025-01-01T00:00:00Z"
+    with pytest.raises(StreamMismatchError, match=remembered):
+        recover(storage, identity_of(other))
+    assert read_snapshot(storage).identity == identity_of(reported)

@@ -1,3 +1,5 @@
+"""``make clean``: asks, refuses under a running process, and removes the tables with their files."""
+
 from __future__ import annotations
 
 import os
@@ -7,7 +9,13 @@ from pathlib import Path
 
 from lake import layout
 from lake.lock import LakeLock
+from lake.quarantine import commit_refused
+from lake.storage import LocalStorage
+from lake.table import LOG_DIR, has_log, read_snapshot
+from testkit.fake_source import as_refused
+from testkit.landing import publish_landing
 from testkit.processes import ROOT
+from testkit.records import make_records
 
 
 def _clean(lake: Path, answer: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -41,3 +49,25 @@ def test_clean_refuses_while_a_pipeline_holds_the_lake(tmp_path: Path) -> None:
     assert out.returncode == 3
     assert "a pipeline is running" in out.stdout
     assert lake.exists()
+
+
+def test_clean_removes_the_tables_logs_with_their_files(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    publish_landing(storage, 0, 100, 2)
+    commit_refused(storage, as_refused(make_records(7, 1), "bad"))
+    (storage.root / ".stream_start").write_text("2025-03-03T00:00:00Z\n")
+    assert has_log(storage.root) and has_log(storage.root / layout.QUARANTINE)
+    removed = _clean(storage.root, "", "--yes")
+    assert removed.returncode == 0 and "logs" in removed.stdout
+    assert not storage.root.exists()
+    assert not (storage.root / LOG_DIR).exists() and not (storage.root / layout.QUARANTINE / LOG_DIR).exists()
+    assert read_snapshot(storage).version is None  # no table survives to point at deleted files
+
+
+def test_clean_refuses_while_a_compactor_holds_the_lake(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    publish_landing(storage, 0, 10, 1)
+    with LakeLock(storage.root, layout.COMPACTOR_LOCK, "compactor"):
+        out = _clean(storage.root, "", "--yes")
+    assert out.returncode == 3 and "a compactor is running" in out.stdout
+    assert read_snapshot(storage).rows == 10

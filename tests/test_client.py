@@ -515,3 +515,76 @@ def test_module_level_entry_point_against_a_real_server(tmp_path: Path) -> None:
     assert first.table.equals(records(0, 123))
     assert second.table.equals(records(123, 123))
     assert (first.cursor, first.next_cursor, second.next_cursor) == (None, 123, 246)
+
+
+# --- the stream's identity -------------------------------------------------------------------------------
+
+IDENTITY_BODY = {
+    "service": "badge generator",
+    "identity": {"seed": 1, "events_per_second": 200.0, "stream_start": "2025-03-03T00:00:00Z", "schema_version": 1},
+}
+
+
+def identity_answer(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json=IDENTITY_BODY)
+
+
+@pytest.mark.parametrize(
+    ("url", "root"),
+    [
+        ("http://badge.test/employee-badge-logs/", "http://badge.test/"),
+        ("http://badge.test:8000/employee-badge-logs", "http://badge.test:8000/"),
+        ("https://gw.test/badge/api/employee-badge-logs/?x=1", "https://gw.test/badge/api/"),
+    ],
+)
+def test_the_service_root_follows_the_records_url(url: str, root: str) -> None:
+    assert source.client.service_root(url) == root
+
+
+def test_stream_identity_reads_the_service_root_with_the_retry_policy(make_client: Callable[..., Any]) -> None:
+    server = Recorder(503, httpx.ConnectError("refused"), identity_answer)
+    client, sleeps = make_client(server)
+    identity = client.stream_identity()
+    assert identity == source.client.ServiceIdentity(1, 200.0, "2025-03-03T00:00:00Z", 1)
+    assert [str(r.url) for r in server.requests] == ["http://badge.test/"] * 3
+    assert len(sleeps) == 2
+
+
+def test_stream_identity_gives_up_like_every_call(make_client: Callable[..., Any]) -> None:
+    server = Recorder(503)
+    client, _ = make_client(server)
+    with pytest.raises(TransientSourceError, match="gave up after 4 attempts"):
+        client.stream_identity()
+    assert len(server.requests) == 4
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda r: httpx.Response(404, json={"detail": "Not Found"}),
+        lambda r: httpx.Response(200, json={"service": "badge generator", "stream": {"seed": 1}}),  # an older service
+        lambda r: httpx.Response(200, json={"identity": {**IDENTITY_BODY["identity"], "seed": "1"}}),  # type: ignore[dict-item]
+        lambda r: httpx.Response(200, json={"identity": {**IDENTITY_BODY["identity"], "seed": True}}),  # type: ignore[dict-item]
+        lambda r: httpx.Response(200, content=b"<html>a proxy</html>"),
+    ],
+    ids=["404", "no-identity", "seed-as-text", "seed-as-bool", "not-json"],
+)
+def test_a_service_without_a_usable_identity_is_a_permanent_error(
+    make_client: Callable[..., Any], answer: Handler
+) -> None:
+    server = Recorder(answer)
+    client, _ = make_client(server)
+    with pytest.raises(PermanentSourceError):
+        client.stream_identity()
+    assert len(server.requests) == 1
+
+
+@pytest.mark.integration
+def test_a_real_server_reports_its_identity(tmp_path: Path) -> None:
+    port = free_port()
+    settings = _real_server_settings(tmp_path, port)
+    with running_service(settings.as_env(), port, tmp_path / "api.log"), BadgeLogClient(settings) as client:
+        identity = client.stream_identity()
+    assert identity.seed == settings.generator_seed
+    assert identity.stream_start == START.isoformat().replace("+00:00", "Z")
+    assert identity.schema_version == 1 and identity.events_per_second > 0  # a firehose reports its nominal rate

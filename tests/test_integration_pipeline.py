@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from lake import layout
-from lake.liveset import live_set
 from lake.storage import LocalStorage
-from testkit.ids import live_ids, zone_ids
+from lake.table import SnapshotReader, quarantine_files, read_snapshot
+from testkit.ids import file_ids, live_ids
 from testkit.processes import PYTHON, ROOT, ManagedProcess, free_port, make_settings, running_service, wait_until
 
 pytestmark = pytest.mark.integration
@@ -66,9 +66,17 @@ def committed_by(output: str) -> int:
 
 
 def all_ids(lake: Path) -> np.ndarray:
-    """Every event id in the live set and in the pipeline's quarantine files, sorted."""
+    """Every event id in the events table and in the quarantine table, sorted."""
     storage = LocalStorage(lake)
-    return np.sort(np.concatenate([live_ids(storage), zone_ids(storage, layout.QUARANTINE, prefix="quarantine-")]))
+    quarantined = file_ids(storage.path(f.key) for f in quarantine_files(storage))
+    return np.sort(np.concatenate([live_ids(storage), quarantined]))
+
+
+def committed_position(lake: Path) -> int:
+    """The pipeline's position in the table's log (the last event id committed)."""
+    position = read_snapshot(LocalStorage(lake)).committed_event_id
+    assert position is not None
+    return position
 
 
 def alive(pid: int) -> bool:
@@ -92,9 +100,10 @@ def test_firehose_run_with_the_child_compactor_then_a_resumed_run(tmp_path: Path
         child_pid = int(re.findall(r"started the compactor \(pid (\d+)\)", out)[0])
         assert not alive(child_pid)  # stopped with the pipeline
         storage = LocalStorage(lake)
-        assert storage.list_files(layout.COMPACTED), "the child compactor compacted nothing"
+        assert read_snapshot(storage).in_zone(layout.COMPACTED), "the child compactor compacted nothing"
         ids = all_ids(lake)
         assert len(ids) == committed and np.array_equal(ids, np.arange(committed))
+        assert committed_position(lake) == committed - 1
         done = verify(env)
         assert done.returncode == 0, done.stdout + done.stderr
 
@@ -117,7 +126,7 @@ def test_sigint_flushes_stops_the_child_and_exits_0(tmp_path: Path) -> None:
         try:
             wait_until(lambda: "started the compactor" in proc.output(), 30, what="the child compactor")
             wait_until(lambda: re.search(r"progress: .*cursor [1-9]", proc.output()), 30, what="records fetched")
-            assert LocalStorage(lake).list_files(layout.LANDING) == []  # size and age thresholds not reached yet
+            assert read_snapshot(LocalStorage(lake)).is_empty  # size and age thresholds not reached yet
             proc.signal(signal.SIGINT)
             assert proc.wait(30) == 0
         finally:
@@ -126,7 +135,7 @@ def test_sigint_flushes_stops_the_child_and_exits_0(tmp_path: Path) -> None:
         child_pid = int(re.findall(r"started the compactor \(pid (\d+)\)", out)[0])
         assert not alive(child_pid)
         committed = committed_by(out)
-        assert committed > 0 and len(LocalStorage(lake).list_files(layout.LANDING)) == 1  # the shutdown flush
+        assert committed > 0 and len(read_snapshot(LocalStorage(lake)).files) == 1  # the shutdown flush
         assert np.array_equal(all_ids(lake), np.arange(committed))
         assert verify(env).returncode == 0
 
@@ -141,7 +150,7 @@ def test_an_outage_is_waited_out_and_a_wrong_url_fails(tmp_path: Path) -> None:
         assert proc.proc is not None and proc.proc.poll() is None  # still running: it waits the outage out
         with service(env, port, tmp_path / "api.log"):
             wait_until(lambda: "source is back" in proc.output(), 30, what="the pipeline to resume")
-            wait_until(lambda: live_set(LocalStorage(lake)).rows >= 50_000, 30, what="records after the outage")
+            wait_until(lambda: read_snapshot(LocalStorage(lake)).rows >= 50_000, 30, what="records after the outage")
             proc.signal(signal.SIGTERM)
             assert proc.wait(30) == 0
     finally:
@@ -164,10 +173,11 @@ def test_live_rate_freshness(tmp_path: Path) -> None:
     seen: dict[str, float] = {}
     done = threading.Event()
 
-    def watch() -> None:  # when does each file enter the live set?
+    def watch() -> None:  # when does each file enter the table?
+        reader = SnapshotReader(storage)
         while not done.is_set():
             now = time.time()
-            for f in live_set(storage).files:
+            for f in reader.snapshot().files:
                 seen.setdefault(f.key, now)
             time.sleep(0.02)
 

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from lake.audit import verify
-from lake.liveset import live_set
+from lake import layout
+from lake.parquet import write_file
 from lake.storage import LocalStorage
+from lake.table import read_snapshot
 from processes.launcher import commands, port_in_use
 from testkit.processes import ROOT, ManagedProcess, free_port, http_ok, wait_until
+from testkit.records import lake_table
 from utils.config import load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,10 +55,10 @@ def test_launcher_runs_everything_and_one_sigint_stops_all(tmp_path: Path) -> No
         wait_until(lambda: http_ok(f"http://127.0.0.1:{api_port}/health/"), 60, what="the service")
         wait_until(lambda: http_ok(f"http://127.0.0.1:{dash_port}/_stcore/health"), 60, what="the dashboard")
         storage = LocalStorage(lake)
-        wait_until(lambda: live_set(storage).rows > 0, 60, what="the first landed records")
-        first = live_set(storage).rows
-        wait_until(lambda: live_set(storage).rows > first, 30, what="the lake to grow")
-        wait_until(lambda: len(live_set(storage).in_zone("compacted")) > 0, 60, what="a compaction")
+        wait_until(lambda: read_snapshot(storage).rows > 0, 60, what="the first committed records")
+        first = read_snapshot(storage).rows
+        wait_until(lambda: read_snapshot(storage).rows > first, 30, what="the lake to grow")
+        wait_until(lambda: len(read_snapshot(storage).in_zone("compacted")) > 0, 60, what="a compaction")
         out = launcher.output()
         assert f"dashboard http://127.0.0.1:{dash_port}" in out
         assert re.search(r"^\S+ pipeline\s+\| ", out, re.M), "log lines carry the process name"
@@ -70,9 +72,18 @@ def test_launcher_runs_everything_and_one_sigint_stops_all(tmp_path: Path) -> No
         wait_until(lambda pid=pid: not _alive(pid), 10, what=f"process {pid} to end")
     final = launcher.output()
     assert "pipeline stopped (rc=0)" in final
-    report = verify(storage, grace_seconds=1)
-    assert report.ok, report.problems
-    assert report.live_rows > 0
+    snapshot = read_snapshot(storage)
+    assert snapshot.rows > 0 and snapshot.committed_event_id is not None
+    verified = subprocess.run(
+        [sys.executable, "-m", "lake", "verify"],
+        cwd=ROOT,
+        env={**os.environ, "DATA_LAKE_PATH": str(lake), "COMPACTION_GRACE_SECONDS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_launcher_refuses_a_port_in_use(tmp_path: Path) -> None:
@@ -89,6 +100,25 @@ def test_launcher_refuses_a_port_in_use(tmp_path: Path) -> None:
         )
     assert out.returncode == 2
     assert f"port {port} on 127.0.0.1 is in use (API_PORT)" in out.stdout + out.stderr
+
+
+def test_launcher_refuses_an_unmigrated_lake_before_starting_anything(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    storage.ensure_layout()
+    write_file(storage, lake_table(0, 10), layout.LANDING, "landing")  # the previous layout: files, no log
+    env = {
+        **os.environ,
+        "DATA_LAKE_PATH": str(storage.root),
+        "API_PORT": str(free_port()),
+        "DASHBOARD_PORT": str(free_port()),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "processes.launcher"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "python -m lake migrate" in errors[0]
+    assert "Badge Data Platform" not in out.stdout  # nothing was started
 
 
 def test_commands_follow_the_settings(tmp_path: Path) -> None:

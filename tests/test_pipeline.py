@@ -1,4 +1,5 @@
-"""The pipeline loop against an in-memory source: resume, time flush, outages, refused records, limits, signals."""
+"""The pipeline loop against an in-memory source: resume from the table, time flush, outages, refused records,
+crashes between the protocol's steps, the stream's identity, limits, signals."""
 
 from __future__ import annotations
 
@@ -12,37 +13,58 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from ingestion.fetcher import Fetcher
 from ingestion.placement import POSITION_NOTE, place_records
 from ingestion.progress import Progress, freshness_lag
-from ingestion.resume import recover
+from ingestion.resume import NamedFile, identity_of, recover
 from lake import layout
 from lake import writer as lake_writer
-from lake.audit import verify
-from lake.liveset import live_set
+from lake.filestats import FileStats
+from lake.identity import StreamIdentity
 from lake.lock import LakeLock
 from lake.parquet import write_file
-from lake.quarantine import write_refused
+from lake.quarantine import commit_refused, count_quarantine
 from lake.storage import FileInfo, LocalStorage
+from lake.table import LakeTable, quarantine_files, read_snapshot
 from lake.writer import BufferedWriter, FlushThresholds
 from processes.pipeline import RunOptions, run
 from testkit import ids as lake_ids
 from testkit.fake_source import FakeResult, FakeSource, as_refused
-from testkit.ids import zone_ids
+from testkit.landing import publish_landing
 from testkit.processes import make_settings, wait_until
-from testkit.records import make_records
+from testkit.records import TEST_IDENTITY, lake_table, make_records
 from utils.config import Settings
-from utils.errors import LakeLockedError, PermanentSourceError
-from utils.records import QUARANTINE_SCHEMA, with_duration
-
-
-def ids_in(storage: LocalStorage, zone: str) -> list[int]:
-    return sorted(zone_ids(storage, zone).tolist())
+from utils.errors import (
+    LakeLockedError,
+    PermanentSourceError,
+    StreamMismatchError,
+    UnmigratedLakeError,
+)
+from utils.records import QUARANTINE_SCHEMA
 
 
 def live_ids(storage: LocalStorage) -> list[int]:
+    """The ids the events table holds, sorted (duplicates kept)."""
     return sorted(lake_ids.live_ids(storage).tolist())
+
+
+def quarantined_ids(storage: LocalStorage) -> list[int]:
+    """The ids the quarantine table holds, sorted (duplicates kept)."""
+    return sorted(lake_ids.file_ids(storage.path(f.key) for f in quarantine_files(storage)).tolist())
+
+
+def assert_every_id_once(storage: LocalStorage) -> int:
+    """Every id up to the committed position is in the events table or the quarantine table, once; returns it."""
+    position = read_snapshot(storage).committed_event_id
+    assert position is not None
+    assert sorted(live_ids(storage) + quarantined_ids(storage)) == list(range(position + 1))
+    return position
+
+
+def committed_rows(storage: LocalStorage) -> int:
+    return read_snapshot(storage).rows
 
 
 def start_in_thread(
@@ -74,46 +96,178 @@ NO_CHILD = RunOptions(compaction=False)
 
 
 # -- recovery -----------------------------------------------------------------------------------------
-def test_recover_derives_the_cursor_and_cleans_only_its_own_leftovers(storage: LocalStorage) -> None:
-    a = write_file(storage, with_duration(make_records(0, 50)), layout.LANDING, "landing")
-    b = write_file(storage, with_duration(make_records(50, 50)), layout.LANDING, "landing")
-    merged = write_file(
-        storage,
-        with_duration(make_records(0, 100)),
-        layout.COMPACTED,
-        "compacted",
-        {layout.META_SOURCES: f'["{a.key}", "{b.key}"]'},
-    )
-    write_file(storage, with_duration(make_records(100, 30)), layout.LANDING, "landing")
-    confirmed = write_refused(storage, as_refused(make_records(7, 1), "bad"))  # below the cursor: keep
-    orphan = write_refused(storage, as_refused(make_records(135, 2), "bad"))  # beyond: its flush never finished
-    foreign = storage.move(
-        write_refused(storage, as_refused(make_records(500, 1), "x")).key, layout.QUARANTINE, "junk.parquet"
-    )
+class Crash(BaseException):
+    """Stands for kill -9: nothing after it runs."""
+
+
+def test_recover_reads_the_cursor_from_the_log_and_cleans_only_its_own_orphans(storage: LocalStorage) -> None:
+    committed = publish_landing(storage, 0, 65, 2)  # events 0..129, position 129
+    confirmed = commit_refused(storage, as_refused(make_records(7, 1), "bad"))  # below the cursor: kept
+    orphan_q = commit_refused(storage, as_refused(make_records(135, 2), "bad"))  # beyond: its flush never committed
+    orphan = publish_landing(storage, 130, 20, 1, commit=False)[0]  # published, never committed
+    older = publish_landing(storage, 60, 20, 1, commit=False)[0]  # below the cursor: the clean-up's, after grace
+    foreign = storage.path(f"{layout.LANDING}/exported.parquet")
+    pq.write_table(lake_table(500, 5), foreign)
+    alive = publish_landing(storage, 150, 20, 1, commit=False)[0]  # named by a live process (pid 1): not ours
+    named = NamedFile.parse(alive.name)
+    assert named is not None
+    by_init = alive.name.replace(f"-{named.pid}-", "-1-")
+    storage.path(alive.key).rename(storage.path(f"{layout.LANDING}/{by_init}"))
     for name in ("landing-x.parquet.1.tmp", "quarantine-y.parquet.2.tmp", "compacted-z.parquet.3.tmp"):
         (storage.root / layout.TEMP / name).write_bytes(b"half")
 
-    resume = recover(storage)
+    resume = recover(storage, TEST_IDENTITY)
 
-    assert resume.cursor == 130
+    assert (resume.cursor, resume.position) == (130, 129)
     assert sorted(resume.removed_temp) == ["temp/landing-x.parquet.1.tmp", "temp/quarantine-y.parquet.2.tmp"]
     assert [f.name for f in storage.list_all(layout.TEMP)] == ["compacted-z.parquet.3.tmp"]  # the compactor's
-    assert resume.removed_orphans == (orphan.key,)
-    assert storage.exists(confirmed.key) and storage.exists(foreign) and storage.exists(merged.key)
-    assert recover(storage).removed_orphans == ()  # idempotent
+    assert resume.removed_landing == (orphan.key,) and not storage.exists(orphan.key)
+    assert storage.exists(older.key) and foreign.exists() and storage.exists(f"{layout.LANDING}/{by_init}")
+    assert resume.removed_quarantine == (orphan_q.key,)
+    assert [f.key for f in quarantine_files(storage)] == [confirmed.key]
+    assert read_snapshot(storage).keys == [f.key for f in committed]  # the table itself unchanged
+    again = recover(storage, TEST_IDENTITY)  # idempotent
+    assert (again.cursor, again.removed_landing, again.removed_quarantine) == (130, (), ())
 
 
-def test_empty_lake_starts_at_zero(storage: LocalStorage) -> None:
-    assert recover(storage).cursor == 0
+def test_empty_lake_starts_at_zero_with_a_table_of_the_source_stream(storage: LocalStorage) -> None:
+    resume = recover(storage, TEST_IDENTITY)
+    assert (resume.cursor, resume.position) == (0, None)
+    snapshot = read_snapshot(storage)
+    assert snapshot.version == 0 and snapshot.identity == TEST_IDENTITY and snapshot.is_empty
 
 
-def test_the_pipeline_resumes_where_the_lake_ends(lake_root: Path, storage: LocalStorage) -> None:
-    write_file(storage, with_duration(make_records(0, 120)), layout.LANDING, "landing")
+def test_the_pipeline_resumes_at_the_committed_position(lake_root: Path, storage: LocalStorage) -> None:
+    publish_landing(storage, 0, 120, 1)
     source = FakeSource()
     settings = make_settings(lake_root, BATCH_SIZE=40, BUFFER_RECORDS=40)
     assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
     assert source.calls[0] == (120, 40)
     assert live_ids(storage) == list(range(220))
+    assert read_snapshot(storage).committed_event_id == 219
+
+
+def test_an_inflated_landing_file_does_not_move_the_resume_point(lake_root: Path, storage: LocalStorage) -> None:
+    """Regression: a 10-row file whose footer claims ids up to 9,999,999 once made a restart skip them all."""
+    publish_landing(storage, 0, 100, 1)
+    forged = write_file(
+        storage,
+        lake_table(100, 10),
+        layout.LANDING,
+        "landing",
+        {layout.META_EVENT_ID_MAX: "9999999", layout.META_ROW_COUNT: "9999900"},
+    )
+    assert storage.read_metadata(forged.key)[layout.META_EVENT_ID_MAX] == "9999999"
+    assert recover(storage, TEST_IDENTITY).cursor == 100
+    source = FakeSource()
+    settings = make_settings(lake_root, BATCH_SIZE=50, BUFFER_RECORDS=50)
+    assert run(settings, RunOptions(max_records=50, compaction=False), source=source) == 0
+    assert source.calls[0] == (100, 50)
+    assert live_ids(storage) == list(range(150))  # every id once: the forged file's 10 rows are not the lake
+    assert forged.key not in read_snapshot(storage).keys
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the crash is on purpose
+def test_a_crash_between_publish_and_commit_leaves_an_orphan_no_reader_sees(
+    lake_root: Path, storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = FakeSource()
+    settings = make_settings(lake_root, BATCH_SIZE=50, BUFFER_RECORDS=50)
+    assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
+
+    def crash_before_commit(self: LakeTable, info: FileInfo, stats: FileStats, **position: int | None) -> None:
+        raise Crash
+
+    real = LakeTable.append
+    monkeypatch.setattr(LakeTable, "append", crash_before_commit)
+    table = LakeTable.open(storage)
+    writer = BufferedWriter(storage, FlushThresholds(50, 60), table=table, position=99).start()
+    batch = source.get_employee_badge_logs(100, 50)
+    writer.add(batch.table, batch.invalid)
+    wait_until(lambda: len(storage.list_files(layout.LANDING)) == 3, 5, what="the crashed flush's landing file")
+    orphan = [f for f in storage.list_files(layout.LANDING) if NamedFile.parse(f.name).first == 100]  # type: ignore[union-attr]
+    assert len(orphan) == 1
+    time.sleep(0.1)
+    monkeypatch.setattr(LakeTable, "append", real)
+    # Invisible to every reader of the table: ours, delta-rs' own, and any engine reading the log.
+    snapshot = read_snapshot(storage)
+    assert orphan[0].key not in snapshot.keys and snapshot.rows == 100 and snapshot.committed_event_id == 99
+    assert DeltaTable(str(lake_root)).to_pyarrow_table(columns=["event_id"]).num_rows == 100
+
+    assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
+    assert not storage.exists(orphan[0].key)  # removed at the next start
+    assert live_ids(storage) == list(range(200))  # every event committed once
+    assert len(storage.list_files(layout.LANDING)) == 4
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the crash is on purpose
+def test_a_crash_between_quarantine_and_landing_is_undone_on_restart(
+    lake_root: Path, storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = FakeSource(refuse=lambda i: i % 10 == 3)
+    settings = make_settings(lake_root, BATCH_SIZE=50, BUFFER_RECORDS=50)
+    assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
+    real = lake_writer.write_landing
+
+    def crash_on_landing(storage_: LocalStorage, table: pa.Table, name: str | None = None) -> FileInfo:
+        raise Crash
+
+    monkeypatch.setattr(lake_writer, "write_landing", crash_on_landing)
+    before = len(quarantine_files(storage))
+    writer = BufferedWriter(storage, FlushThresholds(50, 60), table=LakeTable.open(storage), position=99).start()
+    batch = source.get_employee_badge_logs(100, 50)
+    writer.add(batch.table, batch.invalid)
+    wait_until(lambda: len(quarantine_files(storage)) > before, 5, what="the crashed flush's quarantine entry")
+    time.sleep(0.1)
+    assert max(quarantined_ids(storage)) > 100  # the orphan entry of the crashed flush is in the quarantine table
+    assert read_snapshot(storage).next_event_id == 100  # its landing file never committed
+    monkeypatch.setattr(lake_writer, "write_landing", real)
+
+    assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
+    refused = [i for i in range(200) if i % 10 == 3]
+    assert quarantined_ids(storage) == refused  # no refused id twice
+    assert live_ids(storage) == [i for i in range(200) if i not in refused]
+    assert assert_every_id_once(storage) == 199
+
+
+# -- the stream -----------------------------------------------------------------------------------------
+def test_a_source_of_another_stream_is_refused_before_anything_is_written(
+    lake_root: Path, storage: LocalStorage
+) -> None:
+    publish_landing(storage, 0, 100, 1)
+    before = read_snapshot(storage)
+    other = StreamIdentity(seed=7, events_per_second=200.0, stream_start="2025-03-03T06:30:00Z")
+    source = FakeSource(identity=other)
+    with pytest.raises(StreamMismatchError) as info:
+        run(make_settings(lake_root), RunOptions(compaction=False), source=source)
+    message = str(info.value)
+    assert "\n" not in message and str(TEST_IDENTITY) in message and str(other) in message
+    assert "GENERATOR_SEED=0" in message  # what to do
+    assert source.calls == []  # not one record fetched
+    after = read_snapshot(storage)
+    assert (after.version, after.keys, after.committed_event_id) == (before.version, before.keys, 99)
+    assert len(storage.list_files(layout.LANDING)) == 1
+
+
+def test_a_lake_in_the_previous_layout_is_refused_before_asking_the_source(
+    lake_root: Path, storage: LocalStorage
+) -> None:
+    write_file(storage, lake_table(0, 10), layout.LANDING, "landing")  # data files, no log
+    source = FakeSource()
+    with pytest.raises(UnmigratedLakeError, match="python -m lake migrate"):
+        run(make_settings(lake_root), RunOptions(compaction=False), source=source)
+    assert source.identity_calls == 0 and source.calls == []
+    assert not (lake_root / "_delta_log").exists()
+
+
+def test_identity_of_converts_what_the_source_reports() -> None:
+    class Reported:
+        seed = 3
+        events_per_second = 200
+        stream_start = "2025-03-03T00:00:00Z"
+        schema_version = 1
+
+    assert identity_of(Reported()) == StreamIdentity(3, 200.0, "2025-03-03T00:00:00Z", 1)
 
 
 # -- limits and flushing --------------------------------------------------------------------------------
@@ -143,10 +297,10 @@ def test_full_batches_are_prefetched_and_guesses_past_the_head_are_dropped(
     settings = make_settings(lake_root, BATCH_SIZE=100, BUFFER_RECORDS=500, POLL_INTERVAL_SECONDS=0.05)
     _, finish = start_in_thread(settings, source, NO_CHILD)
     try:
-        wait_until(lambda: live_set(storage).rows == 2_050, 10, what="the first 2,050 records")
+        wait_until(lambda: committed_rows(storage) == 2_050, 10, what="the first 2,050 records")
         assert active["max"] == 2  # a second request in flight while the first is handled, never more
         source.available = 2_420  # the stream grows: a guess sent past the old head must not leave a gap
-        wait_until(lambda: live_set(storage).rows == 2_420, 10, what="the new records")
+        wait_until(lambda: committed_rows(storage) == 2_420, 10, what="the new records")
     finally:
         assert finish() == 0
     assert live_ids(storage) == list(range(2_420))
@@ -162,7 +316,7 @@ def test_a_guess_answered_after_the_stream_grew_is_not_taken(lake_root: Path, st
     settings = make_settings(lake_root, BATCH_SIZE=100, BUFFER_RECORDS=100, POLL_INTERVAL_SECONDS=0.3)
     _, finish = start_in_thread(settings, source, NO_CHILD)
     try:
-        wait_until(lambda: live_set(storage).rows >= 1_000, 10, what="the grown stream")
+        wait_until(lambda: committed_rows(storage) >= 1_000, 10, what="the grown stream")
     finally:
         assert finish() == 0
     assert live_ids(storage) == list(range(1_000))
@@ -173,12 +327,12 @@ def test_time_based_flush_while_the_source_has_nothing_new(lake_root: Path, stor
     settings = make_settings(lake_root, BUFFER_RECORDS=100_000, FLUSH_INTERVAL_SECONDS=0.3, POLL_INTERVAL_SECONDS=0.05)
     _, finish = start_in_thread(settings, source, NO_CHILD)
     try:
-        wait_until(lambda: storage.list_files(layout.LANDING), 5, what="the time-based flush")
-        assert ids_in(storage, layout.LANDING) == list(range(25))
+        wait_until(lambda: committed_rows(storage), 5, what="the time-based flush")
+        assert live_ids(storage) == list(range(25))
         assert len(source.calls) >= 2  # it kept polling the empty source meanwhile
     finally:
         assert finish() == 0
-    assert len(storage.list_files(layout.LANDING)) == 1
+    assert len(read_snapshot(storage).files) == 1 == len(storage.list_files(layout.LANDING))
 
 
 def test_time_based_flush_fires_while_the_source_is_down(lake_root: Path, storage: LocalStorage) -> None:
@@ -190,27 +344,36 @@ def test_time_based_flush_fires_while_the_source_is_down(lake_root: Path, storag
     settings = make_settings(lake_root, BATCH_SIZE=30, BUFFER_RECORDS=100_000, FLUSH_INTERVAL_SECONDS=0.3)
     _, finish = start_in_thread(settings, source, NO_CHILD)
     try:
-        wait_until(lambda: storage.list_files(layout.LANDING), 5, what="a flush during the outage")
-        assert ids_in(storage, layout.LANDING) == list(range(30))
+        wait_until(lambda: committed_rows(storage), 5, what="a flush during the outage")
+        assert live_ids(storage) == list(range(30))
         calls = len(source.calls)
         wait_until(lambda: len(source.calls) >= calls + 2, 5, what="more attempts during the outage")
         source.down.clear()  # the source comes back: ingestion resumes where it stopped
-        wait_until(lambda: len(ids_in(storage, layout.LANDING)) >= 300, 10, what="ingestion after the outage")
+        wait_until(lambda: committed_rows(storage) >= 300, 10, what="ingestion after the outage")
     finally:
         assert finish() == 0
     assert live_ids(storage) == list(range(len(live_ids(storage))))
 
 
-def test_a_transient_error_never_stops_the_pipeline(lake_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_transient_error_never_stops_the_pipeline(
+    lake_root: Path, storage: LocalStorage, caplog: pytest.LogCaptureFixture
+) -> None:
     source = FakeSource()
-    source.down.set()
-    settings = make_settings(lake_root, RETRY_MAX_DELAY_SECONDS=0.05)
+    source.down.set()  # down from the start: even the question which stream it serves waits the outage out
+    settings = make_settings(lake_root, RETRY_MAX_DELAY_SECONDS=0.05, BATCH_SIZE=50)
     _, finish = start_in_thread(settings, source, NO_CHILD)
     try:
-        wait_until(lambda: len(source.calls) >= 5, 10, what="repeated attempts")
+        wait_until(lambda: source.identity_calls >= 5, 10, what="repeated attempts")
+        assert not (lake_root / "_delta_log").exists()  # nothing written before the stream is known
+        source.down.clear()
+        wait_until(lambda: committed_rows(storage) >= 100, 10, what="records once the source is back")
+        source.down.set()
+        calls = len(source.calls)
+        wait_until(lambda: len(source.calls) >= calls + 5, 10, what="repeated attempts while fetching")
     finally:
         assert finish() == 0
     assert "source unavailable" in caplog.text
+    assert live_ids(storage) == list(range(len(live_ids(storage))))
 
 
 def test_a_permanent_error_flushes_and_fails(lake_root: Path, storage: LocalStorage) -> None:
@@ -232,47 +395,17 @@ def test_refused_records_are_quarantined_with_reasons_and_ingestion_goes_on(
     settings = make_settings(lake_root, BATCH_SIZE=250, BUFFER_RECORDS=300)
     assert run(settings, RunOptions(max_records=1000, compaction=False), source=source) == 0
     refused = [i for i in range(1000) if i % 97 == 5]
-    assert ids_in(storage, layout.QUARANTINE) == refused  # 999 trails the last valid record: not committed
+    assert quarantined_ids(storage) == refused  # 999 trails the last valid record: not committed
     assert live_ids(storage) == [i for i in range(999) if i not in refused]
-    table = pq.read_table(storage.path(storage.list_files(layout.QUARANTINE)[0].key))
+    assert assert_every_id_once(storage) == 998
+    table = pq.read_table(storage.path(quarantine_files(storage)[0].key))
     assert table.schema.remove_metadata() == QUARANTINE_SCHEMA
     assert set(table["reason"].to_pylist()) == {"badge_out_timestamp before badge_in_timestamp"}
-    assert verify(storage, grace_seconds=2).ok
+    count = count_quarantine(storage)
+    assert (count.files, count.rows) == (len(quarantine_files(storage)), len(refused))
     # The next run refuses 999 again and goes on.
     assert run(settings, RunOptions(max_records=10, compaction=False), source=source) == 0
-    assert 999 in ids_in(storage, layout.QUARANTINE) and verify(storage, grace_seconds=2).ok
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the crash is on purpose
-def test_a_crash_between_quarantine_and_landing_is_undone_on_restart(
-    lake_root: Path, storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    class Crash(BaseException):
-        """Stands for kill -9: nothing after it runs."""
-
-    source = FakeSource(refuse=lambda i: i % 10 == 3)
-    settings = make_settings(lake_root, BATCH_SIZE=50, BUFFER_RECORDS=50)
-    assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
-    real = lake_writer.write_landing
-
-    def crash_on_landing(storage_: LocalStorage, table: pa.Table) -> FileInfo:
-        raise Crash
-
-    monkeypatch.setattr(lake_writer, "write_landing", crash_on_landing)
-    before = len(storage.list_files(layout.QUARANTINE))
-    writer = BufferedWriter(storage, FlushThresholds(50, 60)).start()
-    batch = source.get_employee_badge_logs(100, 50)
-    writer.add(batch.table, batch.invalid)
-    wait_until(lambda: len(storage.list_files(layout.QUARANTINE)) > before, 5, what="the crashed flush's quarantine")
-    time.sleep(0.1)
-    assert max(ids_in(storage, layout.QUARANTINE)) > 100  # the orphan of the crashed flush is there
-    assert live_set(storage).next_event_id == 100  # its landing file never committed
-    monkeypatch.setattr(lake_writer, "write_landing", real)
-
-    assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
-    refused = [i for i in range(200) if i % 10 == 3]
-    assert ids_in(storage, layout.QUARANTINE) == refused
-    assert live_ids(storage) == [i for i in range(200) if i not in refused]
+    assert 999 in quarantined_ids(storage) and assert_every_id_once(storage) == 1008
 
 
 # -- signals, locks ---------------------------------------------------------------------------------------
@@ -287,9 +420,9 @@ def test_sigterm_flushes_and_returns_zero(lake_root: Path, storage: LocalStorage
     before = signal.getsignal(signal.SIGTERM)
     assert run(settings, NO_CHILD, source=source) == 0
     assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
-    files = storage.list_files(layout.LANDING)
+    files = read_snapshot(storage).files
     assert len(files) == 1  # one file: the shutdown flush (the interval and size were never reached)
-    ids = ids_in(storage, layout.LANDING)
+    ids = live_ids(storage)
     assert len(ids) >= 400 and ids == list(range(len(ids)))
 
 
@@ -336,7 +469,8 @@ def test_progress_line_and_freshness(lake_root: Path, storage: LocalStorage) -> 
     from datetime import datetime
 
     settings = make_settings(lake_root)
-    writer = BufferedWriter(storage, FlushThresholds(10, 60))
+    table = LakeTable.open_or_create(storage, TEST_IDENTITY)
+    writer = BufferedWriter(storage, FlushThresholds(10, 60), table=table, position=None)
     with writer:
         writer.add(make_records(0, 10))
         assert writer.flush(5)

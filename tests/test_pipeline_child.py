@@ -12,10 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from lake.identity import StreamIdentity
+from lake.storage import LocalStorage
 from processes.pipeline import RunOptions, run
 from processes.supervision import ChildCompactor
 from testkit.fake_source import FakeSource
+from testkit.ids import assert_exactly_once
+from testkit.landing import publish_landing
 from testkit.processes import ROOT, make_settings, wait_until
+from utils.errors import StreamMismatchError
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -111,3 +116,16 @@ def test_the_pipeline_starts_and_stops_its_child(tmp_path: Path) -> None:
     assert run(settings, RunOptions(max_records=50, compaction=True), source=FakeSource(), compactor=child) == 0
     assert child.starts == 1
     assert child.proc is not None and child.proc.returncode == -signal.SIGTERM
+    assert_exactly_once(LocalStorage(tmp_path / "lake"), range(50))  # committed before the child was stopped
+
+
+def test_no_child_is_started_for_a_lake_the_pipeline_refuses(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    publish_landing(storage, 0, 10, 1)
+    other = StreamIdentity(seed=9, events_per_second=1.0, stream_start="2025-03-03T00:00:00Z")
+    child = ChildCompactor(SLEEPER, os.environ)
+    with pytest.raises(StreamMismatchError):
+        run(
+            make_settings(storage.root), RunOptions(compaction=True), source=FakeSource(identity=other), compactor=child
+        )
+    assert child.starts == 0

@@ -21,8 +21,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.faults import SLOW_MARGIN_SECONDS, Fault, FaultInjector
-from api.generators import MAX_EVENTS, generate_table
+from api.generators import MAX_EVENTS, NOMINAL_EVENTS_PER_SECOND, generate_table
 from api.main import Service, create_app
+from lake.identity import SCHEMA_VERSION, StreamIdentity
 from source.validation import decode_arrow, validate_table
 from testkit.processes import BIN, ManagedProcess, free_port, http_ok, make_settings, uvicorn_args, wait_until
 from utils.protocol import ARROW_MEDIA_TYPE, MAX_BATCH, NEXT_CURSOR_HEADER, prefers_arrow
@@ -147,6 +148,25 @@ def test_health_and_root(client: TestClient) -> None:
     assert stream["seed"] == SEED
     assert stream["firehose"] is True
     assert stream["stream_start"] == "2025-03-03T06:30:00Z"
+
+
+def test_root_reports_the_stream_identity_the_lake_records(tmp_path: Path) -> None:
+    identities = {}
+    for rate in (0, NOMINAL_EVENTS_PER_SECOND, 50):
+        with TestClient(build(tmp_path / str(rate), EVENTS_PER_SECOND=rate)) as c:
+            identities[rate] = c.get("/").json()["identity"]
+    assert identities[0] == {
+        "seed": SEED,
+        "events_per_second": float(NOMINAL_EVENTS_PER_SECOND),  # the firehose: its records' nominal rate
+        "stream_start": "2025-03-03T06:30:00Z",
+        "schema_version": SCHEMA_VERSION,
+    }
+    # The firehose serves the records of the nominal-rate stream: the same identity, the same records.
+    assert identities[NOMINAL_EVENTS_PER_SECOND] == identities[0]
+    assert expected(0, 50, rate=NOMINAL_EVENTS_PER_SECOND).equals(expected(0, 50))
+    assert identities[50]["events_per_second"] == 50.0  # another rate: another stream
+    assert not expected(10, 50, rate=50).equals(expected(10, 50))
+    assert StreamIdentity(**identities[0]) != StreamIdentity(**identities[50])
 
 
 def test_openapi_documents_the_record_and_the_bounds(client: TestClient) -> None:
@@ -314,13 +334,16 @@ def test_real_server_bounds_422_health_and_headers(server: str) -> None:
 @pytest.mark.integration
 def test_restarted_service_continues_the_same_stream(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "lake", EVENTS_PER_SECOND=50)  # no GENERATOR_STREAM_START
-    starts = []
+    starts, identities = [], []
     for i in range(2):
         base = f"http://127.0.0.1:{free_port()}"
         with uvicorn(settings.as_env(), int(base.rsplit(":", 1)[1]), tmp_path / f"api{i}.log"):
             wait_until(lambda: http_ok(f"{base}/health/"), 30, what="the service")  # noqa: B023
-            starts.append(httpx.get(f"{base}/", timeout=5).json()["stream"]["stream_start"])
+            root = httpx.get(f"{base}/", timeout=5).json()
+            starts.append(root["stream"]["stream_start"])
+            identities.append(root["identity"])
     assert starts[0] == starts[1]
+    assert identities[0] == identities[1] and identities[0]["stream_start"] == starts[0]  # the same stream
     assert (tmp_path / "lake" / ".stream_start").read_text().strip() == starts[0]
 
 

@@ -1,4 +1,4 @@
-"""The buffered writer: thresholds, atomic publish, unique names, refused records, and failed flushes."""
+"""The buffered writer: thresholds, atomic publish, table commits, refused records, failed and fenced flushes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,35 +19,52 @@ import pytest
 
 from lake import layout
 from lake import storage as lake_storage
-from lake.liveset import live_set
+from lake.filestats import FileStats
 from lake.storage import LocalStorage
+from lake.table import LakeTable, QuarantineTable, SnapshotReader, quarantine_files, read_snapshot
 from lake.writer import BufferedWriter, FlushThresholds, WriterClosedError
 from testkit.fake_source import as_refused
-from testkit.ids import zone_ids
+from testkit.ids import file_ids, live_ids
 from testkit.processes import ROOT, wait_until
-from testkit.records import make_records
+from testkit.records import TEST_IDENTITY, make_records
 from utils import fsio
-from utils.errors import CommitError
+from utils.errors import CommitError, FencedError, LakeError
 from utils.records import LAKE_SCHEMA
 from utils.retry import Backoff
 
 
+def make_writer(storage: LocalStorage, thresholds: FlushThresholds, **options: Any) -> BufferedWriter:
+    """A writer on the lake's table (created for TEST_IDENTITY), from the position the table records."""
+    table = LakeTable.open_or_create(storage, TEST_IDENTITY)
+    return BufferedWriter(storage, thresholds, table=table, position=table.committed_event_id(), **options)
+
+
 def landing_ids(storage: LocalStorage) -> np.ndarray:
-    return zone_ids(storage, layout.LANDING)
+    """The ids the table holds (committed), in file order."""
+    return live_ids(storage)
 
 
 def quarantine_ids(storage: LocalStorage) -> np.ndarray:
-    return zone_ids(storage, layout.QUARANTINE)
+    """The ids the quarantine table holds."""
+    return file_ids(storage.path(f.key) for f in quarantine_files(storage))
 
 
 def test_size_threshold_flushes_whole_files_in_event_order(storage: LocalStorage) -> None:
-    with BufferedWriter(storage, FlushThresholds(records=100, interval_seconds=60)) as writer:
+    with make_writer(storage, FlushThresholds(records=100, interval_seconds=60)) as writer:
         for start in range(0, 250, 50):
             writer.add(make_records(start, 50))
         wait_until(lambda: writer.stats().files_written == 2, 5, what="two size-triggered flushes")
         assert writer.stats().buffered == 50  # below the threshold, and the interval is far away
     files = storage.list_files(layout.LANDING)
     assert len(files) == 3  # the third is close()'s flush
+    snapshot = read_snapshot(storage)
+    assert snapshot.keys == [f.key for f in files]  # each published file committed, once
+    assert snapshot.committed_event_id == 249 and snapshot.version == 3  # created at 0, then one commit per flush
+    assert [(f.event_id_min, f.event_id_max, f.row_count) for f in snapshot.files] == [
+        (0, 99, 100),
+        (100, 199, 100),
+        (200, 249, 50),
+    ]
     ids = landing_ids(storage)
     assert ids.tolist() == list(range(250))
     first = pq.ParquetFile(storage.path(files[0].key))
@@ -67,7 +85,7 @@ def test_size_threshold_flushes_whole_files_in_event_order(storage: LocalStorage
 
 
 def test_time_based_flush_without_new_data(storage: LocalStorage) -> None:
-    with BufferedWriter(storage, FlushThresholds(records=10_000, interval_seconds=0.3)) as writer:
+    with make_writer(storage, FlushThresholds(records=10_000, interval_seconds=0.3)) as writer:
         started = time.monotonic()
         writer.add(make_records(0, 10))
         wait_until(lambda: writer.stats().records_committed == 10, 3, interval=0.01, what="the time-based flush")
@@ -92,7 +110,7 @@ def live_records(start: int, count: int, event_age_s: float) -> pa.Table:
 
 
 def test_live_records_are_due_after_their_event_time_not_only_their_arrival(storage: LocalStorage) -> None:
-    with BufferedWriter(storage, FlushThresholds(records=10_000, interval_seconds=3)) as writer:
+    with make_writer(storage, FlushThresholds(records=10_000, interval_seconds=3)) as writer:
         started = time.monotonic()
         writer.add(live_records(0, 10, event_age_s=2.8), live=True)  # waited 2.8 s for the poll already
         wait_until(lambda: storage.list_files(layout.LANDING), 3, interval=0.01, what="the event-time flush")
@@ -105,7 +123,7 @@ def test_live_records_are_due_after_their_event_time_not_only_their_arrival(stor
 
 
 def test_live_records_from_the_future_still_flush_by_arrival(storage: LocalStorage) -> None:
-    with BufferedWriter(storage, FlushThresholds(records=10_000, interval_seconds=0.3)) as writer:
+    with make_writer(storage, FlushThresholds(records=10_000, interval_seconds=0.3)) as writer:
         writer.add(live_records(0, 10, event_age_s=-3600), live=True)  # a clock ahead of ours
         wait_until(lambda: storage.list_files(layout.LANDING), 2, interval=0.01, what="the arrival-time flush")
 
@@ -114,16 +132,17 @@ def test_leaving_by_an_exception_does_not_flush(storage: LocalStorage) -> None:
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom), BufferedWriter(storage, FlushThresholds(100, 60)) as writer:
+    with pytest.raises(Boom), make_writer(storage, FlushThresholds(100, 60)) as writer:
         writer.add(make_records(0, 10))
         raise Boom
     assert storage.list_files(layout.LANDING) == []
+    assert read_snapshot(storage).is_empty and read_snapshot(storage).committed_event_id is None
     with pytest.raises(WriterClosedError):
         writer.add(make_records(10, 1))
 
 
 def test_ids_must_increase(storage: LocalStorage) -> None:
-    with BufferedWriter(storage, FlushThresholds(100, 60)) as writer:
+    with make_writer(storage, FlushThresholds(100, 60)) as writer:
         writer.add(make_records(10, 10))
         with pytest.raises(ValueError, match="backwards"):
             writer.add(make_records(5, 3))
@@ -132,13 +151,28 @@ def test_ids_must_increase(storage: LocalStorage) -> None:
     assert landing_ids(storage).tolist() == list(range(10, 20))
 
 
+def test_records_at_or_below_the_committed_position_are_refused(storage: LocalStorage) -> None:
+    with make_writer(storage, FlushThresholds(100, 60)) as writer:
+        writer.add(make_records(0, 20))
+    with make_writer(storage, FlushThresholds(100, 60)) as writer:  # resumes at position 19
+        with pytest.raises(ValueError, match="backwards"):
+            writer.add(make_records(15, 10))
+        writer.add(make_records(20, 5))
+    assert landing_ids(storage).tolist() == list(range(25))
+
+
 def test_reader_hammering_landing_never_opens_a_partial_file(storage: LocalStorage) -> None:
     errors: list[str] = []
     seen: set[str] = set()
     done = threading.Event()
+    snapshots = SnapshotReader(storage)
 
     def reader() -> None:
         while not done.is_set():
+            for df in snapshots.snapshot().files:  # what the table says is whole, with its statistics
+                rows = pq.read_metadata(storage.path(df.key)).num_rows
+                if rows != df.row_count:
+                    errors.append(f"{df.key}: {rows} rows, the log says {df.row_count}")
             for info in storage.list_files(layout.LANDING):
                 try:
                     table = pq.read_table(storage.path(info.key))
@@ -153,7 +187,7 @@ def test_reader_hammering_landing_never_opens_a_partial_file(storage: LocalStora
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        with BufferedWriter(storage, FlushThresholds(records=40_000, interval_seconds=60)) as writer:
+        with make_writer(storage, FlushThresholds(records=40_000, interval_seconds=60)) as writer:
             for start in range(0, 600_000, 40_000):
                 writer.add(make_records(start, 40_000))
     finally:
@@ -161,7 +195,7 @@ def test_reader_hammering_landing_never_opens_a_partial_file(storage: LocalStora
         thread.join()
     assert errors == []
     assert len(seen) >= 5  # the reader really raced the writer
-    assert len(landing_ids(storage)) == 600_000
+    assert len(landing_ids(storage)) == 600_000 == read_snapshot(storage).rows
 
 
 class FrozenClock(datetime):
@@ -176,7 +210,7 @@ def test_unique_names_under_rapid_flushes_in_one_instant(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(layout, "datetime", FrozenClock)
-    with BufferedWriter(storage, FlushThresholds(records=1, interval_seconds=60)) as writer:
+    with make_writer(storage, FlushThresholds(records=1, interval_seconds=60)) as writer:
         for i in range(300):
             writer.add(make_records(i, 1))
     names = [f.name for f in storage.list_files(layout.LANDING)]
@@ -186,14 +220,15 @@ def test_unique_names_under_rapid_flushes_in_one_instant(
 
 
 def test_unique_names_across_two_processes(storage: LocalStorage) -> None:
+    # Publishing only: two writers committing to one table would fence each other (see below).
     script = textwrap.dedent(
         """
         import sys
         from datetime import UTC, datetime, tzinfo
         from lake import layout
         from lake.storage import LocalStorage
-        from lake.writer import BufferedWriter, FlushThresholds
-        from testkit.records import make_records
+        from lake.writer import write_landing
+        from testkit.records import lake_table
 
         class Frozen(datetime):
             @classmethod
@@ -202,11 +237,12 @@ def test_unique_names_across_two_processes(storage: LocalStorage) -> None:
 
         layout.datetime = Frozen
         offset = int(sys.argv[2])
-        with BufferedWriter(LocalStorage(sys.argv[1]), FlushThresholds(1, 60)) as writer:
-            for i in range(150):
-                writer.add(make_records(offset + i, 1))
+        storage = LocalStorage(sys.argv[1])
+        for i in range(150):
+            write_landing(storage, lake_table(offset + i, 1))
         """
     )
+    LakeTable.open_or_create(storage, TEST_IDENTITY)
     procs = [
         subprocess.Popen([sys.executable, "-c", script, str(storage.root), str(offset)], cwd=ROOT)
         for offset in (0, 1000)
@@ -214,35 +250,57 @@ def test_unique_names_across_two_processes(storage: LocalStorage) -> None:
     assert [p.wait(60) for p in procs] == [0, 0]
     names = [f.name for f in storage.list_files(layout.LANDING)]
     assert len(names) == 300 == len(set(names))
-    assert sorted(landing_ids(storage).tolist()) == list(range(150)) + list(range(1000, 1150))
+    ids = file_ids(storage.path(f.key) for f in storage.list_files(layout.LANDING))
+    assert sorted(ids.tolist()) == list(range(150)) + list(range(1000, 1150))
+    assert read_snapshot(storage).is_empty  # published, never committed: not the lake
 
 
 def test_refused_records_commit_before_the_landing_file_that_confirms_them(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    published: list[str] = []
+    steps: list[str] = []
     real_publish = LocalStorage.publish
+    real_quarantine = QuarantineTable.append
+    real_commit = LakeTable.append
 
     def spy(self: LocalStorage, tmp: Path, zone: str, name: str) -> lake_storage.FileInfo:
-        published.append(zone)
+        steps.append(f"publish {zone}")
         return real_publish(self, tmp, zone, name)
 
+    def spy_quarantine(self: QuarantineTable, info: lake_storage.FileInfo, stats: FileStats) -> None:
+        real_quarantine(self, info, stats)
+        steps.append(f"quarantine {info.zone}")
+
+    def spy_commit(self: LakeTable, info: lake_storage.FileInfo, stats: FileStats, **position: int | None) -> None:
+        real_commit(self, info, stats, **position)  # type: ignore[arg-type]
+        steps.append(f"commit {info.zone} through {position['through_event_id']}")
+
     monkeypatch.setattr(LocalStorage, "publish", spy)
+    monkeypatch.setattr(QuarantineTable, "append", spy_quarantine)
+    monkeypatch.setattr(LakeTable, "append", spy_commit)
     records = make_records(0, 20)
     bad = [i in (3, 7, 18, 19) for i in range(20)]
     mask = pa.array(bad)
     valid = records.filter(pa.compute.invert(mask))
     refused = as_refused(records.filter(mask), "badge_out before badge_in")
-    with BufferedWriter(storage, FlushThresholds(records=1000, interval_seconds=60)) as writer:
+    with make_writer(storage, FlushThresholds(records=1000, interval_seconds=60)) as writer:
         writer.add(valid, refused)
         assert writer.flush(5)
         # 18 and 19 come after the last valid record (17): they wait for a valid record to confirm them.
         assert quarantine_ids(storage).tolist() == [3, 7]
         assert writer.stats().buffered == 2
-        assert published == [layout.QUARANTINE, layout.LANDING]
+        first = ["publish quarantine", "quarantine quarantine", "publish landing", "commit landing through 17"]
+        assert steps == first
+        assert read_snapshot(storage).committed_event_id == 17
         q_key = storage.list_files(layout.QUARANTINE)[0].key
         writer.add(make_records(20, 5))
-    assert published == [layout.QUARANTINE, layout.LANDING] * 2
+    assert steps == [
+        *first,
+        "publish quarantine",
+        "quarantine quarantine",
+        "publish landing",
+        "commit landing through 24",
+    ]
     assert quarantine_ids(storage).tolist() == [3, 7, 18, 19]
     assert landing_ids(storage).tolist() == [i for i in range(25) if i not in (3, 7, 18, 19)]
     table = pq.read_table(storage.path(q_key))
@@ -280,7 +338,7 @@ def test_disk_full_during_a_flush_leaves_nothing_partial_and_retries(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     disk = DiskFull(monkeypatch, times=3)
-    writer = BufferedWriter(storage, FlushThresholds(records=100, interval_seconds=60), retry=Backoff(0.05, 2.0, 5.0))
+    writer = make_writer(storage, FlushThresholds(records=100, interval_seconds=60), retry=Backoff(0.05, 2.0, 5.0))
     with writer:
         writer.add(make_records(0, 100))
         wait_until(lambda: writer.stats().failed_attempts >= 1, 5, interval=0.005, what="a failed flush")
@@ -300,7 +358,7 @@ def test_a_retry_resumes_at_the_failed_step_without_writing_the_quarantine_file_
     DiskFull(monkeypatch, times=2, only_kind="landing")
     records = make_records(0, 10)
     mask = pa.array([i == 4 for i in range(10)])
-    with BufferedWriter(storage, FlushThresholds(10, 60), retry=Backoff(0.05, 2.0, 5.0)) as writer:
+    with make_writer(storage, FlushThresholds(10, 60), retry=Backoff(0.05, 2.0, 5.0)) as writer:
         writer.add(records.filter(pa.compute.invert(mask)), as_refused(records.filter(mask), "bad"))
     assert len(storage.list_files(layout.QUARANTINE)) == 1
     assert quarantine_ids(storage).tolist() == [4]
@@ -320,17 +378,67 @@ def test_an_error_after_the_commit_point_is_not_retried_into_a_duplicate(
         real(path)
 
     monkeypatch.setattr(fsio, "fsync_dir", flaky_fsync_dir)
-    with BufferedWriter(storage, FlushThresholds(10, 60), retry=Backoff(0.05, 2.0, 5.0)) as writer:
+    with make_writer(storage, FlushThresholds(10, 60), retry=Backoff(0.05, 2.0, 5.0)) as writer:
         writer.add(make_records(0, 10))
         writer.add(make_records(10, 10))
     assert calls["n"] == 1
     assert landing_ids(storage).tolist() == list(range(20))
-    assert live_set(storage).rows == 20
+    assert len(storage.list_files(layout.LANDING)) == 2  # the retry committed the file it had published: no orphan
+    assert read_snapshot(storage).rows == 20
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["commit-refused", "commit-landed-then-error"])
+def test_a_failed_commit_is_retried_with_the_file_already_published(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    real = LakeTable.commit
+    calls = {"n": 0}
+
+    def flaky_commit(self: LakeTable, *args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            if landed:
+                real(self, *args, **kwargs)  # in the log, but the caller hears of an error
+            raise LakeError("injected: the log's storage answered with an error")
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LakeTable, "commit", flaky_commit)
+    with make_writer(storage, FlushThresholds(10, 60), retry=Backoff(0.05, 2.0, 5.0)) as writer:
+        writer.add(make_records(0, 10))
+        writer.add(make_records(10, 10))
+    assert writer.stats().failed_attempts == 1 and writer.stats().files_written == 2
+    assert len(storage.list_files(layout.LANDING)) == 2  # no second copy of the first flush
+    snapshot = read_snapshot(storage)
+    assert snapshot.keys == [f.key for f in storage.list_files(layout.LANDING)]
+    assert snapshot.committed_event_id == 19
+    assert landing_ids(storage).tolist() == list(range(20))
+
+
+def test_a_fenced_writer_stops_at_once_and_never_retries(storage: LocalStorage) -> None:
+    thresholds = FlushThresholds(10, 60)
+    first = make_writer(storage, thresholds).start()
+    zombie = make_writer(storage, thresholds, retry=Backoff(0.01, 2.0, 0.05)).start()  # also at position None
+    first.add(make_records(0, 10))
+    assert first.flush(5)
+    zombie.add(make_records(0, 10))  # the same records, fetched again by a pipeline that ignored the lock
+    wait_until(lambda: zombie.fatal_error is not None, 5, what="the zombie's flush to be refused")
+    assert isinstance(zombie.fatal_error, FencedError)
+    assert zombie.stats().failed_attempts == 0 and zombie.stats().records_committed == 0
+    with pytest.raises(WriterClosedError):
+        zombie.add(make_records(10, 10))
+    with pytest.raises(FencedError):
+        zombie.close()
+    first.add(make_records(10, 10))
+    first.close()  # the other writer goes on
+    snapshot = read_snapshot(storage)
+    assert snapshot.committed_event_id == 19 and len(snapshot.files) == 2
+    assert landing_ids(storage).tolist() == list(range(20))
+    assert len(storage.list_files(layout.LANDING)) == 3  # the zombie's file: published, never in the table
 
 
 def test_back_pressure_while_flushes_fail(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
     disk = DiskFull(monkeypatch, times=10_000)
-    writer = BufferedWriter(storage, FlushThresholds(10, 60), retry=Backoff(0.02, 2.0, 0.05))
+    writer = make_writer(storage, FlushThresholds(10, 60), retry=Backoff(0.02, 2.0, 0.05))
     with writer:
         writer.add(make_records(0, 10))  # cut into a failing flush
         wait_until(lambda: writer.stats().failed_attempts >= 1, 5, what="a failed flush")
@@ -347,7 +455,7 @@ def test_back_pressure_while_flushes_fail(storage: LocalStorage, monkeypatch: py
 
 def test_close_gives_up_when_the_disk_stays_full(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
     DiskFull(monkeypatch, times=10_000)
-    writer = BufferedWriter(storage, FlushThresholds(100, 60), retry=Backoff(0.02, 2.0, 0.05)).start()
+    writer = make_writer(storage, FlushThresholds(100, 60), retry=Backoff(0.02, 2.0, 0.05)).start()
     writer.add(make_records(0, 50))
     with pytest.raises(CommitError, match="50 buffered records were not committed"):
         writer.close(timeout=0.3)
