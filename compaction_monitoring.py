@@ -1,9 +1,11 @@
 """The compaction process: ``python compaction_monitoring.py [--once]``.
 
 Holds the lake's compactor lock for its whole life (a second compactor exits with status 3), recovers
-what a crash interrupted, then either runs one cycle (``--once``: compact while due, delete what is
-due, exit 0) or watches ``landing/`` until SIGTERM or SIGINT, on which it stops between two steps
-and exits 0. The process logic lives in :mod:`processes.compactor`, the compaction in :mod:`lake.compaction`.
+what a crash interrupted, then either runs one cycle (``--once``: compact while due, delete what has
+been out of the table for the grace period, exit 0) or watches ``landing/`` until SIGTERM or SIGINT,
+on which it stops between two steps and exits 0. A lake in the previous layout: exit status 2 and
+one line saying to migrate it; a lake without a table yet: it waits for the pipeline to create one.
+The process logic lives in :mod:`processes.compactor`, the compaction in :mod:`lake.compaction`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Compact the lake's landing/ files into compacted/ (settings come from the environment/.env).",
     )
     parser.add_argument(
-        "--once", action="store_true", help="recover, compact whatever is due, delete what is due, and exit"
+        "--once",
+        action="store_true",
+        help="recover, compact whatever is due, delete what has been out of the table for the grace period, and exit",
     )
     return parser.parse_args(argv)
 

@@ -2,13 +2,16 @@
 
 The input is ~1 GB of landing files as the pipeline writes them (``full``: 900 files of 100,000 records
 from :func:`api.generators.generate_table`, published with :func:`lake.parquet.write_file`), generated
-once and cached under ``benchmarks/.work/``. Each run hard-links the input into a fresh lake and works
-in a child process of its own, so the peak RSS is the kernel's figure for that process alone (``VmHWM``
-from ``/proc/self/status`` after exec, imports included; ``ru_maxrss`` would also count the parent's pages
-while the child was being forked, which is the benchmark suite's memory, not the compactor's); the time
-is the compaction's alone (imports and pyarrow's one-time pandas import excluded, for both ways).
+once and cached under ``benchmarks/.work/``. Each run hard-links the input into a fresh lake and commits
+it to a new table there (one transaction adding every file with its statistics, as the pipeline's
+commits would have: the lake is its table), then works in a child process of its own, so the peak RSS
+is the kernel's figure for that process alone (``VmHWM`` from ``/proc/self/status`` after exec, imports
+included; ``ru_maxrss`` would also count the parent's pages while the child was being forked, which is
+the benchmark suite's memory, not the compactor's); the time is the compaction's alone, its commit
+included (imports and pyarrow's one-time pandas import excluded, for both ways).
 
-* **ours**: ``Compactor(...).compact()`` with the contract's default targets (100-500 MB).
+* **ours**: ``Compactor(...).compact()`` with the contract's default targets (100-500 MB): the snapshot
+  from the log, the streaming rewrite, and the one commit that removes the inputs and adds the outputs.
 * **reference**: one DuckDB COPY of the whole list (``read_parquet([...]).to_parquet(...)``, Snappy,
   default settings), as the original did.
 
@@ -84,13 +87,37 @@ def input_lake(size: str, progress: Callable[[str], None] = lambda _t: None) -> 
 
 
 def _fresh_copy(source: Path) -> Path:
-    """A new lake under .work with the input's landing files hard-linked in (nothing is copied)."""
+    """A new lake under .work: its table, then the input's landing files hard-linked in and committed in one go.
+
+    The table comes first (data files without a log would be the previous layout); the one commit adds every
+    file with its statistics and moves the pipeline's position to the last event id, as the pipeline's own
+    commits would have.
+    """
+    import pyarrow.parquet as pq
+    from deltalake.transaction import AddAction
+
+    from api.generators import NOMINAL_EVENTS_PER_SECOND
+    from lake import layout
+    from lake.filestats import FileStats
+    from lake.identity import StreamIdentity
+    from lake.storage import LocalStorage
+    from lake.table import LakeTable
+
     WORK.mkdir(exist_ok=True)
     run_root = Path(tempfile.mkdtemp(prefix="compaction-run-", dir=WORK)) / "lake"
-    for zone in ("landing", "compacted", "temp", "quarantine"):
-        (run_root / zone).mkdir(parents=True)
+    storage = LocalStorage(run_root)
+    storage.ensure_layout()
+    identity = StreamIdentity(SEED, NOMINAL_EVENTS_PER_SECOND, STREAM_START.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    table = LakeTable.open_or_create(storage, identity)
     for entry in os.scandir(source / "landing"):
         os.link(entry.path, run_root / "landing" / entry.name)
+    actions: list[Any] = []
+    last = -1
+    for info in storage.list_files(layout.LANDING):
+        stats = FileStats.of_footer(pq.read_metadata(storage.path(info.key)))
+        last = max(last, -1 if stats.event_id_max is None else stats.event_id_max)
+        actions.append(AddAction(info.key, info.size, {}, info.mtime_ns // 1_000_000, True, stats.to_json()))
+    table.commit(actions, "flush", txn=last)
     return run_root
 
 
@@ -118,7 +145,7 @@ def _child_ours(lake: Path) -> dict[str, Any]:
     from utils.config import load_settings
 
     storage = LocalStorage(lake)
-    files = len(storage.list_files("landing"))
+    files = len(storage.list_files("landing"))  # every one of them committed (see _fresh_copy)
     settings = load_settings(
         {
             "DATA_LAKE_PATH": str(lake),

@@ -8,7 +8,10 @@ a *created* event, and a rename inside it as a *moved* event; both are queued. T
 the burst has been quiet for ``debounce_seconds`` (at most ``max_delay_seconds`` under a steady
 stream) and runs the callback once. Independently of events, a sweep runs it every ``sweep_seconds``
 - at start too - so a restart, a missed event or a deadline running out is acted on without any new
-file. What the callback does is the caller's business: this module knows nothing of compaction.
+file. More directories can be watched the same way (``also``: the compactor adds the table's log, as
+a commit, not the file's arrival, is what makes a landing file part of the lake); one that does not
+exist yet is watched from the first cycle after it appears. What the callback does is the caller's
+business: this module knows nothing of compaction.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -67,8 +70,10 @@ class LandingWatcher:
         max_delay_seconds: float | None = None,
         stop: threading.Event | None = None,
         name: str = "watcher",
+        also: Sequence[Path] = (),
     ) -> None:
         self.directory = Path(directory)
+        self.also = tuple(Path(d) for d in also)
         self.name = name
         self._cycle = cycle
         self.debounce_seconds = debounce_seconds
@@ -79,6 +84,9 @@ class LandingWatcher:
         self.stop_event = stop or threading.Event()
         self._events: queue.Queue[object] = queue.Queue()
         self._observer = Observer()
+        self._handler = _EnqueueHandler(self._events)
+        self._observing = False
+        self._watched: set[Path] = set()
         self._worker = threading.Thread(target=self._work, name=f"{name}-worker", daemon=True)
         self.events_seen = 0
         self.cycles: list[str] = []  # why each cycle ran, in order
@@ -88,10 +96,13 @@ class LandingWatcher:
     def start(self) -> LandingWatcher:
         """Start the observer and the worker; without file events (e.g. no inotify watch left) the sweep still runs."""
         try:
-            self._observer.schedule(_EnqueueHandler(self._events), str(self.directory), recursive=False)
+            self._observer.schedule(self._handler, str(self.directory), recursive=False)
+            self._watched.add(self.directory)
             self._observer.start()
+            self._observing = True
         except OSError as exc:
             log.warning("no file events for %s (%s): relying on the sweep alone", self.directory, exc)
+        self._watch_new_directories()
         self._worker.start()
         log.info(
             "watching %s (debounce %.1f s, sweep every %.1f s)",
@@ -160,6 +171,19 @@ class LandingWatcher:
                 return False
             self.events_seen += 1
 
+    def _watch_new_directories(self) -> None:
+        """Watch each of ``also`` that exists by now (the observer may be running; scheduling is thread-safe)."""
+        if not self._observing:
+            return
+        for directory in self.also:
+            if directory in self._watched or not directory.is_dir():
+                continue
+            try:
+                self._observer.schedule(self._handler, str(directory), recursive=False)
+            except OSError as exc:
+                log.warning("no file events for %s (%s): relying on the sweep for it", directory, exc)
+            self._watched.add(directory)
+
     def _drain(self) -> None:
         while True:
             try:
@@ -174,6 +198,7 @@ class LandingWatcher:
     def _run(self, reason: str) -> None:
         if self.stop_event.is_set():
             return
+        self._watch_new_directories()  # before the cycle: what changes after it is an event, what came before it sees
         try:
             self._cycle(reason)
         except Exception:  # a failed cycle (disk full, a vanished file) is retried by the next event or sweep

@@ -1,8 +1,11 @@
 """The compaction process: the lock, signals, recovery, then one cycle (``--once``) or the landing watcher.
 
 At most one compactor per lake (a second one gets LakeLockedError: exit status 3); SIGTERM or SIGINT
-stop it between two protocol steps and it returns 0. The compaction itself is :mod:`lake.compaction`;
-the debounced watching of ``landing/`` is :mod:`lake.watcher`, wired to the compactor here.
+stop it between two protocol steps and it returns 0. On a lake in the previous layout it raises
+UnmigratedLakeError (exit status 2, one line saying to run ``python -m lake migrate``); on a lake
+without a table yet it waits, cycle after cycle, until the pipeline creates one. The compaction and
+the clean-up after grace are :mod:`lake.compaction` and :mod:`lake.cleanup`; the debounced watching
+of ``landing/`` is :mod:`lake.watcher`, wired to the compactor here.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from lake import layout
 from lake.compaction import Compactor, StepHook, pause_hook
 from lake.lock import LakeLock
 from lake.storage import LocalStorage
+from lake.table import LOG_DIR, ensure_migrated
 from lake.watcher import LandingWatcher
 from processes.cli import EXIT_OK
 from utils.config import Settings
@@ -53,9 +57,12 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
 
 def watch_landing(compactor: Compactor, settings: Settings) -> LandingWatcher:
-    """A watcher on the compactor's ``landing/`` that runs ``compactor.run_cycle`` and shares its stop event.
+    """A watcher on the compactor's ``landing/`` and the table's log that runs ``compactor.run_cycle``.
 
-    Not started; every cycle runs in the watcher's one worker thread, never two at once.
+    A landing file is part of the lake once a commit adds it, a moment after it is published, so new
+    entries in ``_delta_log/`` call for a cycle too (watched from the first cycle after the pipeline
+    creates the table). Shares the compactor's stop event. Not started; every cycle runs in the
+    watcher's one worker thread, never two at once.
     """
     storage = compactor.storage
     storage.ensure_layout()
@@ -66,6 +73,7 @@ def watch_landing(compactor: Compactor, settings: Settings) -> LandingWatcher:
         sweep_seconds=settings.compaction_sweep_seconds,
         stop=compactor.stop_event,
         name=WATCHER_NAME,
+        also=[storage.root / LOG_DIR],
     )
 
 
@@ -79,13 +87,15 @@ def run(
     """Compact the lake of ``settings``: recover, then one cycle (``once``) or watch until stopped.
 
     Returns 0 after the cycle or a clean stop (signal, ``stop``). Raises LakeLockedError if another
-    compactor runs on the lake, ConfigError if ``pause_at`` (see PAUSE_ENV) names no step.
+    compactor runs on the lake, UnmigratedLakeError for a lake in the previous layout, ConfigError if
+    ``pause_at`` (see PAUSE_ENV) names no step.
     """
     stop = stop or threading.Event()
     install_stop_handlers(stop)
     hook: StepHook | None = pause_hook(pause_at) if pause_at else None
 
     storage = LocalStorage(settings.data_lake_path)
+    ensure_migrated(storage)  # before anything is written: the one line, exit status 2
     storage.ensure_layout()
     with LakeLock(storage.root, layout.COMPACTOR_LOCK, "compactor"):
         compactor = Compactor(storage, settings, stop=stop, hook=hook)
@@ -93,10 +103,10 @@ def run(
         if once:
             report = compactor.run_cycle()
             log.info(
-                "done: %d compaction(s), %d file(s) deleted, %d quarantined",
+                "done: %d compaction(s), %d file(s) deleted after grace, %d unreadable input(s) left in the table",
                 len(report.compactions),
                 len(report.deleted),
-                len(report.quarantined),
+                len(report.unreadable),
             )
             return EXIT_OK
         watcher = watch_landing(compactor, settings).start()

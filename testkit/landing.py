@@ -1,12 +1,18 @@
 """Landing files for the compactor's tests: :func:`testkit.records.lake_table` rows, published into landing/.
 
-Event ids are consecutive from ``start``. The ground truth of every test is the range of ids it published.
+Event ids are consecutive from ``start``. The ground truth of every test is the range of ids it published;
+what the lake holds is what its table's log says (:func:`table_keys`), what is on disk is listed apart
+(:func:`disk_keys`), and a commit's actions are read from the log's JSON itself (:func:`commit_actions`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -15,16 +21,31 @@ from lake.compaction import KIND
 from lake.filestats import FileStats
 from lake.parquet import write_file
 from lake.storage import FileInfo, LocalStorage
-from lake.table import LOG_DIR, LakeTable
+from lake.table import LOG_DIR, LakeTable, has_log, read_snapshot
 from testkit.records import TEST_IDENTITY, lake_table
 
 
+def ensure_table(storage: LocalStorage) -> LakeTable:
+    """The lake's table, created for TEST_IDENTITY if absent, even if files were published before it.
+
+    A lake with data files and no log is the previous layout to every process; a test that published
+    files first gets its (empty) table built beside the lake and its log moved in, as if it had
+    existed before those files.
+    """
+    if has_log(storage.root) or not any(storage.list_all(zone) for zone in layout.DATA_ZONES):
+        return LakeTable.open_or_create(storage, TEST_IDENTITY)
+    with tempfile.TemporaryDirectory(dir=storage.root.parent) as scratch:
+        LakeTable.open_or_create(LocalStorage(scratch), TEST_IDENTITY)
+        shutil.copytree(Path(scratch) / LOG_DIR, storage.root / LOG_DIR)
+    return LakeTable.open(storage)
+
+
 def commit_files(storage: LocalStorage, infos: list[FileInfo]) -> None:
-    """Commit published landing files to the lake's table (created for TEST_IDENTITY if absent), in order.
+    """Commit published files to the lake's table (created for TEST_IDENTITY if absent), one commit each, in order.
 
     Each append moves the pipeline's position to the file's last event id (never backwards).
     """
-    table = LakeTable.open_or_create(storage, TEST_IDENTITY)
+    table = ensure_table(storage)
     for info in infos:
         stats = FileStats.of_footer(pq.read_metadata(storage.path(info.key)))
         position = table.committed_event_id()
@@ -41,6 +62,8 @@ def publish_landing(
 
     ``commit=False`` leaves them published but uncommitted: orphans no reader sees.
     """
+    if commit:
+        ensure_table(storage)
     infos = [
         write_file(storage, lake_table(start + i * rows_per_file, rows_per_file), layout.LANDING, "landing")
         for i in range(files)
@@ -75,3 +98,29 @@ def clone_landing(template: LocalStorage, storage: LocalStorage, limit: int | No
     infos = storage.list_files(layout.LANDING)
     commit_files(storage, infos)
     return infos
+
+
+def table_keys(storage: LocalStorage) -> list[str]:
+    """The keys of the events table's current snapshot, in event-id order."""
+    return read_snapshot(storage).keys
+
+
+def disk_keys(storage: LocalStorage) -> list[str]:
+    """Every file on disk in landing/ and compacted/, in or out of the table, sorted."""
+    return sorted(f.key for zone in layout.DATA_ZONES for f in storage.list_all(zone))
+
+
+def commit_actions(storage: LocalStorage, version: int | None = None, prefix: str = "") -> list[dict[str, Any]]:
+    """The actions of commit ``version`` (the newest if None) of the table at ``prefix``, read from its JSON entry."""
+    log_dir = storage.root / prefix / LOG_DIR
+    if version is None:
+        version = max(int(p.name.split(".")[0]) for p in log_dir.glob("*.json"))
+    lines = (log_dir / f"{version:020d}.json").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def forge_compacted(storage: LocalStorage, sources: list[str]) -> FileInfo:
+    """A zero-row file in compacted/ whose footer's ``badge.sources`` names ``sources``: a forgery no commit added."""
+    return write_file(
+        storage, lake_table(0, 0), layout.COMPACTED, "compacted", {layout.META_SOURCES: json.dumps(sources)}
+    )

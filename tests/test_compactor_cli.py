@@ -1,4 +1,5 @@
-"""``python compaction_monitoring.py``: --once, clean stops, the lock, bad settings, and real kill -9 mid-protocol."""
+"""``python compaction_monitoring.py``: --once, clean stops, the lock, bad settings, a lake without a table or in the
+previous layout, and real kill -9 at each step of the protocol."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from pathlib import Path
 import pytest
 
 from lake import layout
-from lake.liveset import live_set
+from lake.cleanup import IN_FLIGHT_SECONDS
+from lake.parquet import write_file
 from lake.storage import LocalStorage
+from lake.table import has_log
 from testkit.ids import assert_exactly_once
-from testkit.landing import compactor_temp, publish_landing
+from testkit.landing import compactor_temp, disk_keys, publish_landing, table_keys
 from testkit.processes import PYTHON, ROOT, ManagedProcess, make_settings, wait_until
+from testkit.records import lake_table
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +56,23 @@ def test_once_compacts_what_is_due_and_exits_0(storage: LocalStorage, lake_root:
     assert again.returncode == 0, again.stderr
     assert "compacted" not in again.stderr.replace("compacted/", "")
     assert not any(storage.exists(f.key) for f in sources)
+    assert disk_keys(storage) == table_keys(storage)
     assert_exactly_once(storage, range(8_000))
+
+
+def test_a_lake_without_a_table_is_waited_for(lake_root: Path) -> None:
+    done = _run_once(lake_root)
+    assert done.returncode == 0, done.stderr
+    assert "error" not in done.stderr.lower() and not has_log(lake_root)
+
+
+def test_a_lake_in_the_previous_layout_exits_2_with_one_line(storage: LocalStorage, lake_root: Path) -> None:
+    old = write_file(storage, lake_table(0, 10), layout.LANDING, "landing")  # data files, no log
+    done = _run_once(lake_root)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "python -m lake migrate" in line
+    assert storage.exists(old.key) and not has_log(lake_root)  # nothing written
 
 
 def test_a_bad_setting_exits_2_naming_it(lake_root: Path) -> None:
@@ -83,28 +103,42 @@ def test_watches_until_a_signal_and_one_compactor_per_lake(
     assert _run_once(lake_root).returncode == 0  # the lock went with the process
 
 
-@pytest.mark.parametrize("step", ["writing", "written", "published", "deleting"])
+def _age(storage: LocalStorage, seconds: float = 2 * IN_FLIGHT_SECONDS) -> None:
+    """Make every data file on disk ``seconds`` older (the clean-up never deletes a file younger than in-flight)."""
+    past = time.time() - seconds
+    for zone in layout.DATA_ZONES:
+        for info in storage.list_files(zone):
+            os.utime(storage.path(info.key), (past, past))
+
+
+@pytest.mark.parametrize("step", ["snapshot", "writing", "written", "published", "committed", "deleting"])
 def test_kill_9_at_a_protocol_step_then_restart(
     storage: LocalStorage, lake_root: Path, tmp_path: Path, step: str
 ) -> None:
-    publish_landing(storage, 0, 1_000, 8)
+    sources = [f.key for f in publish_landing(storage, 0, 1_000, 8)]
+    _age(storage)  # older than a file in flight, so a zero grace period deletes them at once
     log = tmp_path / "compactor.log"
     env = {**_env(lake_root, COMPACTION_GRACE_SECONDS=0), "BADGE_COMPACTOR_PAUSE_AT": step}
     with ManagedProcess([PYTHON, SCRIPT, "--once"], env=env, log_path=log) as proc:
         wait_until(lambda: f"PAUSED at {step}" in proc.output(), 30, what=f"the compactor to pause at {step}")
         proc.kill9()
-    assert_exactly_once(storage, range(8_000))
-    if step in ("writing", "written"):
-        assert compactor_temp(storage), "kill -9 mid-write leaves its temp file"
-        assert storage.list_files(layout.COMPACTED) == []
+    assert_exactly_once(storage, range(8_000))  # whatever the step, the table holds each event once
+    outputs = [f.key for f in storage.list_files(layout.COMPACTED)]
+    if step in ("snapshot", "writing", "written"):
+        assert bool(compactor_temp(storage)) == (step != "snapshot"), "kill -9 mid-write leaves its temp file"
+        assert outputs == [] and table_keys(storage) == sources
+    elif step == "published":
+        assert len(outputs) == 1 and table_keys(storage) == sources  # published, not committed: not the lake
     else:
-        assert len(storage.list_files(layout.COMPACTED)) == 1
+        assert len(outputs) == 1 and table_keys(storage) == outputs  # committed
 
+    _age(storage)
     done = _run_once(lake_root, COMPACTION_GRACE_SECONDS=0)
     assert done.returncode == 0, done.stderr
     assert compactor_temp(storage) == [] and storage.list_all(layout.TEMP) == []
-    live = live_set(storage)
-    assert live.replaced == () and live.in_zone(layout.LANDING) == []
+    keys = table_keys(storage)
+    assert len(keys) == 1 and keys[0].startswith(f"{layout.COMPACTED}/")
+    assert disk_keys(storage) == keys  # the sources and any uncommitted output are gone
     assert_exactly_once(storage, range(8_000))
 
 

@@ -1,22 +1,25 @@
-"""The commit protocol under crashes: the live set at every step, and recovery after a crash at each step.
+"""The compaction protocol under crashes, against the table: what readers of the log see at every step, and
+recovery after a crash at each step.
 
 A crash is simulated by raising a BaseException from the step hook: it bypasses the compactor's own
 clean-up (which only handles ordinary exceptions), so it leaves the lake exactly as ``kill -9`` would
-at that instant - temp files and all. Real ``kill -9`` tests are in test_compactor_cli.py.
+at that instant - temp files, published but uncommitted outputs and all. Real ``kill -9`` tests are in
+test_compactor_cli.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from deltalake import DeltaTable
 
 from lake import layout
 from lake.compaction import (
+    STEP_COMMITTED,
     STEP_DELETED,
     STEP_DELETING,
     STEP_PUBLISHED,
@@ -24,23 +27,33 @@ from lake.compaction import (
     STEP_WRITING,
     STEP_WRITTEN,
     Compactor,
+    StepHook,
 )
-from lake.liveset import live_set
 from lake.storage import LocalStorage
 from testkit.ids import assert_exactly_once, live_ids
-from testkit.landing import clone_lake, compactor_temp, publish_landing
+from testkit.landing import clone_lake, compactor_temp, disk_keys, publish_landing, table_keys
 from testkit.processes import make_settings
 from utils.config import Settings
 
 ROWS = 208_000
-FAR_FUTURE = 10**10  # a clock reading at which every grace period has passed
 
 
 class SimulatedCrash(BaseException):
     """The process dies here."""
 
 
-def _crash_at(step: str, nth: int) -> object:
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _crash_at(step: str, nth: int) -> StepHook:
     seen = 0
 
     def hook(current: str, _detail: str) -> None:
@@ -55,8 +68,8 @@ def _crash_at(step: str, nth: int) -> object:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> LocalStorage:
-    """A lake mid-life: an earlier small compacted file (its sources still on disk, replaced), and landing
-    files enough for four outputs under a 1 MB ceiling; the next cycle merges them all. Built once."""
+    """A lake mid-life: an earlier small compacted file (its 8 sources out of the table, still on disk), and 10
+    landing files enough for four outputs under a 1 MB ceiling; the next cycle merges them all. Built once."""
     root = tmp_path_factory.mktemp("crash-template") / "lake"
     storage = LocalStorage(root)
     storage.ensure_layout()
@@ -71,14 +84,15 @@ def _build(storage: LocalStorage, lake_root: Path, template: LocalStorage) -> Se
     return make_settings(lake_root, COMPACTION_TARGET_MIN_MB=1, COMPACTION_TARGET_MAX_MB=1)
 
 
-def _replaced_due_by(storage: LocalStorage, grace: float) -> dict[str, float]:
-    """Replaced file -> the earliest instant it may be deleted (the newest namer's mtime + grace)."""
-    live = live_set(storage)
-    named: dict[str, float] = {}
-    for f in (*live.files, *live.replaced):
-        for src in f.sources:
-            named[src] = max(named.get(src, 0.0), f.info.mtime_ns / 1e9 + grace)
-    return {f.key: named[f.key] for f in live.replaced}
+def _delta_rs_ids(storage: LocalStorage) -> np.ndarray:
+    """The event ids delta-rs reads through the log (another reader than ours)."""
+    table = DeltaTable(str(storage.root)).to_pyarrow_table(columns=["event_id"])
+    return np.sort(table["event_id"].to_numpy())
+
+
+def _readers_see_each_event_once(storage: LocalStorage) -> None:
+    assert_exactly_once(storage, range(ROWS))
+    assert np.array_equal(_delta_rs_ids(storage), np.arange(ROWS))
 
 
 CRASH_POINTS = [
@@ -89,11 +103,11 @@ CRASH_POINTS = [
     (STEP_WRITING, 2),
     (STEP_WRITTEN, 2),
     (STEP_PUBLISHED, 2),
-    (STEP_PUBLISHED, 4),  # the last output
+    (STEP_PUBLISHED, 4),  # the last output, just before the commit
+    (STEP_COMMITTED, 1),
     (STEP_DELETING, 1),
     (STEP_DELETED, 1),
-    (STEP_DELETING, 9),  # the earlier compacted file, right after its own sources
-    (STEP_DELETED, 9),
+    (STEP_DELETING, 10),
     (STEP_DELETED, 19),  # the last one
 ]
 
@@ -103,42 +117,40 @@ def test_recovery_after_a_crash_at_each_step(
     storage: LocalStorage, lake_root: Path, template: LocalStorage, step: str, nth: int
 ) -> None:
     settings = _build(storage, lake_root, template)
-    crashing = Compactor(storage, settings, hook=_crash_at(step, nth), clock=lambda: FAR_FUTURE)  # type: ignore[arg-type]
+    grace = settings.compaction_grace_seconds
+    clock = Clock()
+    crashing = Compactor(storage, settings, hook=_crash_at(step, nth), clock=clock)
     with pytest.raises(SimulatedCrash):
-        crashing.run_cycle()
-    assert_exactly_once(storage, range(ROWS))  # right after the crash
+        crashing.run_cycle()  # compacts, and starts the grace clocks of the 19 files out of the table
+        clock.advance(grace + 1)
+        crashing.run_cycle()  # deletes them
+    _readers_see_each_event_once(storage)  # right after the crash
     if step in (STEP_WRITING, STEP_WRITTEN):
         assert compactor_temp(storage), "the crash should have left a temp file behind"
+    if step == STEP_PUBLISHED:
+        uncommitted = {f.key for f in storage.list_files(layout.COMPACTED)} - set(table_keys(storage))
+        assert uncommitted, "the crash should have left a published, uncommitted output"
 
-    # Restart with the real clock: recovery, then a normal cycle. Nothing may be deleted before its grace.
-    due_by = _replaced_due_by(storage, settings.compaction_grace_seconds)
-    deleted_at: dict[str, float] = {}
-
-    def record(current: str, key: str) -> None:
-        if current == STEP_DELETING:
-            deleted_at[key] = time.time()
-
-    restarted = Compactor(storage, settings, hook=record)
-    restarted.recover()
+    # Restart: recovery, then a normal cycle. Its grace clocks start now: nothing may be deleted yet.
+    restarted_clock = Clock()
+    restarted = Compactor(storage, settings, clock=restarted_clock)
+    recovered = restarted.recover()
     assert compactor_temp(storage) == []
-    restarted.run_cycle()
-    assert_exactly_once(storage, range(ROWS))
-    for key, when in deleted_at.items():
-        if key in due_by:
-            assert when >= due_by[key], f"{key} deleted before its grace period ended"
-    for key, due in due_by.items():
-        if due > time.time() + 0.5:
-            assert storage.exists(key), f"{key} is still in its grace period but was deleted"
+    assert recovered["deleted"] == []
+    assert restarted.run_cycle().deleted == []
+    _readers_see_each_event_once(storage)
 
-    # Later still (and with any landing file due): everything replaced is gone, the live set is whole,
-    # nothing half-done remains.
-    later = Compactor(storage, settings.replace(compaction_min_files=2), clock=lambda: FAR_FUTURE)
+    # Later still (and with any landing file due): every file out of the table is gone, the table is
+    # whole, nothing half-done remains.
+    later = Compactor(storage, settings.replace(compaction_min_files=2), clock=restarted_clock)
     later.recover()
     later.run_cycle()
-    live = live_set(storage)
-    assert live.replaced == () and live.in_zone(layout.LANDING) == []
+    restarted_clock.advance(grace + 1)
+    later.run_cycle()
+    assert [k for k in table_keys(storage) if k.startswith(f"{layout.LANDING}/")] == []
+    assert disk_keys(storage) == sorted(table_keys(storage))
     assert compactor_temp(storage) == [] and storage.list_all(layout.TEMP) == []
-    assert_exactly_once(storage, range(ROWS))
+    _readers_see_each_event_once(storage)
     assert np.array_equal(live_ids(storage), np.arange(ROWS))  # and in event-id order, file after file
 
 
@@ -146,44 +158,54 @@ def test_a_crash_between_link_and_temp_removal(storage: LocalStorage, lake_root:
     """publish() links the temp file into compacted/, then unlinks the temp name: die in between."""
     settings = _build(storage, lake_root, template)
     with pytest.raises(SimulatedCrash):
-        Compactor(storage, settings, hook=_crash_at(STEP_WRITTEN, 1)).compact()  # type: ignore[arg-type]
+        Compactor(storage, settings, hook=_crash_at(STEP_WRITTEN, 1)).compact()
     [tmp] = compactor_temp(storage)
-    os.link(storage.path(tmp), storage.path(f"{layout.COMPACTED}/{layout.new_file_name('compacted', 0, 1)}"))
-    assert_exactly_once(storage, range(ROWS))
-    restarted = Compactor(storage, settings, clock=lambda: FAR_FUTURE)
+    linked = f"{layout.COMPACTED}/{layout.new_file_name('compacted', 0, 1)}"
+    os.link(storage.path(tmp), storage.path(linked))
+    _readers_see_each_event_once(storage)  # a file no commit added is not the lake
+    clock = Clock()
+    restarted = Compactor(storage, settings, clock=clock)
     assert restarted.recover()["temp_removed"] == [tmp]
     restarted.run_cycle()
-    assert_exactly_once(storage, range(ROWS))
-    assert live_set(storage).replaced == ()
+    assert storage.exists(linked) and linked not in table_keys(storage)
+    clock.advance(settings.compaction_grace_seconds + 1)
+    restarted.run_cycle()
+    assert not storage.exists(linked)
+    _readers_see_each_event_once(storage)
 
 
-def test_the_live_set_at_each_step_of_the_protocol(
+def test_what_readers_of_the_log_see_at_each_step(
     storage: LocalStorage, lake_root: Path, template: LocalStorage
 ) -> None:
     settings = _build(storage, lake_root, template)
-    before = live_set(storage)
-    snapshot = [f.key for f in before.files]  # the small compacted file + 10 landing files
+    before = table_keys(storage)  # the small compacted file + 10 landing files
     seen: list[str] = []
+    published: list[str] = []
+    clock = Clock()
 
     def check(step: str, detail: str) -> None:
         seen.append(step)
-        assert_exactly_once(storage, range(ROWS))  # at every step, whatever the step
-        live = live_set(storage)
-        if step in (STEP_SNAPSHOT, STEP_WRITING, STEP_WRITTEN) and STEP_PUBLISHED not in seen:
-            assert live.keys == snapshot  # nothing visible changes until the first commit
+        _readers_see_each_event_once(storage)  # at every step, whatever the step
+        keys = table_keys(storage)
+        if STEP_COMMITTED not in seen:
+            assert keys == before  # nothing a reader sees changes until the commit
         if step == STEP_WRITTEN:
-            assert storage.exists(f"{layout.TEMP}/{detail}")
             assert f"{layout.TEMP}/{detail}" in compactor_temp(storage)
         if step == STEP_PUBLISHED:
-            assert detail in live.keys
-            sources = json.loads(storage.read_metadata(detail)[layout.META_SOURCES])
-            assert not set(sources) & set(live.keys)  # hidden from the instant of the commit
-            assert all(storage.exists(s) for s in sources)  # but still on disk (grace)
+            assert storage.exists(detail) and detail not in keys  # in compacted/, not yet the lake
+            published.append(detail)
+        if step == STEP_COMMITTED:
+            assert keys == published  # one commit: all outputs in, all inputs out ...
+            assert all(storage.exists(k) for k in before)  # ... and still on disk (grace)
         if step == STEP_DELETING:
-            assert detail not in live.keys and storage.exists(detail)
+            assert detail not in keys and storage.exists(detail)
         if step == STEP_DELETED:
             assert not storage.exists(detail)
 
-    Compactor(storage, settings, hook=check, clock=lambda: FAR_FUTURE).run_cycle()
-    assert seen.count(STEP_PUBLISHED) == 4 and seen.count(STEP_DELETED) == 19
-    assert_exactly_once(storage, range(ROWS))
+    compactor = Compactor(storage, settings, hook=check, clock=clock)
+    compactor.run_cycle()
+    clock.advance(settings.compaction_grace_seconds + 1)
+    compactor.run_cycle()
+    assert seen.count(STEP_PUBLISHED) == 4 and seen.count(STEP_COMMITTED) == 1 and seen.count(STEP_DELETED) == 19
+    assert disk_keys(storage) == sorted(published)
+    _readers_see_each_event_once(storage)

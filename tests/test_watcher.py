@@ -12,13 +12,13 @@ from pathlib import Path
 import lake.watcher
 from lake import layout
 from lake.compaction import Compactor
-from lake.liveset import live_set
 from lake.parquet import write_file
 from lake.storage import LocalStorage
+from lake.table import read_snapshot
 from lake.watcher import LandingWatcher
 from processes.compactor import watch_landing
 from testkit.ids import assert_exactly_once
-from testkit.landing import publish_landing
+from testkit.landing import commit_files, disk_keys, publish_landing, table_keys
 from testkit.processes import make_settings, wait_until
 from testkit.records import lake_table
 
@@ -36,7 +36,7 @@ class Recorder:
         return sum(1 for r, _ in self.calls if r == reason)
 
 
-def _watcher(storage: LocalStorage, cycle: object, **kwargs: float) -> LandingWatcher:
+def _watcher(storage: LocalStorage, cycle: object, **kwargs: object) -> LandingWatcher:
     kwargs.setdefault("debounce_seconds", 0.3)
     kwargs.setdefault("sweep_seconds", 60.0)
     return LandingWatcher(storage.path(layout.LANDING), cycle, **kwargs)  # type: ignore[arg-type]
@@ -50,15 +50,16 @@ def _rename_in(storage: LocalStorage, name: str) -> None:
 
 def test_renames_and_links_from_temp_arrive_and_a_burst_is_one_cycle(storage: LocalStorage) -> None:
     recorder = Recorder()
-    with _watcher(storage, recorder) as watcher:
+    tables = [lake_table(i * 10, 10) for i in range(5)]
+    with _watcher(storage, recorder, debounce_seconds=0.5) as watcher:
         wait_until(lambda: recorder.reasons("sweep") == 1, 5, what="the start-up sweep")
         for i in range(20):
             _rename_in(storage, f"renamed-{i}.parquet")  # a real rename from temp/ into landing/
-        for i in range(5):
-            write_file(storage, lake_table(i * 10, 10), layout.LANDING, "landing")  # publish() links, then unlinks
+        for table in tables:
+            write_file(storage, table, layout.LANDING, "landing")  # publish() links, then unlinks
         wait_until(lambda: watcher.events_seen == 25, 5, what="25 created events")
         wait_until(lambda: recorder.reasons("events") >= 1, 5, what="a debounced cycle")
-        time.sleep(0.6)  # longer than the debounce: no further cycle may follow
+        time.sleep(1.0)  # longer than the debounce: no further cycle may follow
     assert recorder.reasons("events") == 1
     assert watcher.events_seen == 25
     assert {thread for _, thread in recorder.calls} == {"watcher-worker"}  # never in an observer callback
@@ -125,15 +126,54 @@ def test_stop_interrupts_a_long_cycle_and_joins_every_thread(storage: LocalStora
     assert not [t for t in threading.enumerate() if t.name == "watcher-worker"]
 
 
+def _compacted_by_events(storage: LocalStorage, watcher: LandingWatcher) -> bool:
+    """A cycle run on file events has ended, and the table holds a compacted file."""
+    return "events" in watcher.cycles and bool(read_snapshot(storage).in_zone(layout.COMPACTED))
+
+
 def test_new_landing_files_are_compacted_on_file_events(storage: LocalStorage, lake_root: Path) -> None:
     settings = make_settings(lake_root, COMPACTION_SWEEP_SECONDS=60, COMPACTION_DEBOUNCE_SECONDS=0.2)
     with watch_landing(Compactor(storage, settings), settings) as watcher:
         wait_until(lambda: watcher.cycles, 5, what="the start-up sweep")
         publish_landing(storage, 0, 1_000, 8)  # the next sweep is a minute away: only the events can act
-        wait_until(lambda: storage.list_files(layout.COMPACTED), 10, what="a compacted file")
-        assert watcher.cycles.count("events") >= 1
+        wait_until(lambda: _compacted_by_events(storage, watcher), 10, what="a compaction on file events")
     assert_exactly_once(storage, range(8_000))
-    assert live_set(storage).in_zone(layout.LANDING) == []
+    assert read_snapshot(storage).in_zone(layout.LANDING) == []
+
+
+def test_a_lake_without_a_table_is_waited_for_then_compacted(storage: LocalStorage, lake_root: Path) -> None:
+    settings = make_settings(lake_root, COMPACTION_SWEEP_SECONDS=0.2, COMPACTION_DEBOUNCE_SECONDS=0.2)
+    with watch_landing(Compactor(storage, settings), settings) as watcher:
+        wait_until(lambda: len(watcher.cycles) >= 3, 5, what="sweeps while the lake has no table")
+        publish_landing(storage, 0, 1_000, 8)  # the pipeline creates the table and commits
+        wait_until(lambda: storage.list_files(layout.COMPACTED), 10, what="a compacted file")
+    assert watcher.failures == 0
+    assert_exactly_once(storage, range(8_000))
+
+
+def test_a_directory_that_appears_later_is_watched_from_the_next_cycle(storage: LocalStorage) -> None:
+    recorder = Recorder()
+    later = storage.root / "later"
+    with _watcher(storage, recorder, sweep_seconds=0.3, also=[later]) as watcher:
+        wait_until(lambda: recorder.reasons("sweep") >= 1, 5, what="the start-up sweep")
+        later.mkdir()
+        wait_until(lambda: recorder.reasons("sweep") >= 3, 5, what="a sweep after the directory appeared")
+        (later / "x.json").write_text("{}")
+        wait_until(lambda: recorder.reasons("events") >= 1, 5, what="a cycle after a file in the new directory")
+    assert watcher.events_seen >= 1
+
+
+def test_a_commit_alone_calls_for_a_compaction(storage: LocalStorage, lake_root: Path) -> None:
+    """The eighth landing file was published before the watcher started; only its commit makes it due."""
+    publish_landing(storage, 0, 1_000, 7)
+    last = publish_landing(storage, 7_000, 1_000, 1, commit=False)
+    settings = make_settings(lake_root, COMPACTION_SWEEP_SECONDS=60, COMPACTION_DEBOUNCE_SECONDS=0.2)
+    with watch_landing(Compactor(storage, settings), settings) as watcher:
+        wait_until(lambda: watcher.cycles, 5, what="the start-up sweep")
+        assert storage.list_files(layout.COMPACTED) == []  # 7 files in the table: not due
+        commit_files(storage, last)  # no new file in landing/, a new entry in the log
+        wait_until(lambda: _compacted_by_events(storage, watcher), 10, what="a compaction on the commit's event")
+    assert_exactly_once(storage, range(8_000))
 
 
 def test_the_sweep_compacts_what_was_there_and_deletes_after_grace(storage: LocalStorage, lake_root: Path) -> None:
@@ -142,9 +182,9 @@ def test_the_sweep_compacts_what_was_there_and_deletes_after_grace(storage: Loca
     with watch_landing(Compactor(storage, settings), settings) as watcher:
         wait_until(lambda: storage.list_files(layout.COMPACTED), 10, what="a compacted file")
         wait_until(lambda: not any(storage.exists(f.key) for f in sources), 10, what="sources deleted after grace")
-    assert watcher.events_seen == 0
+    assert watcher.cycles[0] == "sweep"  # the start-up sweep compacted: no file event announced those files
     assert_exactly_once(storage, range(8_000))
-    assert live_set(storage).replaced == ()
+    assert disk_keys(storage) == table_keys(storage)
 
 
 def test_without_file_events_the_sweep_still_runs(storage: LocalStorage, monkeypatch) -> None:

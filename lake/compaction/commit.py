@@ -1,83 +1,79 @@
-"""The commit and deletion-after-grace protocol: publishing an output replaces its sources; deleting them waits.
+"""Publishing outputs into compacted/ and the one commit that makes them the lake: remove the inputs, add the outputs.
 
-Publishing is the commit point (the output appears whole, with ``badge.sources`` naming what it
-replaces, and the sources leave the live set at that instant). A replaced file is deleted only once
-the grace period has passed since the commit and none of the files it names exists any more (leaves
-first), so a reader that listed it can still read it. State lives in the files alone: a restart loses nothing.
+An output published into compacted/ is not part of the lake yet: no reader sees it until the commit adds
+it. The commit removes every input and adds every output in one transaction (``dataChange=false``), and
+only if every input is still in the table; otherwise nothing is committed and the outputs, which no
+reader can ever have seen, are deleted at once. Replaced inputs stay on disk until the clean-up after
+grace (:mod:`lake.cleanup`) deletes them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import threading
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
 
 from lake import layout
-from lake.compaction.steps import STEP_DELETED, STEP_DELETING, STEP_PUBLISHED, STEP_WRITTEN, StepHook
+from lake.compaction.steps import STEP_COMMITTED, STEP_PUBLISHED, STEP_WRITTEN, StepHook
 from lake.compaction.writing import KIND, Output
-from lake.liveset import DataFile, live_set
+from lake.filestats import FileStats
+from lake.snapshot import DataFile
 from lake.storage import FileInfo, LocalStorage
+from lake.table import LakeTable
 
 log = logging.getLogger(__name__)
 
 
-def publish_output(storage: LocalStorage, out: Output, lo: int, hi: int, step: StepHook) -> FileInfo:
-    """Commit the closed output ``out`` (events ``lo..hi``) into compacted/; its sources leave the live set.
+@dataclass(frozen=True)
+class Finished:
+    """An output published into compacted/ and the inputs it replaces, awaiting the compaction's commit."""
 
-    Atomic: after it returns the output is durable and live; if it raises, nothing was published.
+    info: FileInfo
+    inputs: tuple[DataFile, ...]
+    rows: int
+    predicted: int  # its size as predicted when it started (bytes)
+
+
+def publish_output(storage: LocalStorage, out: Output, lo: int, hi: int, step: StepHook) -> FileInfo:
+    """Publish the closed output ``out`` (events ``lo..hi``) into compacted/; it is not in the table yet.
+
+    Atomic: after it returns the output is durable and whole in compacted/; if it raises, nothing was published.
     """
     step(STEP_WRITTEN, out.tmp.name)
-    os.utime(out.tmp)  # the grace period runs from the commit, not from when writing began
+    os.utime(out.tmp)  # its age is what the clean-up's mtime rule sees: from now, not from when writing began
     name = layout.new_file_name(KIND, max(lo, 0), max(hi, 0))
     info = storage.publish(out.tmp, layout.COMPACTED, name)
     step(STEP_PUBLISHED, info.key)
     return info
 
 
-def delete_due(
-    storage: LocalStorage,
-    *,
-    grace_seconds: float,
-    clock: Callable[[], float],
-    stop: threading.Event,
-    step: StepHook,
-) -> list[str]:
-    """Delete replaced files whose grace period has passed, leaves first; returns the deleted keys.
+def commit_outputs(table: LakeTable, finished: Sequence[Finished], step: StepHook) -> int:
+    """Commit ``finished`` in one transaction: remove all their inputs, add all of them; returns the version.
 
-    A replaced file is due when ``clock()`` >= mtime of the compacted file naming it + grace; a replaced
-    compacted file is deleted only once none of the files it names exists any more. Ends early on ``stop``.
+    Each output's statistics come from the footer of the file this compactor has just written. Raises
+    StaleInputsError (nothing committed) if an input left the table since the snapshot, LakeError if
+    the commit failed (it may have landed: see :func:`landed`).
     """
-    live = live_set(storage)
-    if not live.replaced:
-        return []
-    now = clock()
-    named_at: dict[str, float] = {}
-    for f in (*live.files, *live.replaced):
-        for src in f.sources:
-            named_at[src] = max(named_at.get(src, 0.0), f.info.mtime_ns / 1e9)
-    pending = sorted(
-        (f for f in live.replaced if now >= named_at.get(f.key, math.inf) + grace_seconds),
-        key=lambda f: (f.info.mtime_ns, f.key),
-    )
-    deleted: list[str] = []
-    progress = True
-    while pending and progress and not stop.is_set():
-        progress = False
-        waiting: list[DataFile] = []
-        for f in pending:
-            if stop.is_set():
-                break
-            if any(storage.exists(src) for src in f.sources):
-                waiting.append(f)  # a leaf it names is still there: it goes first
-                continue
-            step(STEP_DELETING, f.key)
-            storage.delete(f.key)
-            step(STEP_DELETED, f.key)
-            deleted.append(f.key)
-            progress = True
-        pending = waiting
+    storage = table.storage
+    added = [(f.info, FileStats.of_footer(pq.read_metadata(storage.path(f.info.key)))) for f in finished]
+    table.replace([i for f in finished for i in f.inputs], added)
+    step(STEP_COMMITTED, f"version {table.version}")
+    return table.version
+
+
+def landed(table: LakeTable, finished: Sequence[Finished]) -> bool:
+    """After a failed commit: True if it landed after all (every output in the table, no input left)."""
+    table.refresh()
+    keys = {f.key for f in table.data_files()}
+    return all(f.info.key in keys for f in finished) and not any(i.key in keys for f in finished for i in f.inputs)
+
+
+def discard_outputs(storage: LocalStorage, finished: Sequence[Finished]) -> list[str]:
+    """Delete outputs no commit added (none was ever in the table, so no reader can be reading one)."""
+    deleted = [f.info.key for f in finished if storage.delete(f.info.key)]
     if deleted:
-        log.info("deleted %d replaced file(s) after the %.1f s grace period", len(deleted), grace_seconds)
+        log.info("deleted %d uncommitted compaction output(s)", len(deleted))
     return deleted

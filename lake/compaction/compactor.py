@@ -1,7 +1,7 @@
-"""The Compactor: one lake's compaction, composed of planning, reading, sizing, writing, commit and recovery.
+"""The Compactor: one lake's compaction, composed of planning, reading, sizing, writing, the commit and clean-up.
 
-Every public method leaves the live-set invariant true when it returns, raises or is killed, and is
-idempotent: running it again continues where a crash left off.
+Every public method leaves the table whole (each event exactly once in every snapshot) when it returns,
+raises or is killed, and is idempotent: running it again continues where a crash left off.
 """
 
 from __future__ import annotations
@@ -14,32 +14,41 @@ from typing import Final
 
 import pyarrow as pa
 
-from lake import layout, quarantine
+from lake import layout
+from lake.cleanup import GraceCleanup
 from lake.compaction import commit, planning, recovery
 from lake.compaction.metrics import CompactionMetrics, CycleReport
 from lake.compaction.planning import CompactionPlan
-from lake.compaction.reading import CorruptInputError, NeedsSortError, Prefetcher, checked_batches, read_batches
+from lake.compaction.reading import (
+    InputOpener,
+    NeedsSortError,
+    Prefetcher,
+    UnreadableInputError,
+    checked_batches,
+    open_native,
+    read_batches,
+)
 from lake.compaction.sizing import SizeModel, calibrate, ends_before, input_density, inputs_to_keep, sources_chars
 from lake.compaction.steps import STEP_SNAPSHOT, STEP_WRITING, CompactionStoppedError, StepHook
 from lake.compaction.writing import KIND, Output
-from lake.liveset import DataFile, LiveSet, live_set
 from lake.parquet import badge_metadata
+from lake.snapshot import DataFile, Snapshot
 from lake.storage import LocalStorage
+from lake.table import LakeTable, ensure_migrated, has_log
 from utils.config import Settings
+from utils.errors import LakeError, StaleInputsError
 
 log = logging.getLogger(__name__)
 
 # Compactions one cycle may run back to back (each one empties landing/ of what it snapshotted).
 MAX_COMPACTIONS_PER_CYCLE: Final = 100
-QUARANTINED_BY: Final = "compactor"  # the ``by`` of the reason files it writes
-SIDECAR_TEMP_NAME: Final = f"{KIND}-sidecar"  # starts with KIND: recovery removes a leftover
 
 
 class Compactor:
     """Compacts one lake. Not thread-safe: one worker calls it (the lake's compactor lock ensures one process).
 
-    Every public method leaves the live-set invariant true when it returns, raises or is killed, and is
-    idempotent: running it again continues where a crash left off.
+    Every public method leaves the table whole when it returns, raises or is killed, and is idempotent:
+    running it again continues where a crash left off. While the lake has no table it does nothing.
     """
 
     def __init__(
@@ -50,8 +59,8 @@ class Compactor:
         stop: threading.Event | None = None,
         hook: StepHook | None = None,
         clock: Callable[[], float] = time.time,
-        foreign_min_age_seconds: float = quarantine.FOREIGN_MIN_AGE_SECONDS,
         bytes_per_row: float | None = None,
+        open_input: InputOpener = open_native,
     ) -> None:
         self.storage = storage
         self.min_files = settings.compaction_min_files
@@ -60,8 +69,11 @@ class Compactor:
         self.grace_seconds = settings.compaction_grace_seconds
         self.stop_event = stop or threading.Event()
         self._hook = hook
-        self._clock = clock
-        self.foreign_min_age_seconds = foreign_min_age_seconds
+        self._open_input = open_input
+        self.cleanup = GraceCleanup(storage, self.grace_seconds, clock=clock, hook=self._step)
+        self._table: LakeTable | None = None
+        # Inputs that could not be read in this cycle: left out of its later plans, tried again next cycle.
+        self._unreadable: set[str] = set()
         # The output density: given (tests), else measured on a sample before the first output, then
         # learnt from every output written.
         self._model: SizeModel | None = SizeModel(bytes_per_row) if bytes_per_row is not None else None
@@ -86,62 +98,137 @@ class Compactor:
         return input_density(f)
 
     # -- step 1: the snapshot --------------------------------------------------------------------------
-    def is_due(self, live: LiveSet | None = None) -> bool:
-        """True when the live set holds at least COMPACTION_MIN_FILES landing files."""
-        live = live if live is not None else live_set(self.storage)
-        return planning.is_due(live, self.min_files)
+    def table(self) -> LakeTable | None:
+        """The lake's table, opened on first use; None while the lake has none (the pipeline creates it).
 
-    def plan(self, live: LiveSet) -> CompactionPlan:
-        """The snapshot of ``live`` (see :func:`lake.compaction.planning.plan`); overlapping files are logged."""
-        snapshot = planning.plan(live, self.min_bytes)
-        if snapshot.overlapping:
+        Raises UnmigratedLakeError for a lake in the previous layout.
+        """
+        if self._table is None:
+            ensure_migrated(self.storage)
+            if not has_log(self.storage.root):
+                return None
+            self._table = LakeTable.open(self.storage)
+        return self._table
+
+    def snapshot(self) -> Snapshot | None:
+        """The table's newest snapshot; None while the lake has no table."""
+        table = self.table()
+        if table is None:
+            return None
+        try:
+            return table.snapshot()
+        except LakeError:
+            self._table = None  # open it afresh next time
+            raise
+
+    def is_due(self, snapshot: Snapshot | None = None) -> bool:
+        """True when the table holds at least COMPACTION_MIN_FILES landing files (readable in this cycle)."""
+        snapshot = snapshot if snapshot is not None else self.snapshot()
+        return snapshot is not None and planning.is_due(snapshot, self.min_files, self._unreadable)
+
+    def plan(self, snapshot: Snapshot) -> CompactionPlan:
+        """The plan for ``snapshot`` (see :func:`lake.compaction.planning.plan`); overlapping files are logged."""
+        plan = planning.plan(snapshot, self.min_bytes, self._unreadable)
+        if plan.overlapping:
             log.error(
-                "live files with overlapping event ranges are left alone (the lake holds duplicates; "
+                "files of the table with overlapping event ranges are left alone (the table holds duplicates; "
                 "see `python -m lake verify`): %s",
-                ", ".join(snapshot.overlapping),
+                ", ".join(plan.overlapping),
             )
-        return snapshot
+        return plan
 
-    # -- steps 2 and 3: stream, publish --------------------------------------------------------------------
+    # -- steps 2 to 4: stream, publish, commit ------------------------------------------------------------
     def compact(self) -> CompactionMetrics | None:
-        """Compact the current snapshot if due; None if not due.
+        """Compact the table's current snapshot if due, in one commit; None if not due (or no table yet).
 
-        Outputs are published one by one (each a commit); an interruption or a corrupt input ends the
-        compaction early with what was published so far (a corrupt input is quarantined).
+        Outputs are published into compacted/ one by one, then one commit removes their inputs and adds
+        them. A stop, or an input that cannot be read, ends the writing early: the outputs finished so
+        far are committed with exactly their inputs (an unreadable input stays in the table, reported,
+        and is tried again next cycle). If an input left the table meanwhile nothing is committed and
+        the outputs are deleted.
         """
         started = time.perf_counter()
-        live = live_set(self.storage)
-        if not self.is_due(live):
+        snapshot = self.snapshot()
+        if snapshot is None or not self.is_due(snapshot):
             return None
-        snapshot = self.plan(live)
-        metrics = CompactionMetrics(snapshot_files=len(snapshot.inputs))
-        self._step(STEP_SNAPSHOT, "")
+        plan = self.plan(snapshot)
+        metrics = CompactionMetrics(snapshot_files=len(plan.inputs))
+        self._step(STEP_SNAPSHOT, f"version {snapshot.version}")
+        finished: list[commit.Finished] = []
         try:
-            for run in snapshot.runs:
+            for run in plan.runs:
                 self._check_stop()
-                self._write_run(list(run), metrics)
-        except CorruptInputError as exc:
-            log.error("compaction input is corrupt: %s", exc)
-            metrics.quarantined.append(self.quarantine(exc.key, exc.reason))
+                self._write_run(list(run), finished, metrics)
+        except UnreadableInputError as exc:
+            log.error(
+                "%s cannot be read (%s); it stays in the table and is tried again next cycle "
+                "(`python -m lake verify` says whether it is damaged)",
+                exc.key,
+                exc.reason,
+            )
+            metrics.unreadable.append(exc.key)
+            self._unreadable.add(exc.key)
         except CompactionStoppedError:
             metrics.interrupted = True
+        except Exception:
+            commit.discard_outputs(self.storage, finished)  # never committed: nobody can be reading them
+            raise
+        if finished:
+            self._commit(finished, metrics)
         metrics.seconds = time.perf_counter() - started
-        if metrics.files_in or metrics.quarantined or metrics.interrupted:
+        if metrics.files_in or metrics.unreadable or metrics.interrupted:
             log.info("%s", metrics.summary())
-        elif not snapshot.inputs:
-            log.warning("%d landing files are due but none can be compacted", len(live.in_zone(layout.LANDING)))
+        elif not plan.inputs:
+            log.warning("%d landing files are due but none can be compacted", len(snapshot.in_zone(layout.LANDING)))
         return metrics
 
-    def _write_run(self, run: list[DataFile], metrics: CompactionMetrics) -> None:
+    def _commit(self, finished: list[commit.Finished], metrics: CompactionMetrics) -> None:
+        """The compaction's one commit; counts the outputs once it has landed."""
+        table = self._table
+        assert table is not None
+        began = time.perf_counter()
+        try:
+            metrics.version = commit.commit_outputs(table, finished, self._step)
+        except StaleInputsError as exc:
+            metrics.stale = True
+            log.warning("compaction not committed: %s; its %d output(s) are deleted", exc, len(finished))
+            commit.discard_outputs(self.storage, finished)
+            return
+        except (OSError, ValueError) as exc:  # the outputs' footers: nothing was committed
+            commit.discard_outputs(self.storage, finished)
+            raise LakeError(f"compaction not committed: reading its outputs' statistics failed: {exc}") from exc
+        except LakeError as exc:
+            try:
+                after_all = commit.landed(table, finished)
+            except LakeError:
+                after_all = False
+            if not after_all:
+                log.error(
+                    "compaction commit failed (%s): nothing of it is in the table; its outputs are deleted "
+                    "by the clean-up after grace, and it is tried again next cycle",
+                    exc,
+                )
+                raise
+            metrics.version = table.version
+        metrics.commit_seconds = time.perf_counter() - began
+        for f in finished:
+            metrics.add_output(f.inputs, f.rows, f.info, f.predicted)
+
+    def _write_run(self, run: list[DataFile], finished: list[commit.Finished], metrics: CompactionMetrics) -> None:
         start, forced_end = 0, None
         while start < len(run):
-            retry = self._stream(run, start, forced_end, metrics)
+            retry = self._stream(run, start, forced_end, finished, metrics)
             if retry is None:
                 return
             start, forced_end = retry
 
     def _stream(
-        self, run: list[DataFile], start: int, forced_end: int | None, metrics: CompactionMetrics
+        self,
+        run: list[DataFile],
+        start: int,
+        forced_end: int | None,
+        finished: list[commit.Finished],
+        metrics: CompactionMetrics,
     ) -> tuple[int, int | None] | None:
         """Write ``run[start:]`` into outputs, publishing each; returns where to start again, or None.
 
@@ -158,20 +245,20 @@ class Compactor:
                 if out is not None and ends_before(
                     out, run, i, forced_end, max_bytes=self.max_bytes, model=self._size_model(run[i])
                 ):
-                    retry = self._finish(out, metrics)
+                    retry = self._finish(out, finished, metrics)
                     out = None
                     if retry is not None:
                         return retry
                     forced_end = None
                 if out is None:
                     self._check_stop()
-                    hint = layout.new_file_name(KIND, f.event_id_min, run[-1].event_id_max)
+                    hint = layout.new_file_name(KIND, max(0, f.event_id_min), max(0, run[-1].event_id_max))
                     out = Output(self.storage, i, hint, self._size_model(f))
                 self._copy(prefetch.batches(i - start), f, out)
                 if len(out.inputs) == 1:
                     self._step(STEP_WRITING, out.tmp.name)
             if out is not None:
-                retry = self._finish(out, metrics)
+                retry = self._finish(out, finished, metrics)
                 out = None
                 return retry
             return None
@@ -194,16 +281,18 @@ class Compactor:
                 out.abandon()
 
     def _read(self, f: DataFile) -> Generator[pa.RecordBatch, None, None]:
-        return read_batches(self.storage.path(f.key), f.key, sort=f.key in self._sort_keys)
+        return read_batches(self.storage.path(f.key), f.key, sort=f.key in self._sort_keys, opener=self._open_input)
 
     def _copy(self, batches: Iterator[pa.RecordBatch], f: DataFile, out: Output) -> None:
-        """Append one input to ``out``, checking its rows against its metadata on the way."""
+        """Append one input to ``out``, checking its rows against its statistics on the way."""
         checked = checked_batches(batches, f, sorted_on_read=f.key in self._sort_keys, check_stop=self._check_stop)
         for batch, ids in checked:
             out.add(batch, ids)
         out.inputs.append(f)
 
-    def _finish(self, out: Output, metrics: CompactionMetrics) -> tuple[int, int | None] | None:
+    def _finish(
+        self, out: Output, finished: list[commit.Finished], metrics: CompactionMetrics
+    ) -> tuple[int, int | None] | None:
         """Close ``out``; publish it, or discard it and ask for a retry if it ended above the ceiling."""
         sources = [f.key for f in out.inputs]
         if out.lo is None or out.hi is None:
@@ -212,6 +301,7 @@ class Compactor:
             lo, hi = out.lo, out.hi
         # what the model in force when the output started said it would weigh
         predicted = int(out.model_at_start.size(out.rows, sources_chars(sources)))
+        # badge.sources stays in the footer for humans; nothing reads it (the commit says what is replaced)
         size = out.close(badge_metadata(lo, hi, out.rows, sources))
         if self._model is None:
             self._model = self._size_model(out.inputs[0])
@@ -232,50 +322,29 @@ class Compactor:
         if size > self.max_bytes:
             log.warning("%s alone is larger than the ceiling (%d bytes); compacted on its own", sources[0], size)
         info = commit.publish_output(self.storage, out, lo, hi, self._step)
-        metrics.add_output(out.inputs, out.rows, info, predicted)
+        finished.append(commit.Finished(info, tuple(out.inputs), out.rows, predicted))
         log.debug("published %s: %d inputs, %d rows, %d bytes", info.key, len(sources), out.rows, info.size)
         return None
 
-    # -- step 4: deletion after grace ----------------------------------------------------------------------
-    def delete_due(self) -> list[str]:
-        """Delete replaced files whose grace period has passed, leaves first; returns the deleted keys.
+    # -- step 5: the clean-up after grace -----------------------------------------------------------------
+    def clean_up(self) -> list[str]:
+        """Delete the files out of their table for the grace period (see :mod:`lake.cleanup`); ends early on stop."""
+        return self.cleanup.run(self.stop_event)
 
-        See :func:`lake.compaction.commit.delete_due`; ends early when a stop is asked for.
-        """
-        return commit.delete_due(
-            self.storage, grace_seconds=self.grace_seconds, clock=self._clock, stop=self.stop_event, step=self._step
-        )
-
-    # -- step 5: recovery ---------------------------------------------------------------------------------
+    # -- recovery -----------------------------------------------------------------------------------------
     def recover(self) -> dict[str, list[str]]:
-        """Remove this role's temp leftovers, then delete what is due. Call at start, holding the lock."""
-        return recovery.recover(self.storage, self.delete_due)
-
-    # -- foreign and corrupt files ------------------------------------------------------------------------
-    def quarantine_foreign(self, live: LiveSet | None = None) -> list[str]:
-        """Move foreign or corrupt files out of landing/ and compacted/ into quarantine/; returns new keys.
-
-        Each is checked again without any cache first, and left alone while younger than
-        ``foreign_min_age_seconds`` (see :func:`lake.quarantine.quarantine_foreign`).
-        """
-        return quarantine.quarantine_foreign(
-            self.storage,
-            clock=self._clock,
-            by=QUARANTINED_BY,
-            temp_name=SIDECAR_TEMP_NAME,
-            min_age_seconds=self.foreign_min_age_seconds,
-            live=live,
-        )
-
-    def quarantine(self, key: str, reason: str) -> str:
-        """Move ``key`` into quarantine/ with ``<name>.reason.json`` beside it; returns the new key."""
-        return quarantine.quarantine_file(self.storage, key, reason, by=QUARANTINED_BY, temp_name=SIDECAR_TEMP_NAME)
+        """Remove this role's temp leftovers, then clean up what is due. Call at start, holding the lock."""
+        return recovery.recover(self.storage, self.clean_up)
 
     # -- one cycle -----------------------------------------------------------------------------------------
     def run_cycle(self) -> CycleReport:
-        """Quarantine foreign files, compact while due, delete what is due. Stops early when asked."""
+        """Compact while due, then clean up what is due. Stops early when asked.
+
+        Inputs that cannot be read are left out of the cycle's later compactions (the others go on)
+        and tried again in the next cycle.
+        """
         report = CycleReport()
-        report.quarantined = self.quarantine_foreign()
+        self._unreadable.clear()
         for _ in range(MAX_COMPACTIONS_PER_CYCLE):
             if self.stop_event.is_set():
                 break
@@ -283,9 +352,9 @@ class Compactor:
             if metrics is None:
                 break
             report.compactions.append(metrics)
-            report.quarantined.extend(metrics.quarantined)
-            if metrics.interrupted or (metrics.files_in == 0 and not metrics.quarantined):
+            report.unreadable.extend(metrics.unreadable)
+            if metrics.interrupted or metrics.stale or (metrics.files_in == 0 and not metrics.unreadable):
                 break
         if not self.stop_event.is_set():
-            report.deleted = self.delete_due()
+            report.deleted = self.clean_up()
         return report

@@ -1,6 +1,7 @@
 """What a compaction and a cycle did: files in and out, rows, bytes, time (delta-rs style metrics).
 
-Filled as outputs are published, so an interrupted compaction reports exactly what it committed.
+Outputs are counted once the commit adding them has landed, so a compaction reports exactly what it
+committed (an interrupted one its finished outputs, one whose inputs went stale nothing).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lake import layout
-from lake.liveset import DataFile
+from lake.snapshot import DataFile
 from lake.storage import FileInfo
 
 
@@ -19,7 +20,8 @@ class CompactionMetrics:
     """What one compaction did (delta-rs style): files in, rows, bytes in -> out, time."""
 
     snapshot_files: int = 0  # files the snapshot allowed this compaction to replace
-    files_in: int = 0  # files actually replaced (published outputs name them)
+    version: int | None = None  # the table version it committed (None: nothing committed)
+    files_in: int = 0  # files actually replaced (removed by its commit)
     landing_in: int = 0
     compacted_in: int = 0  # tiering: compacted files under the floor merged again
     rows: int = 0
@@ -29,16 +31,18 @@ class CompactionMetrics:
     output_sizes: list[int] = field(default_factory=list)
     predicted_sizes: list[int] = field(default_factory=list)  # the estimate at the output's start
     rewrites: int = 0  # outputs discarded for ending above the ceiling, written again smaller
-    quarantined: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # inputs it could not read: still in the table
+    stale: bool = False  # an input left the table before the commit: nothing committed, outputs deleted
     interrupted: bool = False
     seconds: float = 0.0
+    commit_seconds: float = 0.0
 
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
     def add_output(self, inputs: Sequence[DataFile], rows: int, info: FileInfo, predicted: int) -> None:
-        """Count a published output of ``rows`` rows replacing ``inputs``, predicted at ``predicted`` bytes."""
+        """Count a committed output of ``rows`` rows replacing ``inputs``, predicted at ``predicted`` bytes."""
         self.files_in += len(inputs)
         self.landing_in += sum(1 for f in inputs if f.info.zone == layout.LANDING)
         self.compacted_in += sum(1 for f in inputs if f.info.zone == layout.COMPACTED)
@@ -60,22 +64,22 @@ class CompactionMetrics:
             f"-> {len(self.outputs)} file(s): {self.rows:,} rows, {self.bytes_in / mb:.1f} MB -> "
             f"{self.bytes_out / mb:.1f} MB, {self.seconds:.2f} s ({self.rows_per_second / 1e6:.2f} M rows/s)"
             + (f", {self.rewrites} rewrite(s)" if self.rewrites else "")
-            + (f", {len(self.quarantined)} quarantined" if self.quarantined else "")
+            + (f", {len(self.unreadable)} unreadable input(s) left in the table" if self.unreadable else "")
             + (", interrupted" if self.interrupted else "")
         )
 
 
 @dataclass
 class CycleReport:
-    """One cycle: foreign files quarantined, compactions run while due, replaced files deleted."""
+    """One cycle: compactions run while due, inputs that could not be read, files deleted after grace."""
 
-    quarantined: list[str] = field(default_factory=list)
     compactions: list[CompactionMetrics] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "quarantined": self.quarantined,
             "compactions": [m.as_dict() for m in self.compactions],
+            "unreadable": self.unreadable,
             "deleted": self.deleted,
         }

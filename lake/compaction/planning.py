@@ -1,23 +1,25 @@
-"""Planning a compaction: whether one is due, and which files it may replace, as pure functions of a live set.
+"""Planning a compaction: whether one is due, and which files it may replace, as pure functions of a snapshot.
 
-A plan only holds runs of files consecutive in the live set, so no output's event-id range overlaps a
-file it does not replace; files overlapping another live file are left out.
+A plan only holds runs of files consecutive in the table's snapshot, so no output's event-id range
+overlaps a file it does not replace; files overlapping another file of the snapshot are left out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from lake import layout
-from lake.liveset import DataFile, LiveSet
+from lake.snapshot import DataFile, Snapshot
 
 
 @dataclass(frozen=True)
 class CompactionPlan:
-    """A snapshot: the files one compaction may read and replace, cut into runs of consecutive files."""
+    """The files one compaction may read and replace, cut into runs of consecutive files."""
 
+    version: int | None  # the table version the plan was made from
     runs: tuple[tuple[DataFile, ...], ...]
-    overlapping: tuple[str, ...] = ()  # live files whose event ranges overlap: left alone, reported
+    overlapping: tuple[str, ...] = ()  # files whose event ranges overlap: left alone, reported
 
     @property
     def inputs(self) -> list[DataFile]:
@@ -28,21 +30,23 @@ class CompactionPlan:
         return [f.key for f in self.inputs]
 
 
-def is_due(live: LiveSet, min_files: int) -> bool:
-    """True when ``live`` holds at least ``min_files`` landing files."""
-    return len(live.in_zone(layout.LANDING)) >= min_files
+def is_due(snapshot: Snapshot, min_files: int, skip: Collection[str] = ()) -> bool:
+    """True when ``snapshot`` holds at least ``min_files`` landing files (not counting those in ``skip``)."""
+    return sum(1 for f in snapshot.in_zone(layout.LANDING) if f.key not in skip) >= min_files
 
 
-def plan(live: LiveSet, min_bytes: int) -> CompactionPlan:
-    """The snapshot of ``live``: landing files and compacted files under ``min_bytes``, in runs.
+def plan(snapshot: Snapshot, min_bytes: int, skip: Collection[str] = ()) -> CompactionPlan:
+    """The plan for ``snapshot``: its landing files and compacted files under ``min_bytes``, in runs.
 
-    A run holds files that are consecutive in the live set's event order, so an output's id range
-    overlaps no other live file. A run of one compacted file is left as it is (nothing to merge).
-    Files whose event ranges overlap another live file's are left out and reported.
+    A run holds files that are consecutive in the snapshot's event order, so an output's id range
+    overlaps no other file of the table. A run of one compacted file is left as it is (nothing to
+    merge). Files whose event ranges overlap another file's are left out and reported; files in
+    ``skip`` (unreadable this cycle) are left out and cut the runs around them.
     """
+    files = snapshot.files
     overlapping: set[str] = set()
     previous: DataFile | None = None
-    for f in live.files:
+    for f in files:
         if f.row_count == 0:
             continue
         if previous is not None and f.event_id_min <= previous.event_id_max:
@@ -52,9 +56,11 @@ def plan(live: LiveSet, min_bytes: int) -> CompactionPlan:
     empty: list[DataFile] = []
     runs: list[list[DataFile]] = []
     current: list[DataFile] = []
-    for f in live.files:
-        candidate = f.key not in overlapping and (
-            f.info.zone == layout.LANDING or (f.info.zone == layout.COMPACTED and f.info.size < min_bytes)
+    for f in files:
+        candidate = (
+            f.key not in overlapping
+            and f.key not in skip
+            and (f.info.zone == layout.LANDING or (f.info.zone == layout.COMPACTED and f.info.size < min_bytes))
         )
         if candidate and f.row_count == 0:
             empty.append(f)  # holds no rows: fits in any run without disturbing its order
@@ -71,4 +77,4 @@ def plan(live: LiveSet, min_bytes: int) -> CompactionPlan:
             runs[0] = empty + runs[0]
         else:
             runs.append(empty)
-    return CompactionPlan(tuple(tuple(r) for r in runs), tuple(sorted(overlapping)))
+    return CompactionPlan(snapshot.version, tuple(tuple(r) for r in runs), tuple(sorted(overlapping)))

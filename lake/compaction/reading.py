@@ -1,7 +1,9 @@
-"""Reading compaction inputs: WRITE_SCHEMA batches, checked against their metadata, decoded ahead in a thread.
+"""Reading compaction inputs: WRITE_SCHEMA batches, checked against their statistics, decoded ahead in a thread.
 
-An input is either streamed whole in event-id order or refused with an error saying why (corrupt,
-or unsorted and to be sorted on the next read); memory stays bounded by a few batches.
+An input is either streamed whole in event-id order or refused with an error saying why (unreadable,
+contradicting its statistics in the log, or unsorted and to be sorted on the next read); memory stays
+bounded by a few batches. An unreadable input is never judged here: the compactor reports it and
+tries again next cycle, the file stays in the table (only ``python -m lake verify`` declares damage).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import queue
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
@@ -19,17 +21,29 @@ import pyarrow.parquet as pq
 
 from lake.compaction.schema import WRITE_SCHEMA
 from lake.compaction.steps import CompactionStoppedError
-from lake.liveset import DataFile
 from lake.parquet import DICTIONARY_COLUMNS, ROW_GROUP_ROWS
-from utils.errors import CorruptFileError, LakeError
+from lake.snapshot import DataFile
+from utils.errors import LakeError
 from utils.records import LAKE_SCHEMA
 
 # Batches the reader thread may decode ahead of the writer.
 PREFETCH_DEPTH: Final = 2
 
+# Opens an input for reading: a path (pyarrow opens it natively, the fast way) or any file object
+# pyarrow can read. Tests hand in a file layer that fails the way a disk or NFS does (EIO, ESTALE).
+InputOpener = Callable[[Path], Any]
 
-class CorruptInputError(CorruptFileError):
-    """An input turned out unreadable or inconsistent with its metadata while it was streamed."""
+
+def open_native(path: Path) -> str:
+    """The default opener: pyarrow reads the file itself (no Python in the read path)."""
+    return str(path)
+
+
+class UnreadableInputError(LakeError):
+    """An input of the snapshot could not be read, or its rows contradict its statistics in the log.
+
+    Retryable: an I/O error (EIO, ESTALE) may pass, and a damaged file is ``verify``'s to declare.
+    """
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"{key}: {reason}")
@@ -46,77 +60,77 @@ class NeedsSortError(LakeError):
 
 
 def _converter(schema: pa.Schema, key: str) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
-    """A function bringing batches of ``schema`` to WRITE_SCHEMA; raises CorruptInputError if impossible."""
+    """A function bringing batches of ``schema`` to WRITE_SCHEMA; raises UnreadableInputError if impossible."""
     if schema.equals(WRITE_SCHEMA, check_metadata=False):
         return lambda batch: batch
     if sorted(schema.names) != sorted(LAKE_SCHEMA.names):
-        raise CorruptInputError(key, f"columns {schema.names} differ from the lake's {LAKE_SCHEMA.names}")
+        raise UnreadableInputError(key, f"columns {schema.names} differ from the lake's {LAKE_SCHEMA.names}")
     try:
         schema.empty_table().select(LAKE_SCHEMA.names).cast(LAKE_SCHEMA)
     except (pa.ArrowException, ValueError, TypeError, NotImplementedError) as exc:
-        raise CorruptInputError(key, f"schema cannot be cast to the lake's ({exc})") from exc
+        raise UnreadableInputError(key, f"schema cannot be cast to the lake's ({exc})") from exc
 
     def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
         try:
             return batch.select(WRITE_SCHEMA.names).cast(WRITE_SCHEMA)
         except (pa.ArrowException, ValueError, TypeError) as exc:
-            raise CorruptInputError(key, f"values do not fit the lake's schema ({exc})") from exc
+            raise UnreadableInputError(key, f"values do not fit the lake's schema ({exc})") from exc
 
     return convert
 
 
-def _is_corruption(exc: BaseException) -> bool:
-    """Decoding errors (pyarrow raises them as OSError without errno, or ArrowInvalid), not system errors."""
+def _describe(exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
-        return False
-    if isinstance(exc, OSError):
-        return exc.errno is None
-    return isinstance(exc, pa.ArrowException | ValueError)
+        return f"missing from storage ({exc})"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"I/O error ({exc})"
+    return f"not readable Parquet ({type(exc).__name__}: {exc})"
 
 
-def read_batches(path: Path, key: str, *, sort: bool = False) -> Generator[pa.RecordBatch, None, None]:
+def read_batches(
+    path: Path, key: str, *, sort: bool = False, opener: InputOpener = open_native
+) -> Generator[pa.RecordBatch, None, None]:
     """The rows of one data file as WRITE_SCHEMA batches of at most ROW_GROUP_ROWS rows.
 
     Streams row group by row group unless ``sort`` (then the file is read whole and sorted by event_id).
-    Raises CorruptInputError for undecodable files, LakeError if the file vanished, OSError for I/O errors.
+    Raises UnreadableInputError for any failure to read it (I/O error, missing file, undecodable data).
     """
-    try:
-        footer = pq.read_metadata(path)
-        names = set(footer.schema.names)
-        as_dictionary = [c for c in DICTIONARY_COLUMNS if c in names]
-        pf = pq.ParquetFile(path, pre_buffer=True, metadata=footer, read_dictionary=as_dictionary)
-    except FileNotFoundError as exc:
-        raise LakeError(f"{key} vanished while it was being compacted") from exc
-    except (OSError, pa.ArrowException, ValueError) as exc:
-        if not _is_corruption(exc):
+    with contextlib.ExitStack() as stack:
+        try:
+            source = opener(path)
+            if hasattr(source, "close") and not isinstance(source, str):
+                stack.callback(source.close)
+            footer = pq.read_metadata(source)
+            names = set(footer.schema.names)
+            as_dictionary = [c for c in DICTIONARY_COLUMNS if c in names]
+            pf = pq.ParquetFile(source, pre_buffer=True, metadata=footer, read_dictionary=as_dictionary)
+            stack.callback(pf.close)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            raise UnreadableInputError(key, _describe(exc)) from exc
+        try:
+            convert = _converter(pf.schema_arrow, key)
+            if sort:
+                table = pf.read(use_threads=True).sort_by("event_id")
+                batches: Iterator[pa.RecordBatch] = iter(table.to_batches(max_chunksize=ROW_GROUP_ROWS))
+            else:
+                batches = pf.iter_batches(batch_size=ROW_GROUP_ROWS, use_threads=True)
+            for batch in batches:
+                if batch.num_rows:
+                    yield convert(batch)
+        except UnreadableInputError:
             raise
-        raise CorruptInputError(key, f"not readable Parquet ({exc})") from exc
-    try:
-        convert = _converter(pf.schema_arrow, key)
-        if sort:
-            table = pf.read(use_threads=True).sort_by("event_id")
-            batches: Iterator[pa.RecordBatch] = iter(table.to_batches(max_chunksize=ROW_GROUP_ROWS))
-        else:
-            batches = pf.iter_batches(batch_size=ROW_GROUP_ROWS, use_threads=True)
-        for batch in batches:
-            if batch.num_rows:
-                yield convert(batch)
-    except (OSError, pa.ArrowException, ValueError) as exc:
-        if not _is_corruption(exc) or isinstance(exc, CorruptInputError):
-            raise
-        raise CorruptInputError(key, f"data pages not decodable ({exc})") from exc
-    finally:
-        pf.close()
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            raise UnreadableInputError(key, _describe(exc)) from exc
 
 
 def checked_batches(
     batches: Iterator[pa.RecordBatch], f: DataFile, *, sorted_on_read: bool, check_stop: Callable[[], None]
 ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
-    """The batches of input ``f`` with their event ids, each checked against ``f``'s badge metadata.
+    """The batches of input ``f`` with their event ids, each checked against ``f``'s statistics in the log.
 
-    Raises NeedsSortError for rows out of event-id order (CorruptInputError if ``sorted_on_read``: a
-    duplicate id), CorruptInputError for ids outside the metadata's range or a row count that differs;
-    ``check_stop`` runs before every batch.
+    Raises NeedsSortError for rows out of event-id order (UnreadableInputError if ``sorted_on_read``: a
+    duplicate id), UnreadableInputError for ids outside the statistics' range or a row count that
+    differs; ``check_stop`` runs before every batch.
     """
     seen = 0
     last: int | None = None
@@ -126,19 +140,19 @@ def checked_batches(
         ids = batch.column(column).to_numpy()
         if (last is not None and ids[0] <= last) or bool(np.any(ids[1:] <= ids[:-1])):
             if sorted_on_read:
-                raise CorruptInputError(f.key, "the same event id appears twice")
+                raise UnreadableInputError(f.key, "the same event id appears twice")
             raise NeedsSortError(f.key)
         if ids[0] < f.event_id_min or ids[-1] > f.event_id_max:
-            raise CorruptInputError(
+            raise UnreadableInputError(
                 f.key,
-                f"holds event ids {int(ids[0])}..{int(ids[-1])} outside its metadata's "
+                f"holds event ids {int(ids[0])}..{int(ids[-1])} outside its statistics' "
                 f"{f.event_id_min}..{f.event_id_max}",
             )
         yield batch, ids
         seen += len(ids)
         last = int(ids[-1])
     if seen != f.row_count:
-        raise CorruptInputError(f.key, f"holds {seen} rows, its metadata says {f.row_count}")
+        raise UnreadableInputError(f.key, f"holds {seen} rows, its statistics say {f.row_count}")
 
 
 _DONE: Final = object()

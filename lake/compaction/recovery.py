@@ -1,6 +1,8 @@
-"""Recovery at start: remove the compactor's unfinished temp files, then carry on deleting what is due.
+"""Recovery at start: remove the compactor's unfinished temp files, then run the clean-up after grace.
 
-Safe after a crash at any step: a temp file is never part of the lake, and deletion resumes from the files alone.
+Safe after a crash at any step: the table is whole whatever step the crash hit (the commit is atomic),
+a temp file is never part of the lake, and outputs published but never committed are files outside
+the table, which the clean-up deletes after the grace period like any other.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def remove_temp_leftovers(storage: LocalStorage) -> list[str]:
-    """Delete the files in temp/ whose names start with KIND (outputs and reason files); returns their keys.
+    """Delete the files in temp/ whose names start with KIND (unfinished outputs); returns their keys.
 
     Only for the holder of the compactor lock: no other process writes such temp files.
     """
@@ -29,10 +31,10 @@ def remove_temp_leftovers(storage: LocalStorage) -> list[str]:
     return removed
 
 
-def recover(storage: LocalStorage, delete_due: Callable[[], list[str]]) -> dict[str, list[str]]:
-    """Remove the temp leftovers, then run ``delete_due``; returns what each removed.
+def recover(storage: LocalStorage, clean_up: Callable[[], list[str]]) -> dict[str, list[str]]:
+    """Remove the temp leftovers, then run ``clean_up``; returns what each removed.
 
     Idempotent: running it again after a crash during it finishes the job.
     """
     removed = remove_temp_leftovers(storage)
-    return {"temp_removed": removed, "deleted": delete_due()}
+    return {"temp_removed": removed, "deleted": clean_up()}

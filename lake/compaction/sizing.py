@@ -16,8 +16,8 @@ from typing import Final, Protocol
 import pyarrow as pa
 
 from lake.compaction.schema import WRITE_SCHEMA, open_output
-from lake.liveset import DataFile
 from lake.parquet import ROW_GROUP_ROWS
+from lake.snapshot import DataFile
 from utils.errors import LakeError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """Writing one compacted output into temp/: rows buffered into full row groups, its size measured as it grows.
 
-Nothing of an output is visible before it is published: it lives in temp/ under a name starting with
-KIND, and ``discard()`` (or recovery after a crash) removes it.
+Nothing of an output is visible before the compaction's commit adds it: until it is published into
+compacted/ it lives in temp/ under a name starting with KIND, and ``discard()`` (or recovery after a
+crash) removes it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import pyarrow as pa
 
 from lake.compaction.schema import WRITE_SCHEMA, open_output
 from lake.compaction.sizing import SizeModel
-from lake.liveset import DataFile
 from lake.parquet import ROW_GROUP_ROWS
+from lake.snapshot import DataFile
 from lake.storage import LocalStorage, fsync_file
 
 KIND: Final = "compacted"  # names of compacted files and of this role's temp files start with "compacted-"
