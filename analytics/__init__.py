@@ -1,4 +1,4 @@
-"""Analytics over the lake's live set: timed DuckDB queries, Plotly figures and the Streamlit dashboard.
+"""Analytics over the lake table's snapshot: timed DuckDB queries, Plotly figures and the Streamlit dashboard.
 
 ``LakeAnalytics(storage).snapshot()`` gives a consistent view of the lake whose methods answer the
 dashboard's questions for a :class:`Filters` selection; see :mod:`analytics.engine` for the definitions.

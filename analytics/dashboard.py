@@ -3,9 +3,10 @@
 ``analytics_app.py`` calls :func:`main`. The engine (DuckDB database and per-file partial aggregates)
 is cached per lake with ``st.cache_resource``, so reruns and sessions share it; the data part of the
 page is an ``st.fragment`` that reruns on its own every few seconds when auto-refresh is on, and the
-freshness KPI is a one-second fragment of its own, so it ages between refreshes. A failing query shows
+freshness KPI is a one-second fragment of its own, so it ages between refreshes. Every figure answers
+for one snapshot of the lake's table (the engine's long-lived reader of its log). A failing query shows
 its error in its place and the rest of the page still renders; an empty or missing lake shows how to
-start the pipeline.
+start the pipeline, a lake in the previous layout the one line saying to migrate it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from analytics.presentation import freshness_status, percent_text
 from analytics.results import Freshness, Kpis
 from lake.storage import LocalStorage
 from utils.config import Settings, get_settings
-from utils.errors import BadgeError
+from utils.errors import BadgeError, UnmigratedLakeError
 from utils.records import BUILDINGS, DEPARTMENTS
 
 T = TypeVar("T")
@@ -214,7 +215,7 @@ def health_panel(health: LakeHealth | None, error: str | None) -> None:
         delta="compaction due" if health.compaction_due else "below threshold",
         delta_color="orange" if health.compaction_due else "gray",
         delta_arrow="off",
-        help="Live landing files against COMPACTION_MIN_FILES.",
+        help="Landing files in the table against COMPACTION_MIN_FILES.",
     )
     cols[1].metric("Compacted files", f"{len(health.compacted):,}", help=f"{health.compacted_bytes / 2**20:,.1f} MB")
     last = health.last_compaction
@@ -224,10 +225,13 @@ def health_panel(health: LakeHealth | None, error: str | None) -> None:
         help=None if last is None else last.isoformat(timespec="seconds"),
     )
     cols[3].metric("Quarantined records", f"{health.quarantined_records:,}", help=f"{health.quarantine_files} files")
-    cols[4].metric("Replaced, awaiting deletion", f"{len(health.replaced):,}", help="Hidden from queries already.")
-    cols[5].metric("Invalid files", f"{len(health.invalid):,}", help="\n".join(health.invalid) or "none")
-    if health.invalid:
-        st.warning("Left out of every query (unreadable or without badge metadata): " + ", ".join(health.invalid))
+    cols[4].metric(
+        "Awaiting clean-up",
+        f"{len(health.awaiting_cleanup):,}",
+        help="Files on disk that the table does not hold (replaced by a compaction, orphaned or foreign): "
+        "never read, deleted after the grace period.",
+    )
+    cols[5].metric("Table version", "—" if health.version is None else f"{health.version:,}")
     left, right = st.columns([3, 2])
     with left:
         show_chart(
@@ -299,14 +303,18 @@ def empty_lake(settings: Settings) -> None:
 def body(engine: LakeAnalytics, settings: Settings, controls: Controls) -> None:
     """Everything that depends on the data: refreshed on its own schedule (a fragment)."""
     started = time.perf_counter()
-    snap, error = attempt("refresh", engine.snapshot)
-    if snap is None:
-        st.error(f"Could not read the lake at `{settings.data_lake_path}`: {error}")
+    try:
+        snap = engine.snapshot()
+    except UnmigratedLakeError as exc:
+        st.error(str(exc))  # the one line: run `python -m lake migrate`
+        return
+    except Exception as exc:  # the page must say why it shows nothing, whatever the cause
+        st.error(f"Could not read the lake at `{settings.data_lake_path}`: {type(exc).__name__}: {exc}")
         return
     if snap.is_empty:
         empty_lake(settings)
-        health, health_error = attempt("lake health", lake_health, snap.live, settings)
-        if health is not None and (health.quarantine_files or health.invalid or health.replaced):
+        health, health_error = attempt("lake health", lake_health, snap.lake, settings)
+        if health is not None and (health.quarantine_files or health.awaiting_cleanup):
             health_panel(health, health_error)
         return
     f = controls.filters
@@ -370,7 +378,7 @@ def body(engine: LakeAnalytics, settings: Settings, controls: Controls) -> None:
             f,
             key="chart_repeat",
         )
-    health, health_error = attempt("lake health", lake_health, snap.live, settings)
+    health, health_error = attempt("lake health", lake_health, snap.lake, settings)
     refresh_ms = (time.perf_counter() - started) * 1000
     tables["KPIs"] = kpis.as_frame() if kpis is not None else None
     tables["Lake health"] = health.as_frame() if health is not None else None
@@ -378,8 +386,8 @@ def body(engine: LakeAnalytics, settings: Settings, controls: Controls) -> None:
     performance_panel(refresh_ms)
     raw_data(tables)
     st.caption(
-        f"{snap.live.rows:,} rows in {len(snap.live.files):,} live files · refreshed "
-        f"{snap.taken_at.strftime('%H:%M:%S')} UTC · lake `{settings.data_lake_path}`"
+        f"{snap.lake.rows:,} rows in {len(snap.lake.files):,} files · table version {snap.lake.version} · "
+        f"refreshed {snap.taken_at.strftime('%H:%M:%S')} UTC · lake `{settings.data_lake_path}`"
     )
 
 

@@ -1,10 +1,15 @@
-"""The query engine: DuckDB over the live set, filtered by time range, departments and buildings.
+"""The query engine: DuckDB over the lake table's snapshot, filtered by time range, departments and buildings.
 
 Two modes give identical results: ``cached`` (default) sums per-file partial aggregates (see
 :mod:`analytics.partials`), scanning only new files on a refresh; ``direct`` reads the Parquet files on every
-query (the reference, and the benchmark's baseline). Every query reads only the files of
-``lake.liveset.live_set`` (a list, never a glob), on its own DuckDB connection, with every filter value
-passed as a parameter.
+query (the reference, and the benchmark's baseline). Every query reads only the files of one snapshot of
+the table's log (:class:`lake.table.SnapshotReader`, one long-lived reader per engine; a list of paths,
+never a glob), on its own DuckDB connection, with every filter value passed as a parameter. A file that
+no commit added (foreign, forged, orphaned, or removed by a compaction and awaiting clean-up) is never read.
+
+A file of the snapshot missing from disk while a refresh reads it means a newer snapshot exists (a
+compaction removed it and the clean-up deleted it): the refresh takes the newer snapshot and tries again,
+a bounded number of times. Any other read error is raised as LakeError; no file is ever left out.
 
 Definitions (shared by every figure and checked against independent ground truth in the tests):
 
@@ -19,7 +24,9 @@ Definitions (shared by every figure and checked against independent ground truth
   order). The time filter is ``start <= badge_out_timestamp < end`` with both bounds in whole UTC
   minutes (they are floored); naive timestamps are UTC, aware ones are converted. Traffic counts events
   per badge-out minute/hour; the heatmap counts arrivals by badge-in hour of day (UTC).
-* **Freshness**: newest ``badge_out_timestamp`` among the selected events, against now (UTC).
+* **Freshness**: newest ``badge_out_timestamp`` among the selected events, against now (UTC); for the
+  whole lake the dashboard's (cached) mode takes it from the files' statistics in the log
+  (``lake.snapshot.Snapshot.newest_event_time``), without reading a file.
 """
 
 from __future__ import annotations
@@ -55,8 +62,9 @@ from analytics.sql import (
     TRAFFIC_SQL,
 )
 from analytics.timeutil import MINUTES_PER_DAY, moment_of_minute, moment_of_us
-from lake.liveset import LiveSet, live_set
+from lake.snapshot import Snapshot as TableSnapshot
 from lake.storage import LocalStorage
+from lake.table import SnapshotReader
 from utils.errors import LakeError
 
 log = logging.getLogger(__name__)
@@ -71,7 +79,8 @@ class LakeAnalytics:
     """The query engine over one lake: a DuckDB database, per-file partials, and a snapshot per refresh.
 
     Thread-safe: each query runs on its own connection (a cursor of the shared database, the way
-    DuckDB documents for using one database from several threads); refreshes are serialized.
+    DuckDB documents for using one database from several threads); refreshes are serialized, and so
+    is the one table reader they share.
     """
 
     def __init__(
@@ -89,6 +98,7 @@ class LakeAnalytics:
         self._db = duckdb.connect(config={"threads": self.threads})
         self._db_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
+        self._reader = SnapshotReader(storage)
         self._last: Snapshot | None = None
 
     def connect(self) -> duckdb.DuckDBPyConnection:
@@ -102,36 +112,47 @@ class LakeAnalytics:
         with self._db_lock:
             self._db.close()
 
+    def _missing(self, table: TableSnapshot) -> list[str]:
+        return [f.key for f in table.files if not self.storage.path(f.key).exists()]
+
     @sql_monitoring("refresh")
     def snapshot(self) -> Snapshot:
-        """What the lake holds now: its live set and, in cached mode, the partials of its files.
+        """What the lake holds now: the table's newest snapshot and, in cached mode, the partials of its files.
 
-        Only files not seen before are read. Over an unchanged live set the previous snapshot is returned.
+        Only files not seen before are read. Over an unchanged table the previous snapshot is returned.
+        Raises UnmigratedLakeError for a lake in the previous layout, LakeError if the log or a file of
+        the snapshot cannot be read (after retrying with newer snapshots while files vanish).
         """
-        if self.mode == "direct":
-            return Snapshot(self, live_set(self.storage), None)
         with self._refresh_lock:
+            if self.mode == "direct":
+                return Snapshot(self, self._reader.snapshot(), None)
+            missing: list[str] = []
             for attempt in range(_REFRESH_ATTEMPTS):
-                live = live_set(self.storage)
+                table = self._reader.snapshot()
                 last = self._last
-                if last is not None and last.live.files == live.files:
+                if last is not None and last.lake.version == table.version and last.lake.files == table.files:
                     return last
                 con = self.connect()
                 try:
-                    partials, read = self.cache.ensure(con, self.storage, live.files)
-                except (duckdb.IOException, FileNotFoundError) as exc:
-                    # A file left the lake between listing and reading (a compactor's deletion): list again.
-                    log.debug("refresh attempt %d: %s", attempt + 1, exc)
-                    error: Exception = exc
+                    partials, read = self.cache.ensure(con, self.storage, table.files)
+                except (duckdb.Error, OSError) as exc:
+                    missing = self._missing(table)
+                    if not missing:
+                        raise LakeError(f"reading the files of table version {table.version} failed: {exc}") from exc
+                    # Removed by a compaction and cleaned up since this snapshot: a newer one exists.
+                    log.debug("refresh attempt %d: %s vanished (%s)", attempt + 1, missing[0], exc)
                     continue
                 finally:
                     con.close()
                 note_files_scanned(read)
-                self.cache.retain(f.info for f in live.files)
-                snap = Snapshot(self, live, partials)
+                self.cache.retain(f.info for f in table.files)
+                snap = Snapshot(self, table, partials)
                 self._last = snap
                 return snap
-        raise LakeError(f"the lake kept changing while it was read: {error}") from error
+        raise LakeError(
+            f"{missing[0]} is in the table's snapshot but missing from disk, in {_REFRESH_ATTEMPTS} successive "
+            "snapshots (run `python -m lake verify`)"
+        )
 
 
 @dataclass
@@ -139,7 +160,7 @@ class Snapshot:
     """One consistent view of the lake: every query answers for exactly these files."""
 
     engine: LakeAnalytics
-    live: LiveSet
+    lake: TableSnapshot  # the table's version, files and statistics this view answers for
     partials: Mapping[str, FilePartial] | None  # None: direct mode (read the files on every query)
     taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     _tables: dict[str, pa.Table] = field(default_factory=dict, repr=False)
@@ -147,15 +168,15 @@ class Snapshot:
 
     @property
     def is_empty(self) -> bool:
-        return self.live.rows == 0
+        return self.lake.rows == 0
 
     @property
     def num_rows(self) -> int:
-        """Rows in the live set (what a refresh reports to the query monitor)."""
-        return self.live.rows
+        """Rows in the snapshot, from the log (what a refresh reports to the query monitor)."""
+        return self.lake.rows
 
     def _ordered(self) -> list[FilePartial]:
-        return [] if self.partials is None else [self.partials[f.key] for f in self.live.files]
+        return [] if self.partials is None else [self.partials[f.key] for f in self.lake.files]
 
     def table(self, aggregate: Aggregate) -> pa.Table:
         """The partials of ``aggregate`` of all files that have one, concatenated (zero-copy, built once)."""
@@ -189,10 +210,10 @@ class Snapshot:
                 read.update(files)
 
             lo, hi = filters.minute_lo, filters.minute_hi
-            if self.live.is_empty:
+            if self.lake.is_empty:
                 pass  # no DuckDB call on an empty file list: the empty partial answers
             elif self.partials is None:
-                direct([str(p) for p in self.live.paths], lo, hi, "d_")
+                direct([str(p) for p in self.lake.paths], lo, hi, "d_")
             else:
                 size = aggregate.minutes_per_bucket
                 how = plan_spans(lo, hi, size, subtract=aggregate.additive and size > 1)
@@ -227,7 +248,7 @@ class Snapshot:
             con.close()
 
     def _path(self, partial: FilePartial) -> str:
-        return str(self.live.storage.path(partial.info.key))
+        return str(self.lake.storage.path(partial.info.key))
 
     # -- the queries --------------------------------------------------------------------------------
     @sql_monitoring("kpis")
@@ -305,9 +326,18 @@ class Snapshot:
 
     @sql_monitoring("freshness")
     def freshness(self, filters: Filters = ALL, now: datetime | None = None) -> Freshness:
-        """The newest badge-out among the selected events against ``now`` (default: the clock, UTC)."""
-        value = self._run(CUBE, FRESHNESS_SQL, filters).iloc[0]["newest_out_us"]
-        newest = None if pd.isna(value) else moment_of_us(int(value))
+        """The newest badge-out among the selected events against ``now`` (default: the clock, UTC).
+
+        For the whole lake, in cached mode, it is the newest of the files' statistics in the log (no file
+        is read); direct mode, the reference, reads the files.
+        """
+        newest: datetime | None
+        if filters == ALL and self.partials is not None:
+            stat = self.lake.newest_event_time
+            newest = None if stat is None else stat.replace(tzinfo=UTC)
+        else:
+            value = self._run(CUBE, FRESHNESS_SQL, filters).iloc[0]["newest_out_us"]
+            newest = None if pd.isna(value) else moment_of_us(int(value))
         return Freshness(newest, (now or datetime.now(UTC)).astimezone(UTC))
 
     def time_bounds(self, filters: Filters = ALL) -> tuple[datetime | None, datetime | None]:

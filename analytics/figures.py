@@ -209,7 +209,7 @@ def make_repeat_offenders_figure(df: pd.DataFrame) -> go.Figure:
 
 
 def make_compacted_sizes_figure(df: pd.DataFrame, target_min_mb: float, target_max_mb: float) -> go.Figure:
-    """Sizes of the live compacted files against the compaction target band (``file, mb, published``)."""
+    """Sizes of the table's compacted files against the compaction target band (``file, mb, published``)."""
     title = "Compacted files (MB) and target band"
     if df.empty:
         return empty_figure(title, "No compacted files yet")

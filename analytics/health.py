@@ -1,6 +1,8 @@
-"""Lake health for the dashboard: what waits for compaction, what was compacted, what was refused.
+"""Lake health for the dashboard: what waits for compaction, what was compacted, what waits for clean-up.
 
-Read from file listings and Parquet footers only (cheap at any size): no data page is read.
+What the lake holds comes from the table's snapshot (its log); the only listings are of the files on
+disk that the table does not hold (awaiting clean-up after the grace period) and of temp/. No data page
+is read.
 """
 
 from __future__ import annotations
@@ -10,32 +12,33 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from analytics.monitor import note_files_scanned, sql_monitoring
+from analytics.monitor import sql_monitoring
 from lake import layout
-from lake.liveset import LiveSet
 from lake.quarantine import count_quarantine
+from lake.snapshot import Snapshot
 from lake.storage import FileInfo
 from utils.config import Settings
 
 
 @dataclass(frozen=True)
 class LakeHealth:
-    """One look at the lake's zones, beside the compaction settings."""
+    """One look at the lake's table and zones, beside the compaction settings."""
 
-    live_files: int
-    live_rows: int
-    live_bytes: int
-    landing_files: int  # live landing files: the compactor's backlog
+    version: int | None  # the table's version (None: no table yet)
+    table_files: int
+    table_rows: int
+    table_bytes: int
+    landing_files: int  # landing files in the table: the compactor's backlog
     landing_bytes: int
     compaction_min_files: int
-    compacted: tuple[FileInfo, ...]  # live compacted files
+    compacted: tuple[FileInfo, ...]  # compacted files in the table
     target_min_bytes: int
     target_max_bytes: int
-    replaced: tuple[FileInfo, ...]  # hidden by a compacted file, awaiting deletion after the grace period
-    invalid: tuple[str, ...]  # unreadable or foreign files left out of the live set
-    quarantine_files: int  # files in quarantine/, the .reason.json beside moved files not counted
+    # On disk in landing/ or compacted/ but not in the table (removed by a compaction, orphaned by a
+    # crash, or foreign): never read, deleted by the clean-up after the grace period.
+    awaiting_cleanup: tuple[FileInfo, ...]
+    quarantine_files: int
     quarantined_records: int
-    quarantine_unreadable: int  # quarantine files whose row count could not be read
     temp_files: int
 
     @property
@@ -48,13 +51,13 @@ class LakeHealth:
 
     @property
     def last_compaction(self) -> datetime | None:
-        """When the newest live compacted file was published (aware UTC), or None."""
+        """When the newest compacted file of the table was published (aware UTC), or None."""
         if not self.compacted:
             return None
         return datetime.fromtimestamp(max(f.mtime_ns for f in self.compacted) / 1e9, UTC)
 
     def compacted_frame(self) -> pd.DataFrame:
-        """The live compacted files: ``file, mb, published`` (newest first)."""
+        """The table's compacted files: ``file, mb, published`` (newest first)."""
         rows = [
             {
                 "file": f.name,
@@ -69,17 +72,17 @@ class LakeHealth:
         """Every figure as ``measure, value`` rows (for the raw-data tab and its CSV)."""
         last = self.last_compaction
         items: list[tuple[str, object]] = [
-            ("live files", self.live_files),
-            ("live rows", self.live_rows),
-            ("live bytes", self.live_bytes),
+            ("table version", "" if self.version is None else self.version),
+            ("files in the table", self.table_files),
+            ("rows in the table", self.table_rows),
+            ("bytes in the table", self.table_bytes),
             ("landing files", self.landing_files),
             ("compaction threshold (files)", self.compaction_min_files),
             ("compaction due", self.compaction_due),
             ("compacted files", len(self.compacted)),
             ("compacted bytes", self.compacted_bytes),
             ("last compaction (UTC)", last.isoformat() if last else ""),
-            ("replaced files awaiting deletion", len(self.replaced)),
-            ("invalid files", len(self.invalid)),
+            ("files not in the table, awaiting clean-up", len(self.awaiting_cleanup)),
             ("quarantine files", self.quarantine_files),
             ("quarantined records", self.quarantined_records),
             ("temp files", self.temp_files),
@@ -88,27 +91,27 @@ class LakeHealth:
 
 
 @sql_monitoring("lake health")
-def lake_health(live: LiveSet, settings: Settings) -> LakeHealth:
-    """Zones and compaction state of the lake ``live`` was listed from, read from listings and footers."""
-    storage = live.storage
-    landing = live.in_zone(layout.LANDING)
-    compacted = tuple(f.info for f in live.in_zone(layout.COMPACTED))
-    quarantine = count_quarantine(storage)  # footers through the lake's one bounded cache
-    note_files_scanned(quarantine.footers_read)
+def lake_health(snapshot: Snapshot, settings: Settings) -> LakeHealth:
+    """Zones and compaction state of the lake at ``snapshot`` (the table's files), and what lies beside it."""
+    storage = snapshot.storage
+    landing = snapshot.in_zone(layout.LANDING)
+    compacted = tuple(f.info for f in snapshot.in_zone(layout.COMPACTED))
+    held = set(snapshot.keys)
+    beside = tuple(info for zone in layout.DATA_ZONES for info in storage.list_all(zone) if info.key not in held)
+    quarantine = count_quarantine(storage)  # from the quarantine table's log
     return LakeHealth(
-        live_files=len(live.files),
-        live_rows=live.rows,
-        live_bytes=live.bytes,
+        version=snapshot.version,
+        table_files=len(snapshot.files),
+        table_rows=snapshot.rows,
+        table_bytes=snapshot.bytes,
         landing_files=len(landing),
         landing_bytes=sum(f.info.size for f in landing),
         compaction_min_files=settings.compaction_min_files,
         compacted=compacted,
         target_min_bytes=settings.compaction_target_min_bytes,
         target_max_bytes=settings.compaction_target_max_bytes,
-        replaced=tuple(f.info for f in live.replaced),
-        invalid=live.invalid,
+        awaiting_cleanup=beside,
         quarantine_files=quarantine.files,
         quarantined_records=quarantine.rows,
-        quarantine_unreadable=quarantine.unreadable,
         temp_files=len(storage.list_all(layout.TEMP)),
     )

@@ -1,9 +1,11 @@
 """Per-file partial aggregates: the dashboard's figures are sums over small tables cached per data file.
 
 Data files are immutable (published once, never rewritten), so a file's aggregates, keyed by its key,
-size and modification time, never go stale. A refresh scans only files it has not seen; a compacted
-file whose sources are all cached gets its aggregates by merging theirs (it holds exactly their rows:
-the live set holds each event once before and after a compaction; the row counts are checked).
+size and modification time (from its ``add`` action in the table's log), never go stale. A refresh
+scans only files it has not seen. A compacted file whose sources are all cached gets its aggregates by
+merging theirs: the file is in the table's snapshot (the log says it exists), its footer's
+``badge.sources`` is read only as a hint naming the files it replaced, and the merge is used only if
+their row counts add up to the file's ``numRecords`` in the log; otherwise the file is scanned.
 
 The time axis is the **event time**, ``badge_out_timestamp``: the stream emits a session when it closes,
 files are in that order (tight row-group statistics), and freshness is measured on it. Three aggregates
@@ -22,6 +24,7 @@ without the partial, are read directly (cheap: files are sorted by badge-out, so
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,8 +36,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake.liveset import DataFile
+from lake import layout
+from lake.snapshot import DataFile
 from lake.storage import FileInfo, LocalStorage
+from utils.errors import LakeError
 from utils.records import COMPLIANCE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -220,8 +225,26 @@ def merge_tables(con: duckdb.DuckDBPyConnection, aggregate: Aggregate, tables: S
         cur.close()
 
 
+def sources_hint(storage: LocalStorage, f: DataFile) -> tuple[str, ...]:
+    """The keys a compacted file's footer says it replaced (``badge.sources``): a hint, never a fact.
+
+    Only for a file of the table's snapshot; a missing, unreadable or malformed footer gives no hint
+    (the file is then scanned, and a read error surfaces there).
+    """
+    if f.info.zone != layout.COMPACTED:
+        return ()
+    try:
+        raw = storage.read_metadata(f.key).get(layout.META_SOURCES)
+        parsed = json.loads(raw) if raw is not None else []
+    except (OSError, ValueError, LakeError):
+        return ()
+    if not isinstance(parsed, list) or not all(isinstance(s, str) for s in parsed):
+        return ()
+    return tuple(parsed)
+
+
 class PartialCache:
-    """Partials by file, thread-safe; entries for files that left the live set are dropped by :meth:`retain`.
+    """Partials by file, thread-safe; entries for files that left the snapshot are dropped by :meth:`retain`.
 
     ``users_max_share``: a users partial is kept only if it has at most this share of the file's rows
     (small landing files would gain nothing and cost memory: they are read directly instead).
@@ -268,8 +291,9 @@ class PartialCache:
                 missing.append(f)
         to_scan: dict[str, list[DataFile]] = {agg.name: [] for agg in AGGREGATES}
         derived: dict[str, FilePartial] = {}
+        current = {f.key for f in files}
         for f in missing:
-            merged = self._derive(con, f)
+            merged = self._derive(con, storage, f, current)
             if merged is None:
                 for agg in AGGREGATES:
                     to_scan[agg.name].append(f)
@@ -297,12 +321,19 @@ class PartialCache:
             log.debug("read %d files for partial aggregates", len(read))
         return out, len(read)
 
-    def _derive(self, con: duckdb.DuckDBPyConnection, f: DataFile) -> FilePartial | None:
-        """Merge the cached partials of the files ``f`` replaced, if all are cached and the rows add up."""
-        if not f.sources:
+    def _derive(
+        self, con: duckdb.DuckDBPyConnection, storage: LocalStorage, f: DataFile, current: set[str]
+    ) -> FilePartial | None:
+        """Merge the cached partials of the files ``f`` replaced, if all are cached and the rows add up.
+
+        Which files it replaced comes from its footer's hint; it is used only if none of them is still in
+        the snapshot (``current``) and their rows add up to ``f``'s ``numRecords`` in the log.
+        """
+        hint = sources_hint(storage, f)
+        if not hint or len(set(hint)) != len(hint) or current.intersection(hint):
             return None
         with self._lock:
-            parts = [self._by_key.get(s) for s in f.sources]
+            parts = [self._by_key.get(s) for s in hint]
         sources = [p for p in parts if p is not None]
         if len(sources) != len(parts) or sum(p.rows for p in sources) != f.row_count:
             return None

@@ -1,6 +1,9 @@
-"""``python -m lake stats|verify [--json]``: look into a lake from the command line.
+"""``python -m lake stats|verify|migrate [--json]``: look into a lake, prove it whole, or migrate it.
 
-``verify`` exits 0 only if the lake is whole (see :func:`lake.audit.verify`), 1 otherwise.
+``stats`` and ``verify`` read the lake's Delta table (see :mod:`lake.audit`); ``verify`` exits 0 only
+if the lake is whole, 1 otherwise. ``migrate`` turns a lake in the previous layout into its tables in
+place (:func:`lake.migrate.migrate`); on a lake in the previous layout ``stats`` and ``verify`` exit 2
+with the one line saying to run it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 from lake.audit import stats, verify
 from lake.storage import LocalStorage
 from processes.cli import EXIT_ERROR, EXIT_OK, run_main
-from utils.config import get_settings
+from utils.config import Settings, get_settings
 
 
 def _human_bytes(n: int) -> str:
@@ -26,29 +29,77 @@ def _human_bytes(n: int) -> str:
 
 
 def _print_stats(data: dict[str, Any]) -> None:
+    table = data["table"]
     print(f"lake: {data['lake']}")
-    print(f"{'zone':<12}{'files':>8}{'rows':>14}{'bytes':>12}")
+    if table["version"] is None:
+        print("table: none yet (the lake is empty; start `python pipeline.py`)")
+    else:
+        print(
+            f"table: version {table['version']}, {table['log_entries']} log entries, "
+            f"{table['checkpoints']} checkpoint(s); pipeline position {table['committed_event_id']}"
+        )
+    print(f"{'zone':<14}{'files':>8}{'rows':>14}{'bytes':>12}")
     for zone, z in data["zones"].items():
-        print(f"{zone:<12}{z['files']:>8}{z['rows']:>14,}{_human_bytes(z['bytes']):>12}")
-    live = data["live"]
-    print(f"{'live set':<12}{live['files']:>8}{live['rows']:>14,}{_human_bytes(live['bytes']):>12}")
-    print(f"max event id: {live['max_event_id']}")
-    if live["replaced_files_pending_deletion"]:
-        print(f"replaced files awaiting deletion: {live['replaced_files_pending_deletion']}")
-    if live["invalid_files"]:
-        print(f"unreadable or foreign files left out: {', '.join(live['invalid_files'])}")
+        print(f"{zone:<14}{z['files']:>8}{z['rows']:>14,}{_human_bytes(z['bytes']):>12}")
+    print(f"{'in the table':<14}{table['files']:>8}{table['rows']:>14,}{_human_bytes(table['bytes']):>12}")
+    print(f"max event id: {table['max_event_id']}")
+    beside = data["not_in_table"]
+    if beside["files"]:
+        print(
+            f"files on disk not in the table (awaiting clean-up after the grace period): {beside['files']} "
+            f"({_human_bytes(beside['bytes'])})"
+        )
     if data["newest_event_time"]:
         print(f"newest event: {data['newest_event_time']} (freshness lag {data['freshness_lag_seconds']:.1f} s)")
     else:
-        print("newest event: none yet (the lake is empty; start `python pipeline.py`)")
+        print("newest event: none yet")
+
+
+def _print_verify(report: dict[str, Any]) -> None:
+    verdict = "OK" if report["ok"] else "FAILED"
+    print(
+        f"verify {verdict}: table version {report['version']}, ids 0..{report['committed_event_id']}: "
+        f"{report['table_rows']:,} rows in the table, {report['quarantined_rows']:,} quarantined, "
+        f"{report['files_checked']} files checked"
+    )
+    for problem in report["problems"]:
+        print(f"  problem: {problem}")
+    for note in report["notes"]:
+        print(f"  note: {note}")
+
+
+def _migrate(storage: LocalStorage, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    # Imported here: only this command needs the previous layout's reader.
+    from lake.migrate import legacy_identity, migrate
+
+    identity = legacy_identity(
+        storage,
+        settings.generator_seed if args.seed is None else args.seed,
+        settings.events_per_second if args.events_per_second is None else args.events_per_second,
+        args.stream_start or settings.generator_stream_start,
+    )
+    return migrate(storage, identity)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lake", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lake", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("stats", "files, rows, bytes per zone; freshness"), ("verify", "check exactly-once")):
+    commands = (
+        ("stats", "files, rows, bytes per zone from the table's log; the log; freshness"),
+        ("verify", "prove every event id is in the table or quarantine exactly once; check every file"),
+        ("migrate", "turn a lake in the previous layout into its Delta tables, in place"),
+    )
+    for name, text in commands:
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "migrate":
+            p.add_argument("--seed", type=int, help="the stream's seed (default: GENERATOR_SEED)")
+            p.add_argument(
+                "--events-per-second",
+                type=float,
+                help="the stream's timeline rate (default: EVENTS_PER_SECOND; for a firehose lake, the nominal rate)",
+            )
+            p.add_argument("--stream-start", help="the stream's start, ISO-8601 UTC (default: GENERATOR_STREAM_START)")
     args = parser.parse_args(argv)
 
     def run() -> int:
@@ -61,19 +112,15 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _print_stats(data)
             return EXIT_OK
+        if args.command == "migrate":
+            result = _migrate(storage, settings, args)
+            print(json.dumps(result, indent=2, default=str) if args.json else result["message"])
+            return EXIT_OK
         report = verify(storage, settings.compaction_grace_seconds)
         if args.json:
             print(json.dumps(report.as_dict(), indent=2))
         else:
-            verdict = "OK" if report.ok else "FAILED"
-            print(
-                f"verify {verdict}: {report.live_rows:,} live rows, {report.quarantined_rows:,} quarantined, "
-                f"max event id {report.max_event_id}, {report.files_checked} files checked"
-            )
-            for problem in report.problems:
-                print(f"  problem: {problem}")
-            for note in report.notes:
-                print(f"  note: {note}")
+            _print_verify(report.as_dict())
         return EXIT_OK if report.ok else EXIT_ERROR
 
     return run_main(run)

@@ -5,13 +5,16 @@ home building they mostly use), arrivals peaking in the morning over several day
 working day with about a quarter under four hours, about 2 % denied attempts (``badge_out == badge_in``),
 microsecond timestamps, and event ids in stream order: sorted by badge-out, the event time, as the
 generator service emits them. Same arguments, same
-records. Tests compute their ground truth from the returned tables, never from the queries under test.
+records. :func:`publish` commits what it writes to the lake's Delta table (as the pipeline and the
+compactor would), so every reader sees it through the log. Tests compute their ground truth from the
+returned tables, never from the queries under test.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,12 +23,17 @@ from typing import cast
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from lake import layout
-from lake.parquet import write_file
+from lake.filestats import FileStats
+from lake.parquet import badge_metadata, write_file
+from lake.quarantine import commit_refused
 from lake.storage import FileInfo, LocalStorage
-from testkit.records import Population, assemble
-from utils.records import BUILDINGS, RECORD_SCHEMA, with_duration
+from lake.table import LakeTable
+from testkit.landing import commit_files
+from testkit.records import TEST_IDENTITY, Population, assemble
+from utils.records import BUILDINGS, QUARANTINE_SCHEMA, RECORD_SCHEMA, with_duration
 
 US_PER_S = 1_000_000
 US_PER_DAY = 86_400 * US_PER_S
@@ -151,13 +159,13 @@ def edge_cases(first_event_id: int, start: datetime) -> pa.Table:
 
 @dataclass
 class BuiltLake:
-    """A lake on disk and the records its live set must show (the ground truth)."""
+    """A lake on disk and the records its table must show (the ground truth)."""
 
     storage: LocalStorage
-    table: pa.Table  # LAKE_SCHEMA, every live record exactly once
-    landing: list[FileInfo]
-    compacted: list[FileInfo]
-    replaced: list[FileInfo]
+    table: pa.Table  # LAKE_SCHEMA, every record of the table exactly once
+    landing: list[FileInfo]  # landing files in the table
+    compacted: list[FileInfo]  # compacted files in the table
+    replaced: list[FileInfo]  # landing files a compaction removed from the table, still on disk
 
 
 def split(table: pa.Table, parts: int) -> list[pa.Table]:
@@ -165,6 +173,22 @@ def split(table: pa.Table, parts: int) -> list[pa.Table]:
     parts = max(1, min(parts, table.num_rows))
     edges = np.linspace(0, table.num_rows, parts + 1).astype(int)
     return [table.slice(int(a), int(b - a)) for a, b in itertools.pairwise(edges)]
+
+
+def compact(storage: LocalStorage, sources: Sequence[FileInfo]) -> FileInfo:
+    """Rewrite the committed files ``sources`` into one compacted file and commit the swap, as the compactor does.
+
+    One commit removes every source and adds the output (``dataChange=false``); the output's footer names
+    the sources in ``badge.sources`` (for people, and the dashboard's merge hint). The sources stay on disk.
+    """
+    table = LakeTable.open(storage)
+    held = {f.key: f for f in table.snapshot().files}
+    rows = pa.concat_tables([pq.read_table(storage.path(s.key)) for s in sources])
+    out = write_file(
+        storage, rows, layout.COMPACTED, "compacted", {layout.META_SOURCES: json.dumps([s.key for s in sources])}
+    )
+    table.replace([held[s.key] for s in sources], [(out, FileStats.of_footer(pq.read_metadata(storage.path(out.key))))])
+    return out
 
 
 def publish(
@@ -176,13 +200,16 @@ def publish(
     compacted_files: int = 1,
     keep_replaced: bool = True,
 ) -> BuiltLake:
-    """Publish ``table`` (LAKE_SCHEMA) so the live set holds each row once, exercising every kind of file.
+    """Publish ``table`` (LAKE_SCHEMA) and commit it to the lake's table so it holds each row once.
 
-    The first ``compacted_share`` of the rows go into ``compacted_files`` compacted files whose
-    ``badge.sources`` name landing files holding the same rows; those landing files stay on disk
-    (replaced, awaiting deletion) when ``keep_replaced``. The rest become ``landing_files`` landing files.
+    The first ``compacted_share`` of the rows go into ``compacted_files`` compacted files, each committed
+    the way the compactor does it: three landing files committed first, then one commit replacing them
+    with the compacted file. Those landing files stay on disk (out of the table, awaiting clean-up) when
+    ``keep_replaced``. The rest become ``landing_files`` committed landing files. The table is created
+    for TEST_IDENTITY if the lake has none; the pipeline's position ends at the last event id.
     """
     storage.ensure_layout()
+    LakeTable.open_or_create(storage, TEST_IDENTITY)
     cut = int(table.num_rows * compacted_share)
     head, tail = table.slice(0, cut), table.slice(cut)
     compacted: list[FileInfo] = []
@@ -190,15 +217,8 @@ def publish(
     if head.num_rows:
         for part in split(head, compacted_files):
             sources = [write_file(storage, piece, layout.LANDING, "landing") for piece in split(part, 3)]
-            compacted.append(
-                write_file(
-                    storage,
-                    part,
-                    layout.COMPACTED,
-                    "compacted",
-                    {layout.META_SOURCES: json.dumps([s.key for s in sources])},
-                )
-            )
+            commit_files(storage, sources)
+            compacted.append(compact(storage, sources))
             if keep_replaced:
                 replaced.extend(sources)
             else:
@@ -207,24 +227,43 @@ def publish(
     landing = [write_file(storage, part, layout.LANDING, "landing") for part in split(tail, landing_files)]
     if not tail.num_rows:
         landing = []
+    commit_files(storage, landing)
     return BuiltLake(storage, table, landing, compacted, replaced)
 
 
-def add_quarantine(storage: LocalStorage, reasons: Sequence[str]) -> FileInfo:
-    """A quarantine file holding one QUARANTINE_SCHEMA record per reason."""
-    from utils.records import QUARANTINE_SCHEMA
-
+def add_quarantine(storage: LocalStorage, reasons: Sequence[str], *, first_event_id: int = 0) -> FileInfo:
+    """Refused records, one QUARANTINE_SCHEMA record per reason (ids from ``first_event_id``), committed
+    to the lake's quarantine table."""
     n = len(reasons)
     columns: dict[str, list[object]] = {name: [None] * n for name in QUARANTINE_SCHEMA.names}
-    columns["event_id"] = list(range(n))
+    columns["event_id"] = list(range(first_event_id, first_event_id + n))
     columns["reason"] = list(reasons)
-    table = pa.Table.from_pydict(columns, schema=QUARANTINE_SCHEMA)
-    return write_file(storage, table, layout.QUARANTINE, "quarantine", {layout.META_REASON: "test"})
+    return commit_refused(storage, pa.Table.from_pydict(columns, schema=QUARANTINE_SCHEMA))
 
 
-def add_foreign_file(storage: LocalStorage, name: str = "foreign.parquet") -> str:
-    """A file in landing/ that is not a lake data file (no badge metadata); the live set must leave it out."""
-    key = f"{layout.LANDING}/{name}"
+def add_forged_files(storage: LocalStorage, built: BuiltLake) -> list[str]:
+    """Files no commit added, each made to fool a reader that trusts listings or footers (issue 11's findings).
+
+    A zero-row compacted file whose ``badge.sources`` names three landing files of the table; a 10-row
+    landing file repeating ids 0..9 whose footer claims ids up to 9,999,999; a byte-for-byte copy of a
+    file of the table under a new compacted name. Returns their keys.
+    """
+    named = [f.key for f in built.landing[:3]]
+    empty = write_file(
+        storage, built.table.slice(0, 0), layout.COMPACTED, "compacted", {layout.META_SOURCES: json.dumps(named)}
+    )
+    inflated = write_file(
+        storage, built.table.slice(0, 10), layout.LANDING, "landing", badge_metadata(0, 9_999_999, 10)
+    )
+    original = (built.compacted or built.landing)[0]
+    copy = f"{layout.COMPACTED}/{layout.new_file_name('compacted', 0, built.table.num_rows - 1)}"
+    shutil.copyfile(storage.path(original.key), storage.path(copy))
+    return [empty.key, inflated.key, copy]
+
+
+def add_foreign_file(storage: LocalStorage, name: str = "foreign.parquet", zone: str = layout.LANDING) -> str:
+    """A file in ``zone`` that no commit added (not even Parquet): the table does not hold it, no reader reads it."""
+    key = f"{zone}/{name}"
     storage.path(key).write_bytes(b"PAR1 not really parquet")
     return key
 

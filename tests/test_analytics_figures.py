@@ -14,6 +14,7 @@ from analytics import figures
 from analytics.engine import LakeAnalytics, Snapshot
 from analytics.health import lake_health
 from analytics.history import timeline_frame
+from lake import layout
 from lake.storage import LocalStorage
 from testkit import lakes as lg
 from testkit.processes import make_settings
@@ -71,13 +72,41 @@ def test_bars_lines_and_heatmap_carry_every_count(snap: Snapshot) -> None:
 
 
 def test_health_and_history_figures(snap: Snapshot, tmp_path: Path) -> None:
-    health = lake_health(snap.live, make_settings(tmp_path))
+    health = lake_health(snap.lake, make_settings(tmp_path))
     fig = figures.make_compacted_sizes_figure(health.compacted_frame(), 1, 4)
     assert len(fig.data[0].y) == len(health.compacted)
     snap.kpis()
     fig = figures.make_query_history_figure(timeline_frame())
     assert {t.name for t in fig.data} >= {"kpis", "refresh"}
     assert fig.layout.yaxis.type == "log"
+
+
+def _figures(snap: Snapshot) -> list[str]:
+    """Every analysis figure of the page, as Plotly JSON."""
+    made = [
+        figures.make_access_figure(snap.access_distribution()),
+        figures.make_compliance_figure(snap.compliance_distribution()),
+        figures.make_premature_figure(snap.premature_by_dept_building()),
+        figures.make_traffic_figure(snap.traffic(bucket="hour")),
+        figures.make_heatmap_figure(snap.building_hour_heatmap()),
+        figures.make_denial_figure(snap.denial_rates()),
+        figures.make_compliance_by_dept_figure(snap.compliance_by_department()),
+        figures.make_repeat_offenders_figure(snap.repeat_offenders(min_premature=1)),
+    ]
+    return [fig.to_json() for fig in made]
+
+
+def test_foreign_and_forged_files_change_no_figure(tmp_path: Path) -> None:
+    # Files in landing/ and compacted/ that no commit added: junk, a zero-row compacted file whose footer
+    # names landing files of the table, a landing file claiming ids up to 9,999,999, a copy of a table file.
+    storage = LocalStorage(tmp_path / "lake")
+    built = lg.publish(storage, lg.make_table(6_000, seed=5, users=50), landing_files=4, compacted_share=0.5)
+    before = {mode: _figures(LakeAnalytics(storage, mode=mode).snapshot()) for mode in ("cached", "direct")}
+    lg.add_foreign_file(storage)
+    lg.add_foreign_file(storage, zone=layout.COMPACTED)
+    lg.add_forged_files(storage, built)
+    for mode in ("cached", "direct"):
+        assert _figures(LakeAnalytics(storage, mode=mode).snapshot()) == before[mode], mode
 
 
 def test_every_figure_survives_empty_input() -> None:

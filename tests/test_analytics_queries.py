@@ -1,8 +1,10 @@
 """Every dashboard figure against ground truth computed with pandas from the same generated records.
 
 Both engine modes (cached per-file partials, direct Parquet reads) must give exactly the truth, for
-selections that cut hours and days in the middle, over a lake with compacted files, replaced files
-awaiting deletion, a foreign file, and sessions on the four-hour boundary.
+selections that cut hours and days in the middle, over a lake's table with compacted files, and beside
+it on disk replaced files awaiting clean-up, a foreign file and forged files (a zero-row compacted file
+whose footer names landing files of the table, a landing file whose footer claims ids up to 9,999,999,
+a copy of a file of the table): none of them is in the table, so none may change a figure.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from analytics.engine import LakeAnalytics, Snapshot
@@ -28,10 +31,13 @@ from analytics.presentation import freshness_status
 from analytics.spans import plan_spans
 from analytics.timeutil import minute_of
 from lake import layout
+from lake.filestats import FileStats
 from lake.parquet import write_file
 from lake.storage import LocalStorage
+from lake.table import LakeTable, read_snapshot
 from testkit import lakes as lg
-from utils.errors import LakeError
+from testkit.landing import commit_files
+from utils.errors import LakeError, UnmigratedLakeError
 from utils.records import BUILDINGS, DEPARTMENTS, RECORD_SCHEMA, with_duration
 
 START = lg.DEFAULT_START
@@ -41,6 +47,7 @@ START = lg.DEFAULT_START
 class Lake:
     built: lg.BuiltLake
     truth: pd.DataFrame
+    beside: list[str]  # files on disk that the table does not hold
 
     @property
     def storage(self) -> LocalStorage:
@@ -51,8 +58,8 @@ def _build(root: Path, rows: int, users: int, seed: int) -> Lake:
     table = lg.make_table(rows, seed=seed, users=users, days=3)
     table = pa.concat_tables([table, lg.edge_cases(rows, START + timedelta(days=1))])
     built = lg.publish(LocalStorage(root), table, landing_files=5, compacted_share=0.6, compacted_files=2)
-    lg.add_foreign_file(built.storage)
-    return Lake(built, lg.truth_frame(table))
+    beside = [lg.add_foreign_file(built.storage), *lg.add_forged_files(built.storage, built)]
+    return Lake(built, lg.truth_frame(table), beside)
 
 
 @pytest.fixture(scope="module", params=["many-users", "few-users"])
@@ -249,7 +256,7 @@ def test_refresh_reads_only_new_files_and_stays_exact(tmp_path: Path) -> None:
     assert QUERY_HISTORY.records("refresh")[-1].files == 4
     assert engine.snapshot() is snap1  # unchanged lake: nothing read, same snapshot
     assert QUERY_HISTORY.records("refresh")[-1].files == 0
-    write_file(storage, second, layout.LANDING, "landing")
+    commit_files(storage, [write_file(storage, second, layout.LANDING, "landing")])
     snap2 = engine.snapshot()
     assert QUERY_HISTORY.records("refresh")[-1].files == 1
     _check_all(snap2, lg.truth_frame(table), ALL)
@@ -263,10 +270,7 @@ def test_compaction_merges_cached_partials_without_rereading(tmp_path: Path) -> 
     engine = LakeAnalytics(storage)
     engine.snapshot()
     sources = built.landing[:4]
-    merged_rows = pa.concat_tables([table.slice(0, 0)] + [_rows_of(storage, s.key) for s in sources])
-    compacted = write_file(
-        storage, merged_rows, layout.COMPACTED, "compacted", {layout.META_SOURCES: json.dumps([s.key for s in sources])}
-    )
+    compacted = lg.compact(storage, sources)  # one commit: the sources out, the compacted file in
     QUERY_HISTORY.clear()
     snap = engine.snapshot()
     part = snap.partials[compacted.key] if snap.partials else None
@@ -275,32 +279,51 @@ def test_compaction_merges_cached_partials_without_rereading(tmp_path: Path) -> 
     assert QUERY_HISTORY.records("refresh")[-1].files == 0  # nothing read from disk
     cut = Filters(START + timedelta(hours=30, minutes=7))
     _check_all(snap, lg.select(lg.truth_frame(table), cut.start), cut)
-    for s in sources:  # the compactor deletes the replaced files after the grace period
+    for s in sources:  # the clean-up deletes the replaced files after the grace period
         storage.delete(s.key)
     _check_all(engine.snapshot(), lg.truth_frame(table), ALL)
 
 
-def test_compacted_file_with_unexpected_rows_is_read_not_merged(tmp_path: Path) -> None:
+def test_a_committed_file_whose_sources_hint_lies_is_read_not_merged(tmp_path: Path) -> None:
+    # The footer's badge.sources is a hint: a file of the table naming a source whose rows do not add up
+    # to its numRecords in the log gets its partials from its own rows.
     storage = LocalStorage(tmp_path / "lake")
     table = lg.make_table(10_000, seed=6, users=10)
     built = lg.publish(storage, table, landing_files=2, compacted_share=0)
     engine = LakeAnalytics(storage)
     engine.snapshot()
-    bogus = write_file(  # claims to replace the first file but holds only half its rows
+    bogus = write_file(  # names the first file but holds only 10 of its rows
         storage,
         _rows_of(storage, built.landing[0].key).slice(0, 10),
         layout.COMPACTED,
         "compacted",
         {layout.META_SOURCES: json.dumps([built.landing[0].key])},
     )
+    lake = LakeTable.open(storage)
+    first = next(f for f in lake.snapshot().files if f.key == built.landing[0].key)
+    lake.replace([first], [(bogus, FileStats.of_footer(pq.read_metadata(storage.path(bogus.key))))])
     snap = engine.snapshot()
     assert snap.partials is not None and not snap.partials[bogus.key].derived
     assert snap.kpis().total_events == 10 + _rows_of(storage, built.landing[1].key).num_rows
 
 
-def _rows_of(storage: LocalStorage, key: str) -> pa.Table:
-    import pyarrow.parquet as pq
+def test_a_forged_compacted_file_hides_nothing(tmp_path: Path) -> None:
+    # Issue 11's finding: a zero-row file dropped into compacted/ naming landing files in badge.sources hid
+    # their rows. No commit added it, so no reader reads it, before or after the engine saw the lake.
+    storage = LocalStorage(tmp_path / "lake")
+    table = lg.make_table(6_000, seed=15, users=10)
+    built = lg.publish(storage, table, landing_files=3, compacted_share=0)
+    engine = LakeAnalytics(storage)
+    before = engine.snapshot()
+    forged = lg.add_forged_files(storage, built)
+    for mode in ("cached", "direct"):
+        snap = LakeAnalytics(storage, mode=mode).snapshot()
+        assert not set(forged) & set(snap.lake.keys)
+        _check_all(snap, lg.truth_frame(table), ALL)
+    assert engine.snapshot() is before  # the table did not change, so neither did the answer
 
+
+def _rows_of(storage: LocalStorage, key: str) -> pa.Table:
     return pq.read_table(storage.path(key))
 
 
@@ -331,14 +354,29 @@ def test_each_query_is_monitored_with_rows_and_files(lake: Lake) -> None:
     assert rec.files == 0 and rec.rows == len(lg.truth_premature(lake.truth))
 
 
-def test_queries_read_only_the_live_set(lake: Lake) -> None:
-    # The replaced landing files hold the same rows as the compacted ones and the foreign file is junk:
-    # counting either would break the totals.
-    assert lake.built.replaced
+def test_queries_read_only_the_files_of_the_table(lake: Lake) -> None:
+    # The replaced landing files hold the same rows as the compacted ones, the foreign file is junk and
+    # the forged files repeat or hide rows: reading any of them would break the totals.
+    assert lake.built.replaced and len(lake.beside) == 4
+    on_disk = {f.key for zone in (layout.LANDING, layout.COMPACTED) for f in lake.storage.list_all(zone)}
+    assert set(lake.beside) <= on_disk
     for mode in ("cached", "direct"):
         snap = LakeAnalytics(lake.storage, mode=mode).snapshot()
-        assert set(snap.live.keys) == {f.key for f in lake.built.landing + lake.built.compacted}
+        assert set(snap.lake.keys) == {f.key for f in lake.built.landing + lake.built.compacted}
+        assert snap.lake.version == read_snapshot(lake.storage).version
         assert snap.kpis().total_events == len(lake.truth)
+
+
+def test_freshness_of_the_whole_lake_comes_from_the_log(lake: Lake) -> None:
+    newest = lg.EPOCH.replace(tzinfo=UTC) + timedelta(microseconds=int(lake.truth["out_us"].max()))
+    for mode, files in (("cached", 0), ("direct", len(lake.built.landing) + len(lake.built.compacted))):
+        QUERY_HISTORY.clear()
+        snap = LakeAnalytics(lake.storage, mode=mode).snapshot()  # type: ignore[arg-type]
+        fresh = snap.freshness(now=datetime(2030, 1, 1, tzinfo=UTC))
+        # cached: no file read, the statistics answer; direct, the reference, reads every file
+        assert QUERY_HISTORY.records("freshness")[-1].files == files, mode
+        assert fresh.newest == newest == snap.kpis().newest_out
+        assert snap.lake.newest_event_time == newest.replace(tzinfo=None)
 
 
 def test_time_bounds_cover_the_data(lake: Lake) -> None:
@@ -437,27 +475,68 @@ def test_subtracted_minutes_do_not_leak_a_department(tmp_path: Path) -> None:
     ] == rows
 
 
-def test_refresh_lists_again_when_a_file_vanishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_vanishing_mid_refresh_is_retried_with_a_newer_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While the engine reads the files of its snapshot, a compaction commits and the clean-up deletes its
+    # sources: the read fails on a missing file, and the engine takes the newer snapshot and reads that.
+    storage = LocalStorage(tmp_path / "lake")
+    table = lg.make_table(3_000, seed=13)
+    built = lg.publish(storage, table, landing_files=3, compacted_share=0)
+    real = PartialCache.ensure
+    calls: list[int] = []
+
+    def compaction_meanwhile(self: PartialCache, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            lg.compact(storage, built.landing[:2])
+            for f in built.landing[:2]:
+                storage.delete(f.key)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(PartialCache, "ensure", compaction_meanwhile)
+    first_version = read_snapshot(storage).version
+    snap = LakeAnalytics(storage).snapshot()
+    assert len(calls) == 2 and snap.lake.version == read_snapshot(storage).version != first_version
+    assert snap.kpis().total_events == 3_000
+    _check_all(snap, lg.truth_frame(table), ALL)
+
+
+def test_a_file_of_the_table_missing_from_disk_is_an_error_not_dropped(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    built = lg.publish(storage, lg.make_table(3_000, seed=13), landing_files=2, compacted_share=0)
+    storage.delete(built.landing[0].key)  # gone from disk, still in the table: no newer snapshot helps
+    with pytest.raises(LakeError, match=f"{built.landing[0].key} is in the table's snapshot but missing"):
+        LakeAnalytics(storage).snapshot()
+
+
+def test_a_read_error_surfaces_and_no_file_is_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     storage = LocalStorage(tmp_path / "lake")
     lg.publish(storage, lg.make_table(3_000, seed=13), landing_files=2, compacted_share=0)
     real = PartialCache.ensure
     calls: list[int] = []
 
-    def flaky(self: PartialCache, *args: Any, **kwargs: Any) -> Any:
+    def eio_once(self: PartialCache, *args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 1:
-            raise duckdb.IOException("IO Error: No files found that match the pattern")
+            raise duckdb.IOException("IO Error: Input/output error (EIO)")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(PartialCache, "ensure", flaky)
-    assert LakeAnalytics(storage).snapshot().kpis().total_events == 3_000 and len(calls) == 2
+    monkeypatch.setattr(PartialCache, "ensure", eio_once)
+    engine = LakeAnalytics(storage)
+    with pytest.raises(LakeError, match="EIO"):  # every file still exists: not a newer snapshot's business
+        engine.snapshot()
+    assert len(calls) == 1
+    assert engine.snapshot().kpis().total_events == 3_000  # the next refresh reads every file again
 
-    def broken(self: PartialCache, *args: Any, **kwargs: Any) -> Any:
-        raise duckdb.IOException("IO Error: gone")
 
-    monkeypatch.setattr(PartialCache, "ensure", broken)
-    with pytest.raises(LakeError, match="kept changing"):
-        LakeAnalytics(storage).snapshot()
+def test_an_unmigrated_lake_says_to_migrate(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    storage.ensure_layout()
+    write_file(storage, lg.make_table(100, seed=1), layout.LANDING, "landing")  # the previous layout: no log
+    for mode in ("cached", "direct"):
+        with pytest.raises(UnmigratedLakeError, match="python -m lake migrate"):
+            LakeAnalytics(storage, mode=mode).snapshot()
 
 
 def test_a_failing_query_raises_a_lake_error(tmp_path: Path) -> None:

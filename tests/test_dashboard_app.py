@@ -12,7 +12,10 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from analytics.engine import Snapshot
+from lake import layout
+from lake.parquet import write_file
 from lake.storage import LocalStorage
+from lake.table import read_snapshot
 from testkit import lakes as lg
 from testkit.processes import ROOT
 from utils.config import get_settings
@@ -38,8 +41,11 @@ def use_lake(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
 def populated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
     root = tmp_path_factory.mktemp("lake")
     table = lg.make_table(12_000, seed=21, users=400)
-    lg.publish(LocalStorage(root), table, landing_files=4, compacted_share=0.5)
-    lg.add_quarantine(LocalStorage(root), ["bad timestamp"])
+    built = lg.publish(LocalStorage(root), table, landing_files=4, compacted_share=0.5)
+    lg.add_quarantine(LocalStorage(root), ["bad timestamp"], first_event_id=table.num_rows)
+    # Beside the table, in no commit: the three replaced landing files, a foreign file and three forgeries.
+    lg.add_foreign_file(built.storage)
+    lg.add_forged_files(built.storage, built)
     return root, lg.truth_frame(table)
 
 
@@ -84,6 +90,15 @@ def test_missing_lake_says_so(use_lake, tmp_path: Path) -> None:
     assert not at.error
 
 
+def test_an_unmigrated_lake_says_to_migrate_in_one_line(use_lake, lake_root: Path) -> None:
+    write_file(LocalStorage(lake_root), lg.make_table(100, seed=1), layout.LANDING, "landing")  # no log
+    use_lake(lake_root)
+    at = _run(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "python -m lake migrate" in errors[0] and "\n" not in errors[0], errors
+    assert _charts(at) == 0 and "Total logs" not in _metrics(at)
+
+
 def test_populated_lake_shows_ground_truth(use_lake, populated: tuple[Path, pd.DataFrame]) -> None:
     root, truth = populated
     use_lake(root)
@@ -91,6 +106,8 @@ def test_populated_lake_shows_ground_truth(use_lake, populated: tuple[Path, pd.D
     metrics = _metrics(at)
     assert {k: metrics[k] for k in _expected(truth)} == _expected(truth)
     assert metrics["Quarantined records"] == "1"
+    assert metrics["Awaiting clean-up"] == "7"
+    assert metrics["Table version"] == f"{read_snapshot(LocalStorage(root)).version:,}"
     assert metrics["Freshness"] != "—"
     assert _charts(at) == 10  # eight analyses, compacted sizes, query history
     assert not at.error

@@ -147,15 +147,19 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
 
 # -- the README screenshot ----------------------------------------------------------------------------
 def build_demo_lake(root: Path, rows: int) -> None:
-    """A lake like a running platform leaves: compacted files, a landing backlog, a quarantined batch.
+    """A lake like a running platform leaves: compacted files, a landing backlog, a quarantined batch, committed.
 
     Records come from the generator service's own model when it is available (else from lakegen),
     ending a minute ago, so the freshness KPI reads like a live pipeline's.
     """
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from lake import layout
+    from lake.filestats import FileStats
+    from lake.identity import StreamIdentity
     from lake.parquet import write_file
+    from lake.table import LakeTable
     from utils.records import with_duration
 
     storage = LocalStorage(root)
@@ -177,17 +181,28 @@ def build_demo_lake(root: Path, rows: int) -> None:
                 break
             start += miss
         tables = (chunk(lo, min(500_000, rows - lo), start) for lo in range(0, rows, 500_000))
+        identity = StreamIdentity(
+            seed=42, events_per_second=200.0, stream_start=start.isoformat().replace("+00:00", "Z")
+        )
     except ImportError:
         tables = (with_duration(t) for t in lg.generate(rows, chunk_rows=500_000))
+        identity = StreamIdentity(seed=7, events_per_second=200.0, stream_start="2025-03-03T00:00:00Z")
     pieces = list(tables)
     table = pa.concat_tables(pieces)
     backlog = max(1, rows // 200)
     head, tail = table.slice(0, rows - backlog * 12), table.slice(rows - backlog * 12)
-    for part in lg.split(head, 3):
+    lake = LakeTable.open_or_create(storage, identity)  # before any data file: a lake without a log is unmigrated
+    files = [
         write_file(storage, part, layout.COMPACTED, "compacted", {layout.META_SOURCES: "[]"})
-    for part in lg.split(tail, 12):
-        write_file(storage, part, layout.LANDING, "landing")
-    lg.add_quarantine(storage, ["badge_out before badge_in"] * 17 + ["unknown department"] * 4)
+        for part in lg.split(head, 3)
+    ]
+    files += [write_file(storage, part, layout.LANDING, "landing") for part in lg.split(tail, 12)]
+    position = None
+    for info in files:  # each committed as the pipeline (or, for the first three, the compactor) would
+        stats = FileStats.of_footer(pq.read_metadata(storage.path(info.key)))
+        lake.append(info, stats, through_event_id=stats.event_id_max or 0, expected=position)
+        position = stats.event_id_max
+    lg.add_quarantine(storage, ["badge_out before badge_in"] * 17 + ["unknown department"] * 4, first_event_id=rows)
 
 
 def main() -> None:

@@ -1,29 +1,36 @@
+"""What a reader sees: the table's snapshot, decided by the log alone (the previous live-set rule is gone).
+
+Publishing a file never makes it part of the lake; a commit does. Footers are written for people and
+never decide what the lake holds: a compacted file's ``badge.sources`` hides nothing, a footer's id
+range moves no position.
+"""
+
 from __future__ import annotations
 
-import json
-
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from lake import layout
-from lake.liveset import MetadataCache, live_set
 from lake.parquet import badge_metadata, write_file
 from lake.storage import LocalStorage
-from utils.errors import CommitError, CorruptFileError
+from lake.table import SnapshotReader, read_snapshot
+from testkit import lakes as lg
+from testkit.landing import publish_landing
+from testkit.records import lake_table
+from utils.errors import CommitError
 
 
-def _table(lo: int, hi: int) -> pa.Table:
-    return pa.table({"event_id": pa.array(range(lo, hi + 1), pa.int64())})
-
-
-def test_empty_and_missing_lake_is_an_empty_live_set(tmp_path) -> None:
-    ls = live_set(LocalStorage(tmp_path / "nowhere"))
-    assert ls.is_empty and ls.next_event_id == 0 and ls.rows == 0
+def test_empty_and_missing_lake_is_an_empty_snapshot(tmp_path) -> None:
+    for storage in (LocalStorage(tmp_path / "nowhere"), LocalStorage(tmp_path / "empty")):
+        if storage.root.name == "empty":
+            storage.ensure_layout()
+        snap = read_snapshot(storage)
+        assert snap.version is None and snap.is_empty and snap.next_event_id == 0 and snap.rows == 0
+        assert snap.newest_event_time is None and snap.max_event_id is None
 
 
 def test_publish_never_overwrites_and_leaves_no_temp(storage: LocalStorage) -> None:
-    info = write_file(storage, _table(0, 9), layout.LANDING, "landing")
+    info = write_file(storage, lake_table(0, 10), layout.LANDING, "landing")
     assert storage.exists(info.key)
     assert storage.list_all(layout.TEMP) == []
     tmp = storage.new_temp_path("x")
@@ -34,30 +41,54 @@ def test_publish_never_overwrites_and_leaves_no_temp(storage: LocalStorage) -> N
     assert storage.read_metadata(info.key)[layout.META_ROW_COUNT] == "10"
 
 
-def test_live_set_hides_sources_of_compacted_files(storage: LocalStorage) -> None:
-    a = write_file(storage, _table(0, 9), layout.LANDING, "landing")
-    b = write_file(storage, _table(10, 19), layout.LANDING, "landing")
-    c = write_file(storage, _table(20, 29), layout.LANDING, "landing")
-    assert live_set(storage).keys == [a.key, b.key, c.key]
-    merged = write_file(
+def test_a_published_file_is_not_the_lake_until_a_commit_adds_it(storage: LocalStorage) -> None:
+    committed = publish_landing(storage, 0, 10, 2)
+    orphan = publish_landing(storage, 20, 10, 1, commit=False)
+    snap = read_snapshot(storage)
+    assert snap.keys == [f.key for f in committed]
+    assert orphan[0].key not in snap.keys and storage.exists(orphan[0].key)
+    assert snap.rows == 20 and snap.next_event_id == 20
+
+
+def test_a_compaction_commit_swaps_its_sources_for_its_output(storage: LocalStorage) -> None:
+    a, b, c = publish_landing(storage, 0, 10, 3)
+    reader = SnapshotReader(storage)
+    before = reader.snapshot()
+    merged = lg.compact(storage, [a, b])
+    after = reader.snapshot()
+    assert before.keys == [a.key, b.key, c.key]  # an old snapshot keeps answering for its own files
+    assert before.version is not None and after.version == before.version + 1
+    assert after.keys == [merged.key, c.key]
+    assert after.rows == before.rows == 30 and after.next_event_id == 30
+    assert storage.exists(a.key) and storage.exists(b.key)  # still on disk until the clean-up
+
+
+def test_foreign_and_forged_files_are_not_in_the_snapshot(storage: LocalStorage) -> None:
+    infos = publish_landing(storage, 0, 100, 3)
+    foreign = lg.add_foreign_file(storage)
+    # A zero-row compacted file naming the committed files as its sources: under the old rule it hid them.
+    forged = write_file(
         storage,
-        _table(0, 19),
+        lake_table(0, 0),
         layout.COMPACTED,
         "compacted",
-        {layout.META_SOURCES: json.dumps([a.key, b.key])},
+        badge_metadata(0, 299, 0, [f.key for f in infos]),
     )
-    ls = live_set(storage)
-    assert ls.keys == [merged.key, c.key]
-    assert {f.key for f in ls.replaced} == {a.key, b.key}
-    assert ls.rows == 30 and ls.next_event_id == 30
+    # A 10-row landing file whose footer claims ids up to 9,999,999: under the old rule it moved the cursor.
+    inflated = write_file(storage, lake_table(300, 10), layout.LANDING, "landing", badge_metadata(300, 9_999_999, 10))
+    snap = read_snapshot(storage)
+    assert snap.keys == [f.key for f in infos]
+    assert not {foreign, forged.key, inflated.key} & set(snap.keys)
+    assert snap.rows == 300 and snap.next_event_id == 300 and snap.max_event_id == 299
 
 
-def test_foreign_file_is_left_out_not_fatal(storage: LocalStorage) -> None:
-    good = write_file(storage, _table(0, 4), layout.LANDING, "landing")
-    (storage.root / "landing" / "junk.parquet").write_bytes(b"not parquet")
-    ls = live_set(storage)
-    assert ls.keys == [good.key]
-    assert ls.invalid == ("landing/junk.parquet",)
+def test_the_snapshot_figures_come_from_the_log_not_the_footers(storage: LocalStorage) -> None:
+    (info,) = publish_landing(storage, 0, 100, 1)
+    (f,) = read_snapshot(storage).files
+    meta = pq.read_metadata(storage.path(info.key))
+    assert (f.row_count, f.event_id_min, f.event_id_max) == (meta.num_rows, 0, 99)
+    assert f.info.size == info.size and f.info.mtime_ns == info.mtime_ns // 1_000_000 * 1_000_000
+    assert f.badge_out_max == max(lake_table(0, 100)["badge_out_timestamp"].to_pylist())
 
 
 def test_badge_metadata_shape() -> None:
@@ -68,25 +99,3 @@ def test_badge_metadata_shape() -> None:
         "badge.row_count": "5",
         "badge.sources": '["landing/a.parquet"]',
     }
-
-
-def test_the_footer_cache_reads_each_footer_once_and_stays_bounded(storage: LocalStorage) -> None:
-    cache = MetadataCache(capacity=2)
-    good = write_file(storage, _table(0, 9), layout.LANDING, "landing")
-    pq.write_table(pa.table({"x": [1, 2, 3]}), storage.path("landing/foreign.parquet"))
-    (storage.root / "landing" / "junk.parquet").write_bytes(b"not parquet")
-    foreign, junk = (
-        next(f for f in storage.list_files(layout.LANDING) if f.name == n) for n in ("foreign.parquet", "junk.parquet")
-    )
-
-    footer, fresh = cache.footer(storage, good)
-    assert fresh and footer.rows == 10 and cache.get(storage, good).row_count == 10
-    assert cache.footer(storage, good) == (footer, False)
-    footer, _ = cache.footer(storage, foreign)
-    assert footer.rows == 3 and isinstance(footer.badge, CorruptFileError)  # rows from the footer, no badge
-    with pytest.raises(CorruptFileError):
-        cache.get(storage, foreign)
-    assert cache.footer(storage, junk)[0].rows is None
-    assert len(cache) == 2  # bounded: the least recently used entry went
-    assert cache.footer(storage, good)[1], "evicted, so read again"
-    assert live_set(storage, cache).keys == [good.key]
