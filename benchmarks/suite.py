@@ -33,8 +33,20 @@ BENCHMARKS: dict[str, str] = {
     "ingest": "benchmarks.bench_ingest",
     "compaction": "benchmarks.bench_compaction",
     "queries": "benchmarks.bench_queries",
+    "log": "benchmarks.bench_log",
 }
-LIBRARIES = ("fastapi", "uvicorn", "httpx", "pyarrow", "duckdb", "numpy", "orjson", "streamlit", "watchdog")
+LIBRARIES = (
+    "fastapi",
+    "uvicorn",
+    "httpx",
+    "pyarrow",
+    "duckdb",
+    "deltalake",
+    "numpy",
+    "orjson",
+    "streamlit",
+    "watchdog",
+)
 
 Row = dict[str, Any]
 

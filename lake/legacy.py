@@ -1,14 +1,18 @@
-"""The live set: the one definition of what every reader of the lake sees.
+"""The previous layout's rule (before the lake became a Delta table): what its live set held.
+
+Only ``python -m lake migrate`` (:mod:`lake.migrate`) uses this module: it turns the live set of a
+lake without ``_delta_log`` into the table's first commits. Nothing else reads a lake this way any more.
 
 Rule: all files in ``landing/`` and ``compacted/``, minus every file named in the
-``badge.sources`` of any file in ``compacted/``. Computed from the files alone, so any engine can
-apply it; at every instant, including after a crash, it holds each event exactly once.
+``badge.sources`` of any file in ``compacted/``. Computed from the files' footers alone; at every
+instant, including after a crash, it held each event exactly once in a lake written by the previous
+code (a footer is trusted here, so :mod:`lake.migrate` checks every file's contents against it).
 
-``landing/`` is listed *before* ``compacted/``: a compaction that commits between the two listings
-is then seen with its output (which hides its sources), never without both. Replaced files are
-deleted only after a grace period, so files a reader listed still exist while it reads them.
-Files whose footer is unreadable or lacks the badge metadata are left out (and reported), so a
-foreign file can never break a query.
+``landing/`` is listed *before* ``compacted/``: a compaction that committed between the two listings
+is then seen with its output (which hides its sources), never without both. Files whose footer is
+unreadable or lacks the badge metadata are left out (and reported). In ``quarantine/`` the previous
+pipeline wrote its refused records as ``quarantine-*.parquet``; a file moved there as foreign or
+corrupt has a ``<name>.reason.json`` beside it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from lake import layout
 from lake.storage import FileInfo, LocalStorage
@@ -27,6 +32,9 @@ from utils.errors import CorruptFileError, LakeError
 log = logging.getLogger(__name__)
 
 _LISTING_ATTEMPTS = 5
+
+QUARANTINE_KIND: Final = "quarantine"  # the previous pipeline's refused-record files: quarantine-*.parquet
+SIDECAR_SUFFIX: Final = ".reason.json"  # beside a foreign or corrupt file moved into quarantine/
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,7 @@ class MetadataCache:
         return badge
 
 
-# The one footer cache of the process: the live set and the quarantine count share it.
+# The footer cache the previous layout's live set reads through (one per process).
 FOOTER_CACHE = MetadataCache()
 
 
@@ -218,3 +226,17 @@ def live_set(storage: LocalStorage, cache: MetadataCache | None = None) -> LiveS
         replaced = tuple(f for f in everything if f.key in hidden)
         return LiveSet(storage, tuple(live), replaced, tuple(bad_landing + bad_compacted))
     raise LakeError("the lake kept changing while its live set was listed")
+
+
+def pipeline_quarantine_files(storage: LocalStorage) -> list[FileInfo]:
+    """The previous pipeline's refused-record files in ``quarantine/`` (``quarantine-*.parquet``), sorted by key.
+
+    A file with a ``<name>.reason.json`` beside it was moved there as foreign or corrupt, whatever its
+    name: it is not one of them.
+    """
+    present = {info.name for info in storage.list_all(layout.QUARANTINE)}
+    return [
+        info
+        for info in storage.list_files(layout.QUARANTINE)
+        if info.name.startswith(f"{QUARANTINE_KIND}-") and f"{info.name}{SIDECAR_SUFFIX}" not in present
+    ]
