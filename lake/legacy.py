@@ -22,10 +22,10 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from lake import layout
+from lake.snapshot import FileSet
 from lake.storage import FileInfo, LocalStorage
 from utils.errors import CorruptFileError, LakeError
 
@@ -150,8 +150,8 @@ FOOTER_CACHE = MetadataCache()
 
 
 @dataclass(frozen=True)
-class LiveSet:
-    """What a reader sees at one instant."""
+class LiveSet(FileSet[DataFile]):
+    """What a reader of the previous layout saw at one instant."""
 
     storage: LocalStorage
     files: tuple[DataFile, ...]  # sorted by first event id
@@ -159,39 +159,10 @@ class LiveSet:
     invalid: tuple[str, ...]  # keys of unreadable or foreign files, left out
 
     @property
-    def keys(self) -> list[str]:
-        return [f.key for f in self.files]
-
-    @property
-    def paths(self) -> list[Path]:
-        """Local paths of the live files, for DuckDB's ``read_parquet([...])``."""
-        return [self.storage.path(f.key) for f in self.files]
-
-    @property
-    def rows(self) -> int:
-        return sum(f.row_count for f in self.files)
-
-    @property
-    def bytes(self) -> int:
-        return sum(f.info.size for f in self.files)
-
-    @property
-    def max_event_id(self) -> int | None:
-        maxima = [f.event_id_max for f in self.files if f.row_count > 0]
-        return max(maxima) if maxima else None
-
-    @property
     def next_event_id(self) -> int:
-        """The cursor a pipeline resumes at: one past the highest committed event."""
+        """The cursor a pipeline resumed at: one past the highest live event."""
         top = self.max_event_id
         return 0 if top is None else top + 1
-
-    def in_zone(self, zone: str) -> list[DataFile]:
-        return [f for f in self.files if f.info.zone == zone]
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.files
 
 
 def _read_zone(storage: LocalStorage, zone: str, cache: MetadataCache) -> tuple[list[DataFile], list[str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 from lake.identity import StreamIdentity
 from lake.storage import FileInfo, LocalStorage
@@ -30,27 +31,32 @@ class DataFile:
         return self.info.key
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """The table at one version: its files sorted by first event id, and the pipeline's committed position.
+class _File(Protocol):
+    @property
+    def info(self) -> FileInfo: ...
+    @property
+    def row_count(self) -> int: ...
+    @property
+    def event_id_max(self) -> int: ...
 
-    ``version`` is None for a lake without a table yet (an empty lake: a normal case, not an error).
-    """
+
+F = TypeVar("F", bound=_File)
+
+
+class FileSet(Generic[F]):
+    """What any set of the lake's data files answers (``files`` sorted by first event id, under ``storage``)."""
 
     storage: LocalStorage
-    version: int | None
-    files: tuple[DataFile, ...]
-    committed_event_id: int | None = None  # the pipeline's ``txn`` version: the last event id it committed
-    identity: StreamIdentity | None = None
+    files: tuple[F, ...]
 
     @property
     def keys(self) -> list[str]:
-        return [f.key for f in self.files]
+        return [f.info.key for f in self.files]
 
     @property
     def paths(self) -> list[Path]:
         """Local paths of the files, for DuckDB's ``read_parquet([...])``."""
-        return [self.storage.path(f.key) for f in self.files]
+        return [self.storage.path(f.info.key) for f in self.files]
 
     @property
     def rows(self) -> int:
@@ -65,6 +71,27 @@ class Snapshot:
         maxima = [f.event_id_max for f in self.files if f.row_count > 0]
         return max(maxima) if maxima else None
 
+    def in_zone(self, zone: str) -> list[F]:
+        return [f for f in self.files if f.info.zone == zone]
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.files
+
+
+@dataclass(frozen=True)
+class Snapshot(FileSet[DataFile]):
+    """The table at one version: its files sorted by first event id, and the pipeline's committed position.
+
+    ``version`` is None for a lake without a table yet (an empty lake: a normal case, not an error).
+    """
+
+    storage: LocalStorage
+    version: int | None
+    files: tuple[DataFile, ...]
+    committed_event_id: int | None = None  # the pipeline's ``txn`` version: the last event id it committed
+    identity: StreamIdentity | None = None
+
     @property
     def next_event_id(self) -> int:
         """The cursor a pipeline resumes at: one past the committed position (read from the log, never inferred)."""
@@ -75,10 +102,3 @@ class Snapshot:
         """The newest ``badge_out_timestamp`` in the table (naive UTC), from the files' statistics."""
         times = [f.badge_out_max for f in self.files if f.badge_out_max is not None]
         return max(times) if times else None
-
-    def in_zone(self, zone: str) -> list[DataFile]:
-        return [f for f in self.files if f.info.zone == zone]
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.files

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,6 +18,7 @@ from lake.filestats import FileStats
 from lake.parquet import write_file
 from lake.storage import FileInfo, LocalStorage
 from lake.table import LOG_DIR, LakeTable, QuarantineTable, SnapshotReader, read_snapshot
+from testkit.clock import ManualClock
 from testkit.fake_source import as_refused
 from testkit.ids import assert_exactly_once, file_ids
 from testkit.landing import commit_files, disk_keys, forge_compacted, publish_landing, table_keys
@@ -29,21 +29,7 @@ from utils.errors import LakeError, UnmigratedLakeError
 GRACE = 10.0
 
 
-class Clock:
-    """A clock the test moves by hand (wall-clock seconds)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
-
-
-def _cleanup(storage: LocalStorage, clock: Clock, **kwargs: object) -> GraceCleanup:
+def _cleanup(storage: LocalStorage, clock: ManualClock, **kwargs: object) -> GraceCleanup:
     return GraceCleanup(storage, GRACE, clock=clock, **kwargs)  # type: ignore[arg-type]
 
 
@@ -59,7 +45,7 @@ def test_a_file_removed_from_the_table_is_deleted_only_after_grace(storage: Loca
     publish_landing(storage, 0, 1_000, 8)
     removed = _compacted(storage, settings)
     [out] = table_keys(storage)
-    clock = Clock()
+    clock = ManualClock()
     steps: list[tuple[str, str]] = []
     cleanup = _cleanup(storage, clock, hook=lambda s, k: steps.append((s, k)))
 
@@ -82,7 +68,7 @@ def test_orphans_and_foreign_files_go_only_after_grace_and_only_once_old(storage
     notes = storage.path("landing/notes.txt")
     notes.write_text("not a data file")
     fresh = publish_landing(storage, 4_000, 1_000, 1, commit=False)[0]
-    clock = Clock()
+    clock = ManualClock()
     cleanup = _cleanup(storage, clock)
     # fresh: as if it had only just been published (a writer about to commit it) at every look
     assert cleanup.run() == []
@@ -101,7 +87,7 @@ def test_a_file_added_and_removed_between_two_looks_gets_its_full_grace(
     """Sampling alone would miss it: the log between the two looks shows it was in the table meanwhile."""
     publish_landing(storage, 0, 1_000, 7)
     late = publish_landing(storage, 7_000, 1_000, 1, commit=False)[0]  # published, its commit not yet made
-    clock = Clock()
+    clock = ManualClock()
     cleanup = _cleanup(storage, clock)
     assert cleanup.run() == []
     assert late.key in cleanup.absent_since
@@ -119,7 +105,7 @@ def test_a_file_added_and_removed_between_two_looks_gets_its_full_grace(
 def test_when_the_log_between_two_looks_is_gone_every_clock_starts_again(storage: LocalStorage) -> None:
     publish_landing(storage, 0, 1_000, 2)
     orphan = publish_landing(storage, 2_000, 1_000, 1, commit=False)[0]
-    clock = Clock()
+    clock = ManualClock()
     cleanup = _cleanup(storage, clock)
     assert cleanup.run() == []
     first = read_snapshot(storage).version
@@ -136,7 +122,7 @@ def test_when_the_log_between_two_looks_is_gone_every_clock_starts_again(storage
 def test_a_restart_starts_every_clock_again(storage: LocalStorage) -> None:
     publish_landing(storage, 0, 1_000, 2)
     orphan = publish_landing(storage, 2_000, 1_000, 1, commit=False)[0]
-    clock = Clock()
+    clock = ManualClock()
     assert _cleanup(storage, clock).run() == []
     clock.advance(GRACE + 1)
     restarted = _cleanup(storage, clock)
@@ -175,7 +161,7 @@ def test_quarantine_files_out_of_their_table_go_and_nothing_else_is_touched(stor
         os.utime(path, (0, 0))
     logs = sorted(p for p in storage.root.rglob("*") if LOG_DIR in p.parts)
 
-    clock = Clock()
+    clock = ManualClock()
     cleanup = _cleanup(storage, clock)
     assert cleanup.run() == []
     clock.advance(GRACE)
@@ -189,7 +175,7 @@ def test_nothing_is_deleted_while_the_lake_has_no_table(storage: LocalStorage) -
     stray = storage.path("quarantine/stray.parquet")
     stray.write_bytes(b"PAR1")
     os.utime(stray, (0, 0))
-    clock = Clock()
+    clock = ManualClock()
     cleanup = _cleanup(storage, clock)
     assert cleanup.run() == []
     clock.advance(10 * GRACE)
@@ -202,7 +188,7 @@ def test_nothing_is_deleted_while_the_lake_has_no_table(storage: LocalStorage) -
 def test_a_log_that_cannot_be_read_deletes_nothing(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
     publish_landing(storage, 0, 1_000, 2)
     orphan = publish_landing(storage, 2_000, 1_000, 1, commit=False)[0]
-    clock = Clock()
+    clock = ManualClock()
     cleanup = _cleanup(storage, clock)
     assert cleanup.run() == []
     clock.advance(GRACE)
@@ -220,7 +206,7 @@ def test_a_log_that_cannot_be_read_deletes_nothing(storage: LocalStorage, monkey
 def test_a_stop_ends_the_deletions(storage: LocalStorage) -> None:
     publish_landing(storage, 0, 1_000, 1)
     orphans = publish_landing(storage, 1_000, 1_000, 3, commit=False)
-    clock = Clock()
+    clock = ManualClock()
     stop = threading.Event()
     cleanup = _cleanup(storage, clock, hook=lambda s, _k: stop.set() if s == STEP_DELETED else None)
     cleanup.run()
@@ -237,7 +223,7 @@ def test_a_reader_holding_an_older_snapshot_reads_it_whole_throughout_the_grace_
     held = reader.snapshot()  # a reader takes its snapshot, then reads slowly
     removed = _compacted(storage, settings)
     assert sorted(held.keys) == removed
-    clock = Clock()
+    clock = ManualClock()
     cleanup = _cleanup(storage, clock)
     for _ in range(10):  # the clean-up runs again and again during the grace period
         assert cleanup.run() == []
@@ -253,7 +239,7 @@ def test_a_reader_holding_an_older_snapshot_reads_it_whole_throughout_the_grace_
 def test_the_compactor_cleans_up_each_cycle_and_at_recovery(storage: LocalStorage, settings: Settings) -> None:
     orphan = publish_landing(storage, 0, 1_000, 1, commit=False)[0]
     publish_landing(storage, 1_000, 1_000, 8)
-    clock = Clock()
+    clock = ManualClock()
     compactor = Compactor(storage, settings, clock=clock)
     half = settings.compaction_grace_seconds / 2
     assert compactor.recover() == {"temp_removed": [], "deleted": []}
@@ -271,7 +257,7 @@ def test_the_compactor_cleans_up_each_cycle_and_at_recovery(storage: LocalStorag
 def test_a_file_in_flight_survives_even_a_zero_grace_period(storage: LocalStorage) -> None:
     publish_landing(storage, 0, 1_000, 1)
     in_flight = publish_landing(storage, 1_000, 1_000, 1, commit=False)[0]  # published, its commit a moment away
-    clock = Clock()
+    clock = ManualClock()
     cleanup = GraceCleanup(storage, 0.0, clock=clock)
     assert cleanup.run() == []
     clock.advance(IN_FLIGHT_SECONDS / 2)

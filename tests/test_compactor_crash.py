@@ -10,7 +10,6 @@ test_compactor_cli.py.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from lake.compaction import (
     StepHook,
 )
 from lake.storage import LocalStorage
+from testkit.clock import ManualClock
 from testkit.ids import assert_exactly_once, live_ids
 from testkit.landing import clone_lake, compactor_temp, disk_keys, publish_landing, table_keys
 from testkit.processes import make_settings
@@ -40,17 +40,6 @@ ROWS = 208_000
 
 class SimulatedCrash(BaseException):
     """The process dies here."""
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _crash_at(step: str, nth: int) -> StepHook:
@@ -118,7 +107,7 @@ def test_recovery_after_a_crash_at_each_step(
 ) -> None:
     settings = _build(storage, lake_root, template)
     grace = settings.compaction_grace_seconds
-    clock = Clock()
+    clock = ManualClock()
     crashing = Compactor(storage, settings, hook=_crash_at(step, nth), clock=clock)
     with pytest.raises(SimulatedCrash):
         crashing.run_cycle()  # compacts, and starts the grace clocks of the 19 files out of the table
@@ -132,7 +121,7 @@ def test_recovery_after_a_crash_at_each_step(
         assert uncommitted, "the crash should have left a published, uncommitted output"
 
     # Restart: recovery, then a normal cycle. Its grace clocks start now: nothing may be deleted yet.
-    restarted_clock = Clock()
+    restarted_clock = ManualClock()
     restarted = Compactor(storage, settings, clock=restarted_clock)
     recovered = restarted.recover()
     assert compactor_temp(storage) == []
@@ -163,7 +152,7 @@ def test_a_crash_between_link_and_temp_removal(storage: LocalStorage, lake_root:
     linked = f"{layout.COMPACTED}/{layout.new_file_name('compacted', 0, 1)}"
     os.link(storage.path(tmp), storage.path(linked))
     _readers_see_each_event_once(storage)  # a file no commit added is not the lake
-    clock = Clock()
+    clock = ManualClock()
     restarted = Compactor(storage, settings, clock=clock)
     assert restarted.recover()["temp_removed"] == [tmp]
     restarted.run_cycle()
@@ -181,7 +170,7 @@ def test_what_readers_of_the_log_see_at_each_step(
     before = table_keys(storage)  # the small compacted file + 10 landing files
     seen: list[str] = []
     published: list[str] = []
-    clock = Clock()
+    clock = ManualClock()
 
     def check(step: str, detail: str) -> None:
         seen.append(step)

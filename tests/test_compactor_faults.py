@@ -8,7 +8,6 @@ import errno
 import io
 import json
 import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,22 +23,12 @@ from lake.filestats import FileStats
 from lake.parquet import badge_metadata, write_file
 from lake.storage import LocalStorage
 from lake.table import LakeTable, read_snapshot
+from testkit.clock import ManualClock
 from testkit.ids import assert_exactly_once, live_ids
 from testkit.landing import disk_keys, forge_compacted, publish_landing, table_keys
 from testkit.records import lake_table
 from utils.config import Settings
 from utils.errors import LakeError
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FlakyFile(io.RawIOBase):
@@ -120,7 +109,7 @@ def test_transient_read_errors_never_move_a_valid_file_out_of_the_table(
     publish_landing(storage, 0, 2_000, 24)
     before = {f.key: f.row_count for f in read_snapshot(storage).files}
     disk = FlakyDisk(seed, p_open=0.15, p_read=0.25)
-    compactor = Compactor(storage, settings, open_input=disk, clock=Clock())  # the clock stands: no deletion
+    compactor = Compactor(storage, settings, open_input=disk, clock=ManualClock())  # the clock stands: no deletion
 
     reported: list[str] = []
     committed = set(before)
@@ -175,7 +164,7 @@ def test_a_forged_compacted_file_changes_nothing(storage: LocalStorage, settings
     rows = len(files) * 10_000
     forged = forge_compacted(storage, [f.key for f in files[:3]])
     assert json.loads(storage.read_metadata(forged.key)[layout.META_SOURCES]) == [f.key for f in files[:3]]
-    clock = Clock()
+    clock = ManualClock()
     compactor = Compactor(storage, settings, clock=clock)
     for _ in range(3):
         compactor.run_cycle()
@@ -194,7 +183,7 @@ def test_an_inflated_landing_file_changes_nothing(storage: LocalStorage, setting
     inflated = write_file(
         storage, lake_table(8_000, 10), layout.LANDING, "landing", badge_metadata(8_000, 9_999_999, 10)
     )
-    clock = Clock()
+    clock = ManualClock()
     compactor = Compactor(storage, settings, clock=clock)
     metrics = compactor.run_cycle().compactions[0]
     assert metrics.files_in == 8 and metrics.rows == 8_000
@@ -235,7 +224,7 @@ def test_a_failed_commit_leaves_the_table_as_it_was(
 ) -> None:
     files = publish_landing(storage, 0, 1_000, 8)
     version = read_snapshot(storage).version
-    clock = Clock()
+    clock = ManualClock()
     compactor = Compactor(storage, settings, clock=clock)
 
     def refused(*_args: object, **_kwargs: object) -> Iterator[None]:
