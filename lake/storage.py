@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from lake import layout
-from utils.errors import CommitError, CorruptFileError
+from utils.errors import CommitError, CorruptFileError, LakeError
 from utils.fsio import NotDurableError, fsync_dir, link_new
 from utils.fsio import fsync_file as fsync_file  # noqa: PLC0414 - re-exported for the compactor
 
@@ -97,7 +97,8 @@ class LocalStorage:
     def read_footer(self, key: str) -> pq.FileMetaData:
         """The Parquet footer of ``key`` (row counts, schema, statistics, key-value metadata).
 
-        Raises FileNotFoundError if the file is gone, CorruptFileError if it is not readable Parquet.
+        Raises FileNotFoundError if the file is gone, LakeError on an I/O error (EIO, ESTALE: it may
+        pass, so it is never taken for damage), CorruptFileError if the bytes read are not Parquet.
         """
         try:
             return pq.read_metadata(self.root / key)
@@ -106,6 +107,8 @@ class LocalStorage:
         except (OSError, ValueError) as exc:
             if not (self.root / key).exists():
                 raise FileNotFoundError(key) from exc
+            if isinstance(exc, OSError) and exc.errno is not None:  # the OS failed, not the file's format
+                raise LakeError(f"{key}: could not be read ({exc})") from exc
             raise CorruptFileError(f"{key}: not readable Parquet ({exc})") from exc
 
     def read_metadata(self, key: str) -> dict[str, str]:

@@ -7,6 +7,8 @@ range moves no position.
 
 from __future__ import annotations
 
+import errno
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -17,7 +19,7 @@ from lake.table import SnapshotReader, read_snapshot
 from testkit import lakes as lg
 from testkit.landing import publish_landing
 from testkit.records import lake_table
-from utils.errors import CommitError
+from utils.errors import CommitError, CorruptFileError, LakeError
 
 
 def test_empty_and_missing_lake_is_an_empty_snapshot(tmp_path) -> None:
@@ -99,3 +101,20 @@ def test_badge_metadata_shape() -> None:
         "badge.row_count": "5",
         "badge.sources": '["landing/a.parquet"]',
     }
+
+
+def test_an_io_error_reading_a_footer_is_not_taken_for_damage(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = write_file(storage, lake_table(0, 10), layout.LANDING, "landing")
+    (storage.root / layout.LANDING / "garbage.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(CorruptFileError):
+        storage.read_footer("landing/garbage.parquet")
+
+    def eio(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(pq, "read_metadata", eio)
+    with pytest.raises(LakeError, match="could not be read") as info:
+        storage.read_footer(good.key)
+    assert not isinstance(info.value, CorruptFileError)
