@@ -42,13 +42,12 @@ def badge_metadata(
 
 
 def event_id_range(table: pa.Table) -> tuple[int, int]:
-    """(min, max) of the table's ``event_id`` column; (0, -1) for an empty table."""
-    if table.num_rows == 0:
-        return 0, -1
+    """(min, max) of the table's non-null ``event_id`` values; (0, -1) if it has none."""
     import pyarrow.compute as pc
 
     mm = pc.min_max(table.column("event_id"))
-    return int(mm["min"].as_py()), int(mm["max"].as_py())
+    lo, hi = mm["min"].as_py(), mm["max"].as_py()
+    return (0, -1) if lo is None else (int(lo), int(hi))
 
 
 def writer_options(schema: pa.Schema) -> dict[str, Any]:
@@ -90,14 +89,16 @@ def write_file(
     zone: str,
     kind: str,
     extra_metadata: dict[str, str] | None = None,
+    *,
+    name: str | None = None,
 ) -> FileInfo:
-    """Write ``table`` as one data file and publish it atomically into ``zone``.
+    """Write ``table`` as one data file and publish it atomically into ``zone`` as ``name`` (default: a new name).
 
     The file carries ``badge.event_id_min/max`` and ``badge.row_count`` from the table itself.
     Nothing partial survives a failure: the temp file is removed and CommitError/OSError raised.
     """
     lo, hi = event_id_range(table)
-    name = layout.new_file_name(kind, lo, hi)
+    name = name or layout.new_file_name(kind, lo, hi)
     metadata = {**badge_metadata(lo, hi, table.num_rows), **(extra_metadata or {})}
     with storage.staged(name) as tmp:
         with open_writer(tmp, table.schema, metadata) as writer:

@@ -69,14 +69,9 @@ FLUSH_RETRY: Final = Backoff(first=0.2, factor=2.0, cap=5.0)  # a failed flush i
 CLOSE_TIMEOUT_SECONDS: Final = 30.0
 
 
-def id_range(table: pa.Table) -> tuple[int, int]:
-    """(first, last) of the table's non-null event ids; (0, -1) if it has none."""
-    return lake_parquet.event_id_range(table.select(["event_id"]).drop_null())
-
-
 def file_name(kind: str, table: pa.Table) -> str:
     """A new, never-colliding name for a file of ``kind`` holding ``table`` (lake.layout's grammar)."""
-    lo, hi = id_range(table)
+    lo, hi = lake_parquet.event_id_range(table)
     return layout.new_file_name(kind, lo, hi)
 
 
@@ -95,12 +90,7 @@ def publish_table(
         fsync_dir(path.parent)
         st = path.stat()
         return FileInfo(key, st.st_size, st.st_mtime_ns)
-    lo, hi = id_range(table)
-    metadata = {**lake_parquet.badge_metadata(lo, hi, table.num_rows), **(extra_metadata or {})}
-    with storage.staged(name) as tmp:
-        with lake_parquet.open_writer(tmp, table.schema, metadata) as writer:
-            writer.write_table(table, row_group_size=lake_parquet.ROW_GROUP_ROWS)
-        return storage.publish(tmp, zone, name)
+    return lake_parquet.write_file(storage, table, zone, name.split("-", 1)[0], extra_metadata, name=name)
 
 
 def write_landing(storage: LocalStorage, table: pa.Table, name: str | None = None) -> FileInfo:
