@@ -10,6 +10,12 @@ Each figure sits beside a reference measured in the same run:
 * **freshness p50/p95** at a live rate (``EVENTS_PER_SECOND=2000``) with the default flush and poll
   intervals: for every record, the instant the commit adding its landing file to the table returned minus
   its event time (``badge_out_timestamp``). Reference: ``FLUSH_INTERVAL_SECONDS`` (target p95 <= interval + 1 s).
+* **peak RSS under a refused-only firehose**: the pipeline (:func:`processes.pipeline.run`, default
+  settings, compaction off) in a child process of its own, fed by an in-process source that answers at
+  once and refuses every record (:class:`testkit.fake_source.FakeSource`, ``refuse=``), for a fixed time;
+  its ``VmHWM``. Reference: the same child fed by the same source refusing nothing (the normal firehose),
+  measured in the same run. Refused records count toward ``BUFFER_RECORDS`` like valid ones, so the two
+  stay of one size (before issue 12 the refused-only pipeline grew without bound: 1.2 GB in 25 s).
 
 ``python -m benchmarks.bench_ingest [--size quick|full]`` prints a table; :func:`run` returns the rows.
 Work happens in temporary lakes under ``benchmarks/.work/``.
@@ -19,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,9 +53,10 @@ WORK = HERE / ".work"
 BIN = Path(sys.executable).parent
 
 SIZES: dict[str, dict[str, Any]] = {
-    "quick": {"arrow": 1_000_000, "json": 300_000, "runs": 1, "fresh_s": 8.0, "ceiling": 1_000_000},
-    "full": {"arrow": 6_000_000, "json": 1_500_000, "runs": 3, "fresh_s": 30.0, "ceiling": 3_000_000},
+    "quick": {"arrow": 1_000_000, "json": 300_000, "runs": 1, "fresh_s": 8.0, "ceiling": 1_000_000, "rss_s": 8.0},
+    "full": {"arrow": 6_000_000, "json": 1_500_000, "runs": 3, "fresh_s": 30.0, "ceiling": 3_000_000, "rss_s": 25.0},
 }
+REFUSED_RSS_RATIO_TARGET = 1.5  # refused-only peak RSS at most this times the normal firehose's
 ARROW_TARGET = 1_000_000
 JSON_TARGET = 300_000
 CEILING_SHARE_TARGET = 0.30
@@ -146,6 +155,31 @@ def freshness(seconds: float) -> tuple[float, float, float]:
         return float(p50), float(p95), settings.flush_interval_seconds
 
 
+def _rss_child(lake: str, refuse_all: bool, seconds: float) -> None:
+    """In a child process: run the pipeline on a firehose FakeSource for ``seconds``; print peak RSS and records."""
+    from testkit.fake_source import FakeSource
+
+    logging.getLogger().setLevel(logging.WARNING)
+    settings = _settings(Path(lake), free_port())
+    source = FakeSource(refuse=(lambda _: True) if refuse_all else None)
+    commits: list[Commit] = []
+    run_pipeline(settings, RunOptions(duration=seconds, compaction=False), source=source, on_commit=commits.append)
+    status = Path("/proc/self/status").read_text()
+    hwm_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_mb": hwm_kb / 1024, "records": sum(c.records + c.refused for c in commits)}))
+
+
+def pipeline_peak_rss(seconds: float, *, refuse_all: bool) -> tuple[float, int]:
+    """(peak RSS in MB, records committed): the pipeline in a child process on an in-process firehose."""
+    with _lake() as lake:
+        code = f"from benchmarks.bench_ingest import _rss_child; _rss_child({str(lake)!r}, {refuse_all}, {seconds})"
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True, timeout=seconds + 120
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        return float(result["peak_mb"]), int(result["records"])
+
+
 def run(size: str = "full") -> list[Row]:
     """Measure every figure; rows are ``figure, value, unit, reference, reference_value, ratio, target, ok``."""
     cfg = SIZES[size]
@@ -182,6 +216,20 @@ def run(size: str = "full") -> list[Row]:
                 "ok": None,
             }
         )
+    normal_mb, normal_n = pipeline_peak_rss(cfg["rss_s"], refuse_all=False)
+    refused_mb, refused_n = pipeline_peak_rss(cfg["rss_s"], refuse_all=True)
+    rows.append(
+        {
+            "figure": f"pipeline peak RSS, refused-only firehose ({cfg['rss_s']:.0f} s, {refused_n:,} refused)",
+            "value": refused_mb,
+            "unit": "MB",
+            "reference": f"the normal firehose ({normal_n:,} records)",
+            "reference_value": normal_mb,
+            "ratio": refused_mb / normal_mb,
+            "target": f"<= {REFUSED_RSS_RATIO_TARGET}x the normal firehose's",
+            "ok": refused_mb <= REFUSED_RSS_RATIO_TARGET * normal_mb,
+        }
+    )
     p50, p95, interval = freshness(cfg["fresh_s"])
     for label, value, target_ok in (("p50", p50, None), ("p95", p95, p95 <= interval + 1.0)):
         rows.append(

@@ -8,7 +8,8 @@ lake are no longer moved here: a file the events table's log does not add is sim
 
 *Order.* A flush appends the file of the refused records of its range to the quarantine table
 *before* the commit that moves the pipeline's position past them (:mod:`lake.writer`), and only
-refused records below that commit's last event id go into it. So an entry whose first event id is
+refused records at or below the position that commit sets go into it (a flush of refused records
+alone ends with a commit that carries only the new position). So an entry whose first event id is
 at or beyond the resume cursor (the committed position + 1) belongs to a flush that never committed:
 :func:`remove_orphans` takes it out of the table at the next start, and the source, deterministic
 per cursor, refuses those records again. Every event id up to the committed position is thus,

@@ -273,6 +273,21 @@ class LakeTable(_DeltaFiles):
         is neither ``expected`` nor that, another writer moved it: FencedError, and nothing is committed.
         Raises LakeError when the commit failed for another reason (call again to retry).
         """
+        action = AddAction(self.path_of(info.key), info.size, {}, _millis(info), True, stats.to_json())
+        self._move_position([action], through_event_id, expected)
+
+    def advance(self, *, through_event_id: int, expected: int | None) -> None:
+        """Move the pipeline's position from ``expected`` to ``through_event_id`` in a commit that adds no file.
+
+        For a flush whose records were all refused (they are in the quarantine table already): the
+        commit carries only the ``txn``. Same fencing and idempotence as :meth:`append`.
+        """
+        self._move_position([], through_event_id, expected)
+
+    def _move_position(
+        self, actions: list[AddAction | RemoveAction], through_event_id: int, expected: int | None
+    ) -> None:
+        """Commit ``actions`` with the pipeline's position moved from ``expected`` to ``through_event_id``."""
         if self._uncertain:
             self.refresh()
             self._uncertain = False
@@ -286,9 +301,8 @@ class LakeTable(_DeltaFiles):
                 f"the pipeline's position in {self.root} is {position}, not {expected} as this writer "
                 "last committed: another pipeline writes to this lake; this one stops"
             )
-        action = AddAction(self.path_of(info.key), info.size, {}, _millis(info), True, stats.to_json())
         try:
-            self.commit([action], "flush", txn=through_event_id)
+            self.commit(actions, "flush", txn=through_event_id)
         except FencedError:
             raise
         except LakeError:

@@ -1,9 +1,11 @@
 """The buffered writer: Arrow tables in, whole landing (and quarantine) files out, on size or age.
 
 :class:`BufferedWriter` is a context manager with two named thresholds (:class:`FlushThresholds`):
-a flush starts when ``records`` are buffered, or ``interval_seconds`` after the oldest buffered
-valid record arrived (for records from the live head of the stream, after its event time if that
-is sooner, so the wait for the poll counts against the interval: see :meth:`BufferedWriter.add`).
+a flush starts when ``records`` (valid and refused alike) are buffered, or ``interval_seconds`` after
+the oldest buffered record arrived (for valid records from the live head of the stream, after its event
+time if that is sooner, so the wait for the poll counts against the interval: see
+:meth:`BufferedWriter.add`). Refused records count as much as valid ones, so memory stays bounded
+whatever the mix, a source that sends only refused records included.
 A flusher thread owns all writing, so the time-based flush fires whatever the caller is doing
 (waiting on a slow source, sleeping through an outage), and writing one file overlaps fetching
 the next batch. Leaving the ``with`` block normally flushes everything; leaving it by an exception
@@ -18,10 +20,12 @@ A flush commits in a fixed order (the lake's protocol, ``docs/lake-protocol.md``
 3. one commit to the events table adds that file and moves the pipeline's position (the ``txn`` of
    :data:`lake.table.APP_ID`) from where this writer last put it to the flush's last valid event id.
 
-Only step 3 makes the records part of the lake. Refused records *after* the last valid one stay
-buffered until a valid record follows them, so a quarantine entry is always confirmed by the commit
-right after it; a crash before that commit leaves an orphan (a landing file no reader sees, a
-quarantine entry beyond the position) that the next start removes (:mod:`ingestion.resume`).
+A flush with refused records and no valid one (the refused records after the last valid one, once
+they are due on their own) skips step 2, and step 3 is a commit that adds no file and only moves the
+position to its last refused event id (:meth:`~lake.table.LakeTable.advance`). Only step 3 makes the
+records part of the lake, and every quarantine entry is confirmed by the commit right after it; a
+crash before that commit leaves an orphan (a landing file no reader sees, a quarantine entry beyond
+the position) that the next start removes (:mod:`ingestion.resume`).
 
 A failed step (``OSError`` such as ENOSPC, ``CommitError``, a ``LakeError`` from the log) leaves
 nothing partial: the records stay held, the failure is logged, and the flush is retried with a
@@ -164,8 +168,8 @@ class _Flush:
     instead of publishing a second copy; a published file is reused until its commit lands.
     """
 
-    valid: pa.Table  # RECORD_SCHEMA, event_id order, at least one row
-    refused: pa.Table | None  # QUARANTINE_SCHEMA, ids below valid's last id
+    valid: pa.Table  # RECORD_SCHEMA, event_id order; no rows for a flush of refused records only
+    refused: pa.Table | None  # QUARANTINE_SCHEMA: ids below valid's last id, or all of them if no valid
     event_id_min: int
     event_id_max: int
     lake_table: pa.Table | None = None
@@ -219,6 +223,7 @@ class BufferedWriter:
         self._valid_rows = 0
         self._refused_rows = 0
         self._deadline: float | None = None  # monotonic instant the buffered valid records are due
+        self._refused_deadline: float | None = None  # the same for the buffered refused records
         self._last_valid_id: int | None = None
         self._last_seen_id: int | None = position  # records at or below the position are committed already
         self._pending: _Flush | None = None
@@ -261,7 +266,6 @@ class BufferedWriter:
 
         Raises CommitError if records could not be committed in time (they were not published, so a
         restarted pipeline fetches them again), or the error that stopped the flusher.
-        A refused-record tail after the last valid record is dropped uncommitted, for the same reason.
         """
         self.start()  # so that close() always flushes, even if the thread was never started
         with self._cond:
@@ -273,16 +277,11 @@ class BufferedWriter:
         with self._cond:
             if self._fatal is not None:
                 raise self._fatal
-            left = self._valid_rows + (self._pending.rows if self._pending else 0)
+            left = self._valid_rows + self._refused_rows + (self._pending.rows if self._pending else 0)
             if left:
                 raise CommitError(
                     f"gave up after {timeout:.0f} s: {left:,} buffered records were not committed "
                     "(nothing partial was published; a restarted pipeline fetches them again)"
-                )
-            if self._refused_rows:
-                log.info(
-                    "%d refused record(s) after the last valid one stay uncommitted; the next start refuses them again",
-                    self._refused_rows,
                 )
 
     def abort(self) -> None:
@@ -301,7 +300,7 @@ class BufferedWriter:
         Ids must be strictly increasing and above everything added before. Blocks while a full buffer
         is already waiting to be written (back-pressure); raises WriterClosedError once closing.
 
-        The buffer is due ``interval_seconds`` after its oldest valid record arrived. ``live=True``
+        The buffer is due ``interval_seconds`` after its oldest record arrived. ``live=True``
         says the records are the head of a live stream (the source had no more): they are then due
         at the latest ``interval_seconds`` after their *event time* (``badge_out_timestamp``, naive
         UTC) too, so the time a record waited for the poll counts against the interval, and the
@@ -331,6 +330,8 @@ class BufferedWriter:
             if refused is not None:
                 self._refused.append(refused)
                 self._refused_rows += refused.num_rows
+                if self._refused_deadline is None:
+                    self._refused_deadline = now + self.thresholds.interval_seconds
             last = self._last_of(valid, refused)
             if last is not None:
                 self._last_seen_id = last
@@ -342,7 +343,7 @@ class BufferedWriter:
         with self._cond:
             self._flush_requested = True
             self._cond.notify_all()
-            while (self._valid_rows or self._pending is not None) and self._fatal is None:
+            while (self._valid_rows or self._refused_rows or self._pending is not None) and self._fatal is None:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._thread is None or not self._thread.is_alive():
                     return False
@@ -406,24 +407,26 @@ class BufferedWriter:
         return max(lasts) if lasts else None
 
     def _full(self) -> bool:
-        """Under the lock: a whole flush is waiting (refused records alone can never be flushed)."""
-        return self._valid_rows > 0 and self._valid_rows + self._refused_rows >= self.thresholds.records
+        """Under the lock: a whole flush is waiting (valid and refused records count alike)."""
+        return self._valid_rows + self._refused_rows >= self.thresholds.records
 
     def _due(self) -> bool:
-        """Under the lock: is a flush due now? (Only with valid records: they confirm refused ones.)"""
-        if not self._valid_rows:
+        """Under the lock: is a flush due now? On size, age, request or close, whatever the mix."""
+        if not self._valid_rows and not self._refused_rows:
             return False
-        if self._closing or self._flush_requested:
+        if self._closing or self._flush_requested or self._full():
             return True
-        if self._valid_rows + self._refused_rows >= self.thresholds.records:
-            return True
-        assert self._deadline is not None
-        return time.monotonic() >= self._deadline
+        due = self._next_due()
+        return due is not None and time.monotonic() >= due
+
+    def _next_due(self) -> float | None:
+        """Under the lock: the instant the oldest buffered record is due (None with nothing buffered)."""
+        deadlines = [d for d in (self._deadline, self._refused_deadline) if d is not None]
+        return min(deadlines) if deadlines else None
 
     def _wait_time(self) -> float | None:
-        if not self._valid_rows or self._deadline is None:
-            return None
-        return max(0.0, self._deadline - time.monotonic())
+        due = self._next_due()
+        return None if due is None else max(0.0, due - time.monotonic())
 
     def _event_time_deadline(self, valid: pa.Table, now: float) -> float:
         """The monotonic instant ``interval_seconds`` after the oldest event time in ``valid``."""
@@ -431,22 +434,33 @@ class BufferedWriter:
         return float(now + (oldest_us / 1e6 + self.thresholds.interval_seconds - time.time()))
 
     def _cut(self) -> _Flush:
-        """Under the lock: take the flushable part of the buffer; a refused tail after it stays."""
-        valid = pa.concat_tables(self._valid) if len(self._valid) > 1 else self._valid[0]
-        hi = self._last_valid_id
-        assert hi is not None
+        """Under the lock: take the flushable part of the buffer.
+
+        With valid records: them and the refused records below the last of them (a refused tail after it
+        stays, due on its own). Without: every refused record, for a flush that only moves the position.
+        """
         refused: pa.Table | None = None
         tail: pa.Table | None = None
-        if self._refused:
-            everything = pa.concat_tables(self._refused)
-            # Null ids (unparseable) travel with the flush they arrived before.
-            below = pc.less(pc.fill_null(everything.column("event_id"), -1), hi)
-            refused = everything.filter(below)
-            tail = everything.filter(pc.invert(below))
-            refused = refused if refused.num_rows else None
-            tail = tail if tail.num_rows else None
-        ids = valid.column("event_id")
-        lo = int(ids[0].as_py())
+        everything = pa.concat_tables(self._refused) if self._refused else None
+        if self._valid_rows:
+            valid = pa.concat_tables(self._valid) if len(self._valid) > 1 else self._valid[0]
+            hi = self._last_valid_id
+            assert hi is not None
+            if everything is not None:
+                # Null ids (unparseable) travel with the flush they arrived before.
+                below = pc.less(pc.fill_null(everything.column("event_id"), -1), hi)
+                refused = everything.filter(below)
+                tail = everything.filter(pc.invert(below))
+                refused = refused if refused.num_rows else None
+                tail = tail if tail.num_rows else None
+            lo = int(valid.column("event_id")[0].as_py())
+        else:
+            assert everything is not None
+            valid, refused = RECORD_SCHEMA.empty_table(), everything
+            top = pc.max(everything.column("event_id")).as_py()
+            # Ids are null only where a caller bypassed placement; the position then stays where it is.
+            hi = int(top) if top is not None else (self._position if self._position is not None else -1)
+            lo = hi
         if refused is not None:
             rmin = pc.min(refused.column("event_id")).as_py()
             lo = min(lo, int(rmin)) if rmin is not None else lo
@@ -455,7 +469,9 @@ class BufferedWriter:
         self._deadline = None
         self._refused = [tail] if tail is not None else []
         self._refused_rows = tail.num_rows if tail is not None else 0
-        self._flush_requested = False
+        if tail is None:
+            self._refused_deadline = None
+            self._flush_requested = False  # a requested flush also takes the tail, in a flush of its own
         self._cond.notify_all()  # room for add()
         return _Flush(valid=valid, refused=refused, event_id_min=lo, event_id_max=hi)
 
@@ -526,7 +542,7 @@ class BufferedWriter:
             self._pending = None
             self._records_committed += commit.records
             self._refused_committed += commit.refused
-            self._files_written += 1
+            self._files_written += 1 if commit.landing_key else 0
             self._quarantine_files += 1 if commit.quarantine_key else 0
             self._next_event_id = commit.event_id_max + 1
             if commit.newest_event_time is not None:
@@ -555,8 +571,9 @@ class BufferedWriter:
 
         (1) publish the refused records and append them to the quarantine table; (2) publish the
         landing file; (3) commit it to the events table, moving the position to the flush's last
-        valid event id. Raises FencedError if another writer moved the position, OSError or
-        LakeError (retryable) if a step failed.
+        valid event id. A flush without valid records skips (2), and (3) only moves the position (to
+        its last refused event id). Raises FencedError if another writer moved the position, OSError
+        or LakeError (retryable) if a step failed.
         """
         if flush.attempts:  # retrying: a file published long ago may have been cleaned up as an orphan
             if flush.quarantine is not None and not flush.quarantine_done and not self._still_there(flush.quarantine):
@@ -569,6 +586,8 @@ class BufferedWriter:
                 flush.quarantine = write_quarantine(self.storage, flush.refused, flush.quarantine_name)
             self._quarantine().append(flush.quarantine, quarantine.refused_stats(flush.refused))
             flush.quarantine_done = True
+        if not flush.valid.num_rows:
+            return self._advance(flush)
         if flush.lake_table is None:
             flush.lake_table = with_duration(flush.valid)
             flush.landing_stats = FileStats.of_table(flush.lake_table)
@@ -590,5 +609,23 @@ class BufferedWriter:
             refused=flush.refused.num_rows if flush.refused is not None else 0,
             event_id_max=flush.event_id_max,
             newest_event_time=newest,
+            committed_at=time.time(),
+        )
+
+    def _advance(self, flush: _Flush) -> Commit:
+        """Step 3 of a flush of refused records only: a commit that moves the position and adds no file."""
+        assert flush.refused is not None
+        moves = pc.max(flush.refused.column("event_id")).as_py() is not None
+        if moves and not flush.committed:
+            self._table.advance(through_event_id=flush.event_id_max, expected=self._position)
+            self._position = flush.event_id_max
+        flush.committed = True
+        return Commit(
+            landing_key=None,
+            quarantine_key=flush.quarantine.key if flush.quarantine is not None else None,
+            records=0,
+            refused=flush.refused.num_rows,
+            event_id_max=flush.event_id_max,
+            newest_event_time=None,
             committed_at=time.time(),
         )

@@ -11,8 +11,14 @@ JSON bodies go through :func:`validate_json`: one in the service's canonical for
 
 Checks, vectorized: missing or null fields, values of the wrong type or unparseable timestamps, a
 negative ``event_id``, an empty ``user_id``, an unknown department or building, ``badge_out`` before
-``badge_in``. Extra fields are ignored. Dictionary-encoded strings and other timestamp units or zones
-are accepted and normalized (timestamps to naive UTC microseconds).
+``badge_in``; and everything the lake cannot store (the bounds live in :mod:`utils.records`): a text
+field (``user_id``, ``dept``, ``building_location``) longer than 256 characters (``TEXT_MAX_CHARS``), a
+timestamp outside 1970-01-01T00:00:00 .. 2200-01-01T00:00:00 (UTC, end excluded; ``TIMESTAMP_MIN``,
+``TIMESTAMP_MAX``), a session longer than 2**31 - 1 seconds (``duration_s`` is an int32:
+``DURATION_MAX_SECONDS``). Each refusal's reason names the field. So a valid record always fits
+LAKE_SCHEMA: :func:`utils.records.with_duration` cannot fail on it. Extra fields are ignored.
+Dictionary-encoded strings and other timestamp units or zones are accepted and normalized (timestamps
+to naive UTC microseconds); an Arrow timestamp that microseconds cannot hold is refused as invalid.
 """
 
 from __future__ import annotations
@@ -30,7 +36,17 @@ import pyarrow.compute as pc
 
 from source.json_decode import canonical_columns
 from utils.errors import PermanentSourceError, TransientSourceError
-from utils.records import BUILDINGS, DEPARTMENTS, FIELDS, QUARANTINE_SCHEMA, RECORD_SCHEMA
+from utils.records import (
+    BUILDINGS,
+    DEPARTMENTS,
+    DURATION_MAX_SECONDS,
+    FIELDS,
+    QUARANTINE_SCHEMA,
+    RECORD_SCHEMA,
+    TEXT_MAX_CHARS,
+    TIMESTAMP_MAX,
+    TIMESTAMP_MIN,
+)
 
 BOOLS = npt.NDArray[np.bool_]
 
@@ -48,6 +64,12 @@ _BUILDINGS: Final = pa.array(BUILDINGS, pa.string())
 _UTC_US: Final = pa.timestamp("us", "UTC")
 NOT_AN_OBJECT: Final = "not a JSON object"
 _CAST_ERRORS: Final = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError)
+_TEXT_FIELDS: Final = tuple(name for name, kind in _KIND.items() if kind == "str")
+_TIME_MIN: Final = pa.scalar(TIMESTAMP_MIN, pa.timestamp("us"))
+_TIME_MAX: Final = pa.scalar(TIMESTAMP_MAX, pa.timestamp("us"))
+_TIME_RANGE: Final = f"{TIMESTAMP_MIN:%Y-%m-%d}..{TIMESTAMP_MAX:%Y-%m-%d}"
+_DURATION_MAX_US: Final = (DURATION_MAX_SECONDS + 1) * 1_000_000  # floor(us / 1e6) <= MAX  <=>  us < this
+_US_PER: Final[dict[str, int]] = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 1}
 
 
 class UndecodableBodyError(TransientSourceError):
@@ -198,7 +220,11 @@ def _arrow_column(arr: pa.Array, kind: str) -> _Column:
     source = arr
 
     def originals(idx: npt.NDArray[np.intp]) -> list[Any]:
-        return source.take(pa.array(idx, pa.int64())).to_pylist()  # type: ignore[no-any-return]
+        taken = source.take(pa.array(idx, pa.int64()))
+        try:
+            return taken.to_pylist()  # type: ignore[no-any-return]
+        except (ValueError, OverflowError):  # e.g. a timestamp beyond Python's datetime: Arrow's own text
+            return taken.cast(pa.string()).to_pylist()  # type: ignore[no-any-return]
 
     t = arr.type
     if kind == "time" and (pa.types.is_string(t) or pa.types.is_large_string(t)):
@@ -218,13 +244,35 @@ def _arrow_column(arr: pa.Array, kind: str) -> _Column:
         if fits and kind == "time":
             if t.tz is not None:
                 arr = arr.cast(pa.timestamp(t.unit, "UTC")).cast(pa.timestamp(t.unit))
-            return _Column(arr.cast(pa.timestamp("us"), safe=False), np.zeros(n, dtype=bool), originals)
+            return _timestamps_us(arr, originals)
         if fits:
             return _Column(arr.cast(RECORD_SCHEMA.field(_field_of_kind(kind)).type), np.zeros(n, dtype=bool), originals)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
-    column = _python_column(arr.to_pylist(), kind)
+    try:
+        values = arr.to_pylist()
+    except (ValueError, OverflowError):  # values Python cannot hold (a timestamp beyond year 9999): none fits
+        target = RECORD_SCHEMA.field(_field_of_kind(kind)).type
+        return _Column(pa.nulls(n, target), _mask(arr.is_valid()), originals)
+    column = _python_column(values, kind)
     return _Column(column.values, column.bad, originals)
+
+
+def _timestamps_us(arr: pa.Array, originals: Callable[[npt.NDArray[np.intp]], list[Any]]) -> _Column:
+    """A naive timestamp column of any unit in microseconds; values microseconds cannot hold are bad (null).
+
+    Finer units are truncated (ns to us); coarser ones are range-checked first, since Arrow's unsafe
+    cast would wrap an overflowing value silently into a plausible one.
+    """
+    per = _US_PER[arr.type.unit]
+    bad = np.zeros(len(arr), dtype=bool)
+    if per > 1:
+        limit = (2**63 - 1) // per
+        ints = arr.cast(pa.int64())
+        bad = _mask(pc.or_(pc.less(ints, -limit), pc.greater(ints, limit)))
+        if bad.any():
+            arr = pc.if_else(pa.array(bad), pa.scalar(None, arr.type), arr)
+    return _Column(arr.cast(pa.timestamp("us"), safe=False), bad, originals)
 
 
 def _validate(columns: dict[str, _Column], n: int, not_objects: BOOLS | None) -> Validated:
@@ -243,8 +291,25 @@ def _validate(columns: dict[str, _Column], n: int, not_objects: BOOLS | None) ->
     problems.append((_mask(pc.equal(pc.binary_length(columns["user_id"].values), 0)), "empty user_id"))
     problems.append((_unknown(columns["dept"].values, _DEPARTMENTS), "unknown dept"))
     problems.append((_unknown(columns["building_location"].values, _BUILDINGS), "unknown building_location"))
+    for name in _TEXT_FIELDS:
+        too_long = pc.greater(pc.utf8_length(columns[name].values), TEXT_MAX_CHARS)
+        problems.append((_mask(too_long), f"{name} longer than {TEXT_MAX_CHARS} characters"))
     badge_in, badge_out = columns["badge_in_timestamp"].values, columns["badge_out_timestamp"].values
+    in_range = {}
+    for name, values in (("badge_in_timestamp", badge_in), ("badge_out_timestamp", badge_out)):
+        outside = _mask(pc.or_(pc.less(values, _TIME_MIN), pc.greater_equal(values, _TIME_MAX)))
+        problems.append((outside, f"{name} outside {_TIME_RANGE}"))
+        in_range[name] = ~outside
     problems.append((_mask(pc.less(badge_out, badge_in)), "badge_out_timestamp before badge_in_timestamp"))
+    # Both in range, so the difference cannot overflow int64 (it could wrap for arbitrary values).
+    elapsed = pc.subtract(badge_out.cast(pa.int64()), badge_in.cast(pa.int64()))
+    too_long = _mask(pc.greater_equal(elapsed, _DURATION_MAX_US)) & in_range["badge_in_timestamp"]
+    problems.append(
+        (
+            too_long & in_range["badge_out_timestamp"],
+            f"badge_out_timestamp - badge_in_timestamp over {DURATION_MAX_SECONDS} s (duration_s is int32)",
+        )
+    )
 
     refused = np.zeros(n, dtype=bool)
     for mask, _ in problems:

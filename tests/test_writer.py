@@ -19,6 +19,7 @@ import pytest
 
 from lake import layout
 from lake import storage as lake_storage
+from lake.audit import verify
 from lake.filestats import FileStats
 from lake.storage import LocalStorage
 from lake.table import LakeTable, QuarantineTable, SnapshotReader, quarantine_files, read_snapshot
@@ -262,6 +263,7 @@ def test_refused_records_commit_before_the_landing_file_that_confirms_them(
     real_publish = LocalStorage.publish
     real_quarantine = QuarantineTable.append
     real_commit = LakeTable.append
+    real_advance = LakeTable.advance
 
     def spy(self: LocalStorage, tmp: Path, zone: str, name: str) -> lake_storage.FileInfo:
         steps.append(f"publish {zone}")
@@ -275,9 +277,14 @@ def test_refused_records_commit_before_the_landing_file_that_confirms_them(
         real_commit(self, info, stats, **position)  # type: ignore[arg-type]
         steps.append(f"commit {info.zone} through {position['through_event_id']}")
 
+    def spy_advance(self: LakeTable, **position: int | None) -> None:
+        real_advance(self, **position)  # type: ignore[arg-type]
+        steps.append(f"advance through {position['through_event_id']}")
+
     monkeypatch.setattr(LocalStorage, "publish", spy)
     monkeypatch.setattr(QuarantineTable, "append", spy_quarantine)
     monkeypatch.setattr(LakeTable, "append", spy_commit)
+    monkeypatch.setattr(LakeTable, "advance", spy_advance)
     records = make_records(0, 20)
     bad = [i in (3, 7, 18, 19) for i in range(20)]
     mask = pa.array(bad)
@@ -286,21 +293,17 @@ def test_refused_records_commit_before_the_landing_file_that_confirms_them(
     with make_writer(storage, FlushThresholds(records=1000, interval_seconds=60)) as writer:
         writer.add(valid, refused)
         assert writer.flush(5)
-        # 18 and 19 come after the last valid record (17): they wait for a valid record to confirm them.
-        assert quarantine_ids(storage).tolist() == [3, 7]
-        assert writer.stats().buffered == 2
+        # 18 and 19 come after the last valid record (17): a flush of their own, which moves only the position.
+        assert quarantine_ids(storage).tolist() == [3, 7, 18, 19]
+        assert writer.stats().buffered == 0
         first = ["publish quarantine", "quarantine quarantine", "publish landing", "commit landing through 17"]
-        assert steps == first
-        assert read_snapshot(storage).committed_event_id == 17
-        q_key = storage.list_files(layout.QUARANTINE)[0].key
+        tail = ["publish quarantine", "quarantine quarantine", "advance through 19"]
+        assert steps == first + tail
+        snapshot = read_snapshot(storage)
+        assert snapshot.committed_event_id == 19 and len(snapshot.files) == 1
+        q_key = next(f.key for f in quarantine_files(storage) if f.event_id_min == 3)
         writer.add(make_records(20, 5))
-    assert steps == [
-        *first,
-        "publish quarantine",
-        "quarantine quarantine",
-        "publish landing",
-        "commit landing through 24",
-    ]
+    assert steps == [*first, *tail, "publish landing", "commit landing through 24"]
     assert quarantine_ids(storage).tolist() == [3, 7, 18, 19]
     assert landing_ids(storage).tolist() == [i for i in range(25) if i not in (3, 7, 18, 19)]
     table = pq.read_table(storage.path(q_key))
@@ -460,3 +463,78 @@ def test_close_gives_up_when_the_disk_stays_full(storage: LocalStorage, monkeypa
     with pytest.raises(CommitError, match="50 buffered records were not committed"):
         writer.close(timeout=0.3)
     assert storage.list_files(layout.LANDING) == [] and storage.list_all(layout.TEMP) == []
+
+
+def refused_batch(start: int, count: int) -> tuple[pa.Table, pa.Table]:
+    """An all-refused batch of ``count`` events from ``start``: no valid record, every one refused."""
+    records = make_records(start, count)
+    return records.slice(0, 0), as_refused(records, "unknown dept")
+
+
+def test_a_refused_only_source_is_flushed_on_size_with_bounded_memory(storage: LocalStorage) -> None:
+    # Reproduction (issue 12): refused records never counted toward the flush, so with no valid record
+    # the buffer grew without bound and nothing was committed.
+    records, batch = 100, 25
+    peak = 0
+    with make_writer(storage, FlushThresholds(records=records, interval_seconds=60)) as writer:
+        for start in range(0, 2_000, batch):
+            writer.add(*refused_batch(start, batch))
+            peak = max(peak, writer.stats().buffered)
+        wait_until(lambda: (writer.stats().next_event_id or 0) >= 1_900, 5, what="size-triggered position-only flushes")
+    assert peak <= 2 * records + batch  # the buffer plus the flush being written, never the whole stream
+    snapshot = read_snapshot(storage)
+    assert snapshot.committed_event_id == 1_999 and snapshot.files == ()  # the position moved, no landing file
+    assert writer.stats().files_written == 0 and writer.stats().quarantine_files >= 10
+    assert quarantine_ids(storage).tolist() == list(range(2_000))
+    assert verify(storage, grace_seconds=30).ok
+
+
+def test_refused_records_alone_are_flushed_on_time(storage: LocalStorage) -> None:
+    with make_writer(storage, FlushThresholds(records=10_000, interval_seconds=0.3)) as writer:
+        writer.add(make_records(0, 5))
+        writer.add(*refused_batch(5, 5))  # a refused tail after the last valid record
+        wait_until(lambda: read_snapshot(storage).committed_event_id == 9, 3, interval=0.01, what="the timed flushes")
+        assert writer.stats().buffered == 0
+    assert landing_ids(storage).tolist() == list(range(5)) and quarantine_ids(storage).tolist() == list(range(5, 10))
+    assert verify(storage, grace_seconds=30).ok
+
+
+def test_back_pressure_counts_refused_records(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = DiskFull(monkeypatch, times=10_000, only_kind="quarantine")
+    writer = make_writer(storage, FlushThresholds(10, 60), retry=Backoff(0.02, 2.0, 0.05))
+    with writer:
+        writer.add(*refused_batch(0, 10))  # cut into a failing flush
+        wait_until(lambda: writer.stats().failed_attempts >= 1, 5, what="a failed flush")
+        writer.add(*refused_batch(10, 10))  # buffered behind it: the buffer is now full
+        blocked = threading.Thread(target=writer.add, args=refused_batch(20, 10))
+        blocked.start()
+        time.sleep(0.3)
+        assert blocked.is_alive(), "add() must wait while a full buffer of refused records cannot be written"
+        disk.left = 0
+        blocked.join(5)
+        assert not blocked.is_alive()
+    assert quarantine_ids(storage).tolist() == list(range(30))
+    assert read_snapshot(storage).committed_event_id == 29
+
+
+def test_a_position_only_commit_is_fenced_and_idempotent(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = LakeTable.open_or_create(storage, TEST_IDENTITY)
+    real = LakeTable.commit
+    calls = {"n": 0}
+
+    def landed_then_error(self: LakeTable, *args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        real(self, *args, **kwargs)
+        if calls["n"] == 1:
+            raise LakeError("injected: an error after the commit landed")
+
+    monkeypatch.setattr(LakeTable, "commit", landed_then_error)
+    with pytest.raises(LakeError):
+        table.advance(through_event_id=9, expected=None)
+    table.advance(through_event_id=9, expected=None)  # the retry sees it landed: no second commit
+    assert calls["n"] == 1 and table.committed_event_id() == 9
+    with pytest.raises(FencedError):
+        LakeTable.open(storage).advance(through_event_id=20, expected=5)  # a writer with a stale view
+    assert read_snapshot(storage).committed_event_id == 9 and read_snapshot(storage).version == 1

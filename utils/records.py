@@ -9,6 +9,7 @@ the wire carries an explicit ``Z``.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Final
 
 import pyarrow as pa
@@ -29,6 +30,15 @@ BUILDINGS: Final[tuple[str, ...]] = ("Sonic", "Re-invent", "Grace", "Maverick")
 COMPLIANCE_SECONDS: Final[int] = 4 * 3600
 
 TIMESTAMP_TYPE: Final[pa.DataType] = pa.timestamp("us")
+
+# What the lake stores, so what validation lets through (source.validation refuses anything else):
+# timestamps in [TIMESTAMP_MIN, TIMESTAMP_MAX) (naive UTC; far inside timestamp[us] and the generator's
+# whole range), a session of at most DURATION_MAX_SECONDS (duration_s is an int32: ~68 years), and text
+# fields of at most TEXT_MAX_CHARS characters (a UUID is 36; the longest department or building 11).
+TIMESTAMP_MIN: Final = datetime(1970, 1, 1)
+TIMESTAMP_MAX: Final = datetime(2200, 1, 1)
+DURATION_MAX_SECONDS: Final = 2**31 - 1
+TEXT_MAX_CHARS: Final = 256
 
 FIELDS: Final[tuple[str, ...]] = (
     "event_id",
@@ -67,7 +77,11 @@ QUARANTINE_SCHEMA: Final[pa.Schema] = pa.schema(
 
 
 def with_duration(table: pa.Table) -> pa.Table:
-    """Add ``duration_s`` to a RECORD_SCHEMA table, giving a LAKE_SCHEMA table (zero-copy for the rest)."""
+    """Add ``duration_s`` to a RECORD_SCHEMA table, giving a LAKE_SCHEMA table (zero-copy for the rest).
+
+    Cannot fail on records that passed validation (badge-out at or after badge-in, at most
+    DURATION_MAX_SECONDS apart); on anything else the int32 cast raises ``pa.ArrowInvalid``.
+    """
     import pyarrow.compute as pc
 
     start = table.column("badge_in_timestamp").cast(pa.int64())
