@@ -5,8 +5,9 @@ schema version): the pipeline reads it and refuses to append another stream to a
 
 Guarantee: the same seed and cursor give the same records, byte for byte, in either format; a live
 request never returns an event whose time has not come; deliberate faults never change what a cursor
-returns. ``uvicorn api.main:app`` reads settings from the environment and ``.env`` at start-up (not on
-import); tests build their own app with :func:`create_app`.
+returns; beyond a limit of large requests in flight the service answers 503 with ``Retry-After`` at once
+instead of growing (api/shedding.py). ``uvicorn api.main:app`` reads settings from the environment and
+``.env`` at start-up (not on import); tests build their own app with :func:`create_app`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from api.encoding import encode_arrow, encode_json
 from api.faults import RETRY_AFTER_SECONDS, SLOW_MARGIN_SECONDS, Fault, FaultInjector, TruncatedResponse
 from api.generators import MAX_EVENTS, BadgeStream
+from api.shedding import LARGE_BATCH, MAX_LARGE_REQUESTS, InFlightLimit, LoadShedding
 from api.stream_state import format_stream_start, resolve_stream_start
 from lake.identity import SCHEMA_VERSION
 from processes.cli import EXIT_CONFIG, run_main, setup_logging
@@ -167,15 +169,19 @@ RECORDS_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     400: {"description": "batch or cursor out of range; `detail` names the limit", "model": Detail},
     500: {"description": "deliberate fault (API_FAULT_RATE)", "model": Detail},
     503: {
-        "description": "deliberate fault (API_FAULT_RATE); retry after `Retry-After` seconds",
+        "description": f"overloaded (more than the limit of requests with batch > {LARGE_BATCH:,} in flight) or "
+        "deliberate fault (API_FAULT_RATE); retry after `Retry-After` seconds",
         "model": Detail,
         "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
     },
 }
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service as a FastAPI app; ``settings=None`` reads the environment and ``.env`` at start-up."""
+def create_app(settings: Settings | None = None, *, max_large_requests: int | None = MAX_LARGE_REQUESTS) -> FastAPI:
+    """The service as a FastAPI app; ``settings=None`` reads the environment and ``.env`` at start-up.
+
+    Beyond ``max_large_requests`` large requests in flight it sheds load (api/shedding.py); None: never.
+    """
     holder = _Holder(settings)
 
     @asynccontextmanager
@@ -201,6 +207,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.holder = holder
+    app.state.shedding = InFlightLimit(max_large_requests)
+    app.add_middleware(LoadShedding, limit=app.state.shedding)
 
     @app.get("/", summary="What this service is and where its stream stands")
     def root() -> dict[str, Any]:

@@ -11,6 +11,11 @@ Each figure sits beside a reference measured in the same run and the original's 
   ``jsonable_encoder``, ``json.dumps``), an upper bound for it. Original: 27,600 rec/s (JSON only).
 * **client fetch + validate** (Arrow, JSON): :class:`source.client.BadgeLogClient` end to end, what the
   pipeline gets per second from one connection. Reference: the served figure of the same format.
+* **service under concurrent load** (api/shedding.py): a fresh service process takes 200 concurrent
+  ``batch=100000`` JSON requests at once (loopback, one attempt each, bounded by a deadline); its peak
+  RSS (``VmHWM``) and the share of 503s with ``Retry-After``. Reference: the same service with shedding
+  off under 48 such requests (the issue's reproduction: 2,270 MB), measured in the same run. Target:
+  peak RSS under 1 GB.
 
 ``python -m benchmarks.bench_api [--size quick|full]`` prints a table; :func:`run` returns the rows.
 """
@@ -18,6 +23,7 @@ Each figure sits beside a reference measured in the same run and the original's 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import random
@@ -26,17 +32,21 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
 from api.generators import generate_table
+from api.main import create_app
+from api.shedding import MAX_LARGE_REQUESTS
 from benchmarks.suite import fmt, repeat
 from source.client import BadgeLogClient, read_body
-from testkit.processes import free_port, running_service
+from testkit.processes import ManagedProcess, free_port, http_ok, running_service, wait_until
 from utils.config import Settings, load_settings
 from utils.protocol import ARROW_MEDIA_TYPE
 from utils.records import BUILDINGS, DEPARTMENT_WEIGHTS
@@ -54,6 +64,11 @@ SIZES: dict[str, dict[str, int]] = {
 }
 TARGETS = {"generation": 5_000_000, "json": 1_000_000, "arrow": 5_000_000}
 ORIGINAL = {"generation": 112_000, "json": 27_600}  # docs/original.md
+LOAD_CLIENTS = 200  # concurrent batch=100,000 JSON requests against the shedding service
+UNSHED_CLIENTS = 48  # the same against a service that never sheds: the issue's reproduction (safe on 24 GB)
+LOAD_DEADLINE_SECONDS = 60.0  # a load run stops by itself after this long, answered or not
+RSS_BOUND_MB = 1024  # the shedding service's peak RSS under LOAD_CLIENTS stays below this
+ISSUE_UNSHED_MB = 2270  # issue 12: 48 concurrent batch=100000 JSON requests, before shedding
 
 Row = dict[str, Any]
 
@@ -134,6 +149,116 @@ def service(settings: Settings, log: Path) -> Iterator[str]:
     """A real ``uvicorn api.main:app`` in its own process on a free loopback port; yields the endpoint URL."""
     with running_service(settings.as_env(), settings.api_port, log):
         yield f"http://127.0.0.1:{settings.api_port}/employee-badge-logs/"
+
+
+def unlimited_service() -> FastAPI:
+    """``uvicorn --factory benchmarks.bench_api:unlimited_service``: the service with shedding off."""
+    return create_app(max_large_requests=None)
+
+
+@contextlib.contextmanager
+def unshed_service(settings: Settings, log: Path) -> Iterator[ManagedProcess]:
+    """Like :func:`running_service`, but the app never sheds load (the reference for the load rows)."""
+    port = settings.api_port
+    args = [str(BIN / "uvicorn"), "--factory", "benchmarks.bench_api:unlimited_service"]
+    args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    with ManagedProcess(args, env=settings.as_env(), log_path=log) as proc:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health/"), 60, what="the unshed service")
+        yield proc
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set size so far (``VmHWM``), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+async def _burst(url: str, clients: int) -> Counter[str]:
+    """``clients`` concurrent JSON GETs of BATCH records, one attempt each; bodies are read and dropped."""
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=0)
+    timeout = httpx.Timeout(LOAD_DEADLINE_SECONDS, pool=LOAD_DEADLINE_SECONDS)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+
+        async def one(i: int) -> str:
+            try:
+                async with http.stream("GET", url, params={"batch": BATCH, "cursor": i * BATCH}) as r:
+                    async for _ in r.aiter_bytes():
+                        pass
+            except httpx.HTTPError:
+                return "failed"
+            if r.status_code == 503 and r.headers.get("Retry-After"):
+                return "shed"
+            return "served" if r.status_code == 200 else f"HTTP {r.status_code}"
+
+        tasks = [asyncio.create_task(one(i)) for i in range(clients)]
+        done, pending = await asyncio.wait(tasks, timeout=LOAD_DEADLINE_SECONDS)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return Counter([t.result() for t in done] + ["unanswered"] * len(pending))
+
+
+def load(url: str, pid: int, clients: int) -> dict[str, Any]:
+    """The service's peak RSS and answers under ``clients`` concurrent large requests."""
+    started = time.perf_counter()
+    answers = asyncio.run(_burst(url, clients))
+    return {
+        "peak_mb": peak_rss_mb(pid),
+        "answers": ", ".join(f"{kind} {n}" for kind, n in sorted(answers.items())),
+        "kinds": set(answers),
+        "shed_rate": answers["shed"] / clients,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def load_rows(settings: Settings, tmp: Path) -> list[Row]:
+    """The load figures: the shedding service under LOAD_CLIENTS, the unshed one under UNSHED_CLIENTS."""
+    url = f"http://127.0.0.1:{settings.api_port}/employee-badge-logs/"
+    with running_service(settings.as_env(), settings.api_port, tmp / "api-load.log") as proc:
+        shed = load(url, proc.pid, LOAD_CLIENTS)
+    with unshed_service(settings, tmp / "api-unshed.log") as proc:
+        unshed = load(url, proc.pid, UNSHED_CLIENTS)
+    only = {"served", "shed"}
+    common = {"runs": 1, "original": None}
+    return [
+        {
+            "figure": f"service peak RSS, {LOAD_CLIENTS} concurrent batch 100,000 JSON, "
+            f"shedding beyond {MAX_LARGE_REQUESTS} large in flight ({shed['answers']})",
+            "value": shed["peak_mb"],
+            "unit": "MB",
+            "reference": f"shedding off, {UNSHED_CLIENTS} concurrent",
+            "reference_value": unshed["peak_mb"],
+            "ratio": shed["peak_mb"] / unshed["peak_mb"],
+            "target": f"< {RSS_BOUND_MB:,}",
+            "ok": shed["peak_mb"] < RSS_BOUND_MB and shed["kinds"] <= only,
+            **common,
+        },
+        {
+            "figure": f"service shed rate, the same {LOAD_CLIENTS} requests (503 + Retry-After)",
+            "value": shed["shed_rate"],
+            "unit": "share of requests",
+            "reference": f"shedding off, {UNSHED_CLIENTS} concurrent",
+            "reference_value": unshed["shed_rate"],
+            "ratio": None,
+            "target": "",
+            "ok": None,
+            **common,
+        },
+        {
+            "figure": f"service peak RSS, {UNSHED_CLIENTS} concurrent batch 100,000 JSON, shedding off "
+            f"({unshed['answers']})",
+            "value": unshed["peak_mb"],
+            "unit": "MB",
+            "reference": "issue 12 on main",
+            "reference_value": ISSUE_UNSHED_MB,
+            "ratio": unshed["peak_mb"] / ISSUE_UNSHED_MB,
+            "target": "",
+            "ok": None,
+            **common,
+        },
+    ]
 
 
 def row(figure: str, stats: dict[str, float], reference: str, reference_value: float, target: int | None) -> Row:
@@ -234,6 +359,7 @@ def run(size: str = "full") -> list[Row]:
                         "original": None,
                     }
                 )
+        rows.extend(load_rows(settings, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
@@ -244,15 +370,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     args = parser.parse_args(argv)
     rows = run(args.size)
-    header = ("figure", "records/s (min-max)", "reference", "ratio", "original", "target", "met")
+    header = ("figure", "value (min-max)", "unit", "reference", "ratio", "original", "target", "met")
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     for r in rows:
+        spread = f" ({fmt(r['min'])}-{fmt(r['max'])})" if r.get("min") is not None else ""
         cells = (
             r["figure"],
-            f"{fmt(r['value'])} ({fmt(r['min'])}-{fmt(r['max'])})",
+            f"{fmt(r['value'])}{spread}",
+            r["unit"],
             f"{r['reference']}: {fmt(r['reference_value'])}",
-            f"{r['ratio']:,.1f}x",
+            "-" if r["ratio"] is None else f"{r['ratio']:,.2f}x",
             fmt(r["original"]),
             r["target"] or "-",
             fmt(r["ok"]),
