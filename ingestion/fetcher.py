@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 from ingestion.placement import BadgeSource, FetchResultLike, place_records
@@ -77,6 +78,8 @@ class Fetcher(threading.Thread):
         max_records: int | None = None,
         stop_event: threading.Event | None = None,
         prefetch_depth: int = PREFETCH_DEPTH,
+        wait: Callable[[float], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(name="lake-fetcher", daemon=True)
         self.source = source
@@ -87,6 +90,10 @@ class Fetcher(threading.Thread):
         self.max_records = max_records
         self.stop_event = stop_event or threading.Event()
         self.prefetch_depth = max(1, prefetch_depth)
+        # How the fetcher pauses (an outage's backoff, a poll at the head) and tells the time: by default
+        # the stop event (a stop cuts a pause short) and the monotonic clock; tests pass a fake clock.
+        self._wait = wait or self.stop_event.wait
+        self._clock = clock
         self.error: BaseException | None = None
         self.outage_since: float | None = None  # monotonic start of the current outage
         self.requests = 0
@@ -153,7 +160,7 @@ class Fetcher(threading.Thread):
             if result is None:
                 return
             if self.outage_since is not None:
-                down = time.monotonic() - self.outage_since
+                down = self._clock() - self.outage_since
                 log.info("source is back after %.0f s; resuming at event %d", down, self.cursor)
                 self.outage_since = None
                 failures = 0
@@ -166,12 +173,12 @@ class Fetcher(threading.Thread):
             if not streaming:
                 inflight.clear()  # guesses beyond the head of the stream: their cursors are not ours
                 if self.max_records is None or self.fetched < self.max_records:
-                    self.stop_event.wait(self.settings.poll_interval_seconds)
+                    self._wait(self.settings.poll_interval_seconds)
 
     def _outage(self, exc: TransientSourceError, failures: int) -> None:
         """Log the outage and wait a capped backoff (never gives up: outages of any length are survived)."""
         delay = self._outage_delay(failures)
-        now = time.monotonic()
+        now = self._clock()
         if self.outage_since is None:
             self.outage_since = now
         log.warning(
@@ -182,7 +189,7 @@ class Fetcher(threading.Thread):
             exc,
             delay,
         )
-        self.stop_event.wait(delay)
+        self._wait(delay)
 
     def _outage_delay(self, failures: int) -> float:
         """The client's backoff (its retry settings), with less jitter: the fetcher is the only caller."""

@@ -8,10 +8,11 @@ Guarantee: :meth:`BadgeLogClient.get_employee_badge_logs` either returns every r
 same policy.
 
 Retry policy (data, from settings, see :class:`RetryPolicy`): connection errors, timeouts, truncated or
-undecodable bodies, 429 and 5xx are retried; the wait before retry ``n`` is the platform's
-:class:`~utils.retry.Backoff`, ``min(cap, base**n)`` with "equal jitter" (uniformly between half and
-all of it), or the server's ``Retry-After`` (capped). Every
-failed attempt is logged. Other 4xx are never retried. One long-lived ``httpx.Client`` with explicit
+undecodable bodies, bodies longer than their ``Content-Length`` or over ``MAX_RESPONSE_BYTES`` (never
+allocated: the body is read streamed and reading stops at the cap), 429 and 5xx are retried; the wait
+before retry ``n`` is the platform's :class:`~utils.retry.Backoff`, ``min(cap, base**n)`` with "equal
+jitter" (uniformly between half and all of it), or the server's ``Retry-After`` (capped). Every failed
+attempt is logged. Other 4xx are never retried. One long-lived ``httpx.Client`` with explicit
 timeouts; Arrow is asked for first, JSON accepted (and used when the server answers JSON).
 """
 
@@ -23,6 +24,7 @@ import email.utils
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -125,6 +127,10 @@ def service_root(url: str) -> str:
     parsed = httpx.URL(url)
     parent = parsed.path.rstrip("/").rsplit("/", 1)[0] + "/"
     return str(parsed.copy_with(path=parent, query=None, fragment=None))
+
+
+class ResponseTooLargeError(TransientSourceError):
+    """A body over ``MAX_RESPONSE_BYTES``, declared or read: refused before it is held, and retried."""
 
 
 class RetryableResponseError(TransientSourceError):
@@ -289,15 +295,17 @@ class BadgeLogClient:
         if status in self.policy.statuses:
             raise RetryableResponseError(f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")))
         if not 200 <= status < 300:
-            detail = response.read()[:300].decode("utf-8", "replace")
+            detail = _head_of(response, 300).decode("utf-8", "replace")
             raise PermanentSourceError(f"GET {what}: HTTP {status}: {detail}")
 
     def _identity_attempt(self, url: str) -> ServiceIdentity:
         """One ``GET /``: the identity, or TransientSourceError (retry) / PermanentSourceError (do not)."""
-        with self._translated(url):
-            response = self._http.get(url, headers={"Accept": JSON_MEDIA_TYPE})
+        with (
+            self._translated(url),
+            self._http.stream("GET", url, headers={"Accept": JSON_MEDIA_TYPE}) as response,
+        ):
             self._check_status(response, url)
-            body = response.content
+            body = read_body(response, self.settings.max_response_bytes)
         try:
             return ServiceIdentity.from_json(json.loads(body))
         except ValueError as exc:
@@ -314,7 +322,7 @@ class BadgeLogClient:
             self._http.stream("GET", self.url, params=params, headers=headers) as response,
         ):
             self._check_status(response, f"{self.url} {params}")
-            body = read_body(response)
+            body = read_body(response, self.settings.max_response_bytes)
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
             next_header = response.headers.get(NEXT_CURSOR_HEADER)
         try:
@@ -334,25 +342,46 @@ class BadgeLogClient:
         return FetchResult(validated.valid, validated.invalid, cursor, next_cursor, kind)
 
 
-def read_body(response: httpx.Response) -> bytes | bytearray:
-    """The whole body, checked against ``Content-Length``; raises httpx.RemoteProtocolError if it is short.
+def read_body(response: httpx.Response, limit: int | None = None) -> bytes | bytearray:
+    """The whole body, checked against ``Content-Length``; never holds more than ``limit`` bytes of it.
 
-    Raw chunks go into one preallocated buffer: httpx's ``read()`` costs ~3x more for a 24 MB body.
+    Raises ResponseTooLargeError (transient) as soon as the declared length or the bytes read exceed
+    ``limit`` (None: no cap), before allocating them; httpx.RemoteProtocolError if the body is shorter
+    or longer than its ``Content-Length``. Raw chunks go into one preallocated buffer: httpx's
+    ``read()`` costs ~3x more for a 24 MB body.
     """
     size = response.headers.get("Content-Length")
     expected = int(size) if size is not None and size.isdigit() else None
+    cap = sys.maxsize if limit is None else limit
+    if expected is not None and expected > cap:
+        raise ResponseTooLargeError(f"Content-Length {expected} is over MAX_RESPONSE_BYTES={cap}; not read")
     identity = response.headers.get("Content-Encoding", "identity").strip().lower() in ("", "identity")
-    if response.is_stream_consumed or not identity:  # already in memory (a mock transport), or compressed
-        body: bytes | bytearray = response.read()
+    if response.is_stream_consumed:  # already in memory (a mock transport)
+        body: bytes | bytearray = response.content
+        if len(body) > cap:
+            raise ResponseTooLargeError(f"body of {len(body)} bytes is over MAX_RESPONSE_BYTES={cap}")
         if identity and expected is not None and len(body) != expected:
             raise httpx.RemoteProtocolError(f"body of {len(body)} bytes, Content-Length {expected}")
         return body
-    buffer = bytearray(expected or 0)
+    if not identity:  # compressed: the cap applies to the decoded bytes (a small body can inflate a lot)
+        decoded = bytearray()
+        for chunk in response.iter_bytes():
+            decoded += chunk
+            if len(decoded) > cap:
+                raise ResponseTooLargeError(f"decoded body over MAX_RESPONSE_BYTES={cap}; stopped reading")
+        if expected is not None and response.num_bytes_downloaded != expected:
+            raise httpx.RemoteProtocolError(f"body of {response.num_bytes_downloaded} bytes, Content-Length {expected}")
+        return decoded
+    buffer = bytearray(expected or 0)  # expected <= cap here
     view = memoryview(buffer)
     filled = 0
     for chunk in response.iter_raw():
         end = filled + len(chunk)
         if end > len(buffer):
+            if expected is not None:
+                raise httpx.RemoteProtocolError(f"body longer than its Content-Length {expected}")
+            if end > cap:
+                raise ResponseTooLargeError(f"body over MAX_RESPONSE_BYTES={cap}; stopped reading")
             view.release()
             buffer[filled:] = chunk
             view = memoryview(buffer)
@@ -363,6 +392,18 @@ def read_body(response: httpx.Response) -> bytes | bytearray:
     if expected is not None and filled != expected:
         raise httpx.RemoteProtocolError(f"body ended after {filled} of {expected} bytes")
     return buffer
+
+
+def _head_of(response: httpx.Response, size: int) -> bytes:
+    """At most the first ``size`` bytes of the (decoded) body, for an error message; the rest is not read."""
+    if response.is_stream_consumed:
+        return response.content[:size]
+    head = bytearray()
+    for chunk in response.iter_bytes():
+        head += chunk
+        if len(head) >= size:
+            break
+    return bytes(head[:size])
 
 
 def get_employee_badge_logs(

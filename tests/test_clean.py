@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import IO
+
+import pytest
 
 from lake import layout
 from lake.lock import LakeLock
@@ -71,3 +76,46 @@ def test_clean_refuses_while_a_compactor_holds_the_lake(tmp_path: Path) -> None:
         out = _clean(storage.root, "", "--yes")
     assert out.returncode == 3 and "a compactor is running" in out.stdout
     assert read_snapshot(storage).rows == 10
+
+
+def _read_until(stream: IO[bytes], marker: bytes, timeout: float = 60) -> bytes:
+    """What ``stream`` gave until ``marker`` (a prompt without a newline), or fail after ``timeout``."""
+    got = b""
+    deadline = time.monotonic() + timeout
+    while marker not in got:
+        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no {marker!r} within {timeout} s; got {got!r}"
+        data = os.read(stream.fileno(), 4096)
+        assert data, f"stream ended before {marker!r}; got {got!r}"
+        got += data
+    return got
+
+
+@pytest.mark.parametrize(
+    ("filename", "role"), [(layout.PIPELINE_LOCK, "pipeline"), (layout.COMPACTOR_LOCK, "compactor")]
+)
+def test_a_process_started_during_the_prompt_is_caught(tmp_path: Path, filename: str, role: str) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    publish_landing(storage, 0, 10, 1)
+    env = {**os.environ, "DATA_LAKE_PATH": str(storage.root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "processes.clean"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        _read_until(proc.stdout, b"[y/N] ")
+        with LakeLock(storage.root, filename, role):  # it starts while the prompt waits
+            out, _ = proc.communicate(b"y\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 3
+    assert f"a {role} is running".encode() in out
+    assert read_snapshot(storage).rows == 10  # nothing deleted under it
+    assert (storage.root / filename).exists()

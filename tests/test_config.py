@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +129,29 @@ def test_env_example_comments_are_the_models_help_and_bounds() -> None:
     assert {spec.name: above.get(spec.name) for spec in SPECS} == {
         spec.name: f"# {spec.help} ({spec.allowed})" for spec in SPECS
     }
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["the file", "a path under the file"])
+def test_a_lake_path_that_is_a_file_is_refused(tmp_path: Path, inside: bool) -> None:
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a lake\n")
+    path = afile / "lake" if inside else afile
+    with pytest.raises(ConfigError, match="DATA_LAKE_PATH") as info:
+        load_settings({"DATA_LAKE_PATH": str(path)}, env_file=None)
+    assert "directory" in str(info.value)
+    assert load_settings({"DATA_LAKE_PATH": str(tmp_path / "new" / "lake")}, env_file=None)  # not there yet: fine
+
+
+@pytest.mark.parametrize("command", [["pipeline.py", "--no-compaction"], ["-m", "lake", "stats"]])
+def test_every_entry_point_refuses_a_lake_path_that_is_a_file_in_one_line(tmp_path: Path, command: list[str]) -> None:
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a lake\n")
+    env = {**os.environ, "DATA_LAKE_PATH": str(afile), "EMPLOYEE_BADGE_LOGS_URL": "http://127.0.0.1:9/x/"}
+    out = subprocess.run(
+        [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: DATA_LAKE_PATH=") and "directory" in lines[0]
+    assert afile.read_text() == "not a lake\n"

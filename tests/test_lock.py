@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 
 from lake import layout
 from lake.lock import LakeLock
-from utils.errors import LakeLockedError
+from utils.errors import LakeError, LakeLockedError
 
 
 def test_second_holder_is_refused_and_release_frees(tmp_path: Path) -> None:
@@ -45,3 +46,39 @@ def test_lock_held_by_another_process_dies_with_it(tmp_path: Path) -> None:
             proc.stdout.close()
     assert not probe.is_locked_elsewhere()
     probe.acquire().release()
+
+
+def test_a_symlink_planted_at_the_lock_path_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n" * 10)
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / layout.PIPELINE_LOCK).symlink_to(target)
+    lock = LakeLock(lake, layout.PIPELINE_LOCK, "pipeline")
+    with pytest.raises(LakeError, match="pipeline lock") as info:
+        lock.acquire()
+    assert not isinstance(info.value, LakeLockedError) and str(lake / layout.PIPELINE_LOCK) in str(info.value)
+    with pytest.raises(LakeError):
+        lock.is_locked_elsewhere()
+    assert not lock.held
+    assert target.read_text() == "keep me\n" * 10
+
+
+def test_a_hard_link_planted_at_the_lock_path_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n" * 10)
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    os.link(target, lake / layout.COMPACTOR_LOCK)
+    with pytest.raises(LakeError, match="2 links"):
+        LakeLock(lake, layout.COMPACTOR_LOCK, "compactor").acquire()
+    assert target.read_text() == "keep me\n" * 10
+
+
+def test_the_pid_is_written_over_the_old_one_without_truncating(tmp_path: Path) -> None:
+    path = tmp_path / layout.PIPELINE_LOCK
+    path.write_text("12345678901234\n")  # a previous holder's longer pid
+    with LakeLock(tmp_path, layout.PIPELINE_LOCK, "pipeline"):
+        assert path.read_text().split() == [str(os.getpid())]
+        with pytest.raises(LakeLockedError, match=rf"\(pid {os.getpid()}\)"):
+            LakeLock(tmp_path, layout.PIPELINE_LOCK, "pipeline").acquire()

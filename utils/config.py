@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     retry_backoff_base: float = Field(3.0, ge=1, le=100, description="retry delay is about base**attempt seconds")
     retry_max_delay_seconds: float = Field(60.0, ge=0, le=3_600, description="cap on one retry delay")
     request_timeout_seconds: float = Field(10.0, ge=0.01, le=3_600, description="timeout of one request")
+    max_response_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=4 * 1024**3,
+        description="the client refuses (and retries) a response body larger than this many bytes",
+    )
     api_fault_rate: float = Field(0.0, ge=0, le=1, description="share of responses the service fails on purpose")
     api_host: str = Field("127.0.0.1", description="interface the generator service binds")
     api_port: int = Field(8000, ge=1, le=65_535, description="port of the generator service")
@@ -115,6 +121,9 @@ class Settings(BaseSettings):
             )
         if not self.employee_badge_logs_url.startswith(("http://", "https://")):
             raise ConfigError("EMPLOYEE_BADGE_LOGS_URL", self.employee_badge_logs_url, "an http:// or https:// URL")
+        if not _may_be_a_directory(self.data_lake_path):
+            path = str(self.data_lake_path)
+            raise ConfigError("DATA_LAKE_PATH", path, "a directory, or a path that does not exist yet")
         return self
 
     def replace(self, **changes: Any) -> Settings:
@@ -133,6 +142,14 @@ class Settings(BaseSettings):
     @property
     def compaction_target_max_bytes(self) -> int:
         return self.compaction_target_max_mb * 1024 * 1024
+
+
+def _may_be_a_directory(path: Path) -> bool:
+    """True if ``path`` is a directory, or does not exist and its nearest existing ancestor is one."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate.is_dir()
+    return True  # nothing exists up to the root of a relative path: the current directory is one
 
 
 def _unparse(value: Any) -> str:
