@@ -49,6 +49,8 @@ from utils.records import BUILDINGS, DEPARTMENTS
 
 log = logging.getLogger("api")
 
+FROM_SETTINGS: Final = -1  # create_app's max_large_requests: take API_MAX_LARGE_REQUESTS
+
 FAULT_SEED_SALT: Final = 0xFA017  # the fault draws differ from, but follow, GENERATOR_SEED
 
 
@@ -177,12 +179,16 @@ RECORDS_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
 }
 
 
-def create_app(settings: Settings | None = None, *, max_large_requests: int | None = MAX_LARGE_REQUESTS) -> FastAPI:
+def create_app(settings: Settings | None = None, *, max_large_requests: int | None = FROM_SETTINGS) -> FastAPI:
     """The service as a FastAPI app; ``settings=None`` reads the environment and ``.env`` at start-up.
 
-    Beyond ``max_large_requests`` large requests in flight it sheds load (api/shedding.py); None: never.
+    Beyond ``max_large_requests`` large requests in flight it sheds load (api/shedding.py); None: never;
+    by default ``API_MAX_LARGE_REQUESTS`` (0: never).
     """
     holder = _Holder(settings)
+
+    def configured(s: Settings) -> int | None:
+        return s.api_max_large_requests or None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -197,6 +203,8 @@ def create_app(settings: Settings | None = None, *, max_large_requests: int | No
                 print(f"error: {exc}", file=sys.stderr, flush=True)
                 os._exit(EXIT_CONFIG)
             raise
+        if max_large_requests == FROM_SETTINGS:
+            app.state.shedding.limit = configured(service.settings)
         log.info("badge stream: %s", service.describe(datetime.now(UTC)))
         yield
 
@@ -207,7 +215,11 @@ def create_app(settings: Settings | None = None, *, max_large_requests: int | No
         lifespan=lifespan,
     )
     app.state.holder = holder
-    app.state.shedding = InFlightLimit(max_large_requests)
+    if max_large_requests != FROM_SETTINGS:
+        initial = max_large_requests
+    else:
+        initial = configured(settings) if settings is not None else MAX_LARGE_REQUESTS
+    app.state.shedding = InFlightLimit(initial)
     app.add_middleware(LoadShedding, limit=app.state.shedding)
 
     @app.get("/", summary="What this service is and where its stream stands")

@@ -311,3 +311,10 @@ def test_in_flight_limit_counts_exactly() -> None:
 )
 def test_requested_batch_reads_what_the_endpoint_reads(query: bytes, batch: int) -> None:
     assert requested_batch({"query_string": query}) == batch
+
+
+def test_the_limit_comes_from_api_max_large_requests(tmp_path: Path) -> None:
+    env = {"GENERATOR_SEED": 42, "EVENTS_PER_SECOND": 0, "GENERATOR_STREAM_START": START.isoformat()}
+    assert shedding(create_app(make_settings(tmp_path / "a", **env, API_MAX_LARGE_REQUESTS=7))).limit == 7
+    assert shedding(create_app(make_settings(tmp_path / "b", **env, API_MAX_LARGE_REQUESTS=0))).limit is None
+    assert shedding(create_app(make_settings(tmp_path / "c", **env))).limit == MAX_LARGE_REQUESTS

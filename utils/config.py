@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         description="the client refuses (and retries) a response body larger than this many bytes",
     )
     api_fault_rate: float = Field(0.0, ge=0, le=1, description="share of responses the service fails on purpose")
+    api_max_large_requests: int = Field(
+        4,
+        ge=0,
+        le=10_000,
+        description="the service answers 503 beyond this many requests of batch > 10000 in flight; 0 = never",
+    )
     api_host: str = Field("127.0.0.1", description="interface the generator service binds")
     api_port: int = Field(8000, ge=1, le=65_535, description="port of the generator service")
     dashboard_port: int = Field(8501, ge=1, le=65_535, description="port of the Streamlit dashboard")
