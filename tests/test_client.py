@@ -23,6 +23,7 @@ from api.generators import generate_columns, generate_table
 from source.client import BadgeLogClient, FetchResult, RetryPolicy, get_employee_badge_logs, parse_retry_after
 from source.json_decode import canonical_columns
 from source.validation import decode_json, validate_rows
+from testkit.http import Handler, MakeClient, mock_clients
 from testkit.processes import free_port, make_settings, running_service
 from utils.config import Settings
 from utils.errors import PermanentSourceError, TransientSourceError
@@ -32,7 +33,6 @@ from utils.retry import Backoff
 
 START = datetime(2025, 3, 3, tzinfo=UTC)
 URL = "http://badge.test/employee-badge-logs/"
-Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def records(cursor: int, count: int) -> pa.Table:
@@ -82,24 +82,9 @@ def client_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def make_client(client_settings: Settings) -> Iterator[Callable[..., tuple[BadgeLogClient, list[float]]]]:
-    made: list[BadgeLogClient] = []
-
-    def make(handler: Handler, **kwargs: Any) -> tuple[BadgeLogClient, list[float]]:
-        sleeps: list[float] = []
-        client = BadgeLogClient(
-            client_settings,
-            transport=httpx.MockTransport(handler),
-            sleep=sleeps.append,
-            rng=random.Random(0),
-            **kwargs,
-        )
-        made.append(client)
-        return client, sleeps
-
-    yield make
-    for client in made:
-        client.close()
+def make_client(client_settings: Settings) -> Iterator[MakeClient]:
+    with mock_clients(client_settings) as make:
+        yield make
 
 
 # --- retry sequences ---------------------------------------------------------------------------------

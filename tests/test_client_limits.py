@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import random
 import socket
 import threading
 import tracemalloc
@@ -23,6 +22,7 @@ import pytest
 from api.encoding import encode_arrow, encode_json
 from api.generators import generate_columns
 from source.client import BadgeLogClient, ResponseTooLargeError
+from testkit.http import Handler, MakeClient, mock_clients
 from testkit.processes import make_settings
 from utils.config import Settings
 from utils.errors import PermanentSourceError, TransientSourceError
@@ -33,7 +33,6 @@ URL = "http://badge.test/employee-badge-logs/"
 MIB = 1024 * 1024
 CAP = MIB  # the smallest cap the setting allows
 HUGE = 2**50  # a petabyte: bytearray(HUGE) is a MemoryError
-Handler = Callable[[httpx.Request], httpx.Response]
 
 
 class Streamed(httpx.SyncByteStream):
@@ -101,24 +100,9 @@ def capped(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def make_client(capped: Settings) -> Iterator[Callable[..., tuple[BadgeLogClient, list[float]]]]:
-    made: list[BadgeLogClient] = []
-
-    def make(handler: Handler, settings: Settings | None = None, **kwargs: Any) -> tuple[BadgeLogClient, list[float]]:
-        sleeps: list[float] = []
-        client = BadgeLogClient(
-            settings or capped,
-            transport=httpx.MockTransport(handler),
-            sleep=sleeps.append,
-            rng=random.Random(0),
-            **kwargs,
-        )
-        made.append(client)
-        return client, sleeps
-
-    yield make
-    for client in made:
-        client.close()
+def make_client(capped: Settings) -> Iterator[MakeClient]:
+    with mock_clients(capped) as make:
+        yield make
 
 
 def test_the_setting_defaults_well_above_the_largest_batch(tmp_path: Path) -> None:
