@@ -275,6 +275,17 @@ def _timestamps_us(arr: pa.Array, originals: Callable[[npt.NDArray[np.intp]], li
     return _Column(arr.cast(pa.timestamp("us"), safe=False), bad, originals)
 
 
+def _too_long(values: pa.Array) -> BOOLS:
+    """Texts longer than TEXT_MAX_CHARS characters; characters are counted only where the bytes could exceed it."""
+    if pa.types.is_dictionary(values.type):
+        per_entry = _too_long(values.dictionary)
+        indices = np.asarray(values.indices.fill_null(0), dtype=np.intp)
+        return np.asarray(per_entry[indices], dtype=bool) & _mask(values.is_valid())
+    if not pc.any(pc.greater(pc.binary_length(values), TEXT_MAX_CHARS)).as_py():
+        return np.zeros(len(values), dtype=bool)  # no text has more bytes than the bound: none has more characters
+    return _mask(pc.greater(pc.utf8_length(values), TEXT_MAX_CHARS))
+
+
 def _validate(columns: dict[str, _Column], n: int, not_objects: BOOLS | None) -> Validated:
     problems: list[tuple[BOOLS, str]] = []
     if not_objects is not None:
@@ -292,8 +303,7 @@ def _validate(columns: dict[str, _Column], n: int, not_objects: BOOLS | None) ->
     problems.append((_unknown(columns["dept"].values, _DEPARTMENTS), "unknown dept"))
     problems.append((_unknown(columns["building_location"].values, _BUILDINGS), "unknown building_location"))
     for name in _TEXT_FIELDS:
-        too_long = pc.greater(pc.utf8_length(columns[name].values), TEXT_MAX_CHARS)
-        problems.append((_mask(too_long), f"{name} longer than {TEXT_MAX_CHARS} characters"))
+        problems.append((_too_long(columns[name].values), f"{name} longer than {TEXT_MAX_CHARS} characters"))
     badge_in, badge_out = columns["badge_in_timestamp"].values, columns["badge_out_timestamp"].values
     in_range = {}
     for name, values in (("badge_in_timestamp", badge_in), ("badge_out_timestamp", badge_out)):

@@ -196,3 +196,15 @@ def test_the_poison_record_is_refused_with_a_reason_and_the_pipeline_goes_on(lak
     stored = live_ids(storage)
     assert stored.tolist() == [i for i in range(int(np.max(stored)) + 1) if i != poison] and len(stored) >= 29
     assert verify(storage, grace_seconds=30).ok
+
+
+def test_text_length_counts_characters_not_bytes_in_plain_and_dictionary_columns() -> None:
+    table = make_records(0, 4)
+    accented = "é" * TEXT_MAX_CHARS  # twice as many bytes as characters: still within the bound
+    too_long = "u" * (TEXT_MAX_CHARS + 1)
+    user_ids = pa.array([accented, too_long, "fine", too_long], pa.string())
+    for column in (user_ids, user_ids.dictionary_encode()):
+        result = validate_table(table.set_column(table.schema.get_field_index("user_id"), "user_id", column))
+        assert result.valid["event_id"].to_pylist() == [0, 2]
+        assert result.invalid["event_id"].to_pylist() == [1, 3]
+        assert set(result.invalid["reason"].to_pylist()) == {f"user_id longer than {TEXT_MAX_CHARS} characters"}
