@@ -59,9 +59,11 @@ from lake.table import (
     TABLE_NAME,
     LakeTable,
     QuarantineTable,
+    add_action,
     has_log,
     quarantine_files,
     read_snapshot,
+    remove_action,
 )
 from utils.errors import ConfigError, CorruptFileError, LakeError
 from utils.fsio import fsync_dir, fsync_file
@@ -284,15 +286,9 @@ def plan(storage: LocalStorage) -> Plan:
 # -- writing the tables ---------------------------------------------------------------------------------
 
 
-def _millis(info: FileInfo) -> int:
-    return info.mtime_ns // 1_000_000
-
-
 def _adds(files: Sequence[tuple[FileInfo, FileStats]], prefix: str) -> list[AddAction | RemoveAction]:
     head = f"{prefix}/" if prefix else ""
-    return [
-        AddAction(info.key[len(head) :], info.size, {}, _millis(info), True, stats.to_json()) for info, stats in files
-    ]
+    return [add_action(info.key[len(head) :], info, stats, data_change=True) for info, stats in files]
 
 
 def _properties(txn: int | None = None) -> CommitProperties:
@@ -362,7 +358,7 @@ def _carry_quarantine(storage: LocalStorage, files: Sequence[tuple[FileInfo, Fil
         actions = _adds([(i, s) for i, s in files if i.key not in present], layout.QUARANTINE)
         now_ms = int(time.time() * 1000)
         actions += [
-            RemoveAction(table.path_of(key), True, now_ms, size=f.info.size)
+            remove_action(table.path_of(key), f.info, data_change=True, at_ms=now_ms)
             for key, f in present.items()
             if key not in wanted
         ]

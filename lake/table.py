@@ -90,8 +90,14 @@ def _translated(what: str) -> Iterator[None]:
         raise LakeError(f"{what}: {exc}") from exc
 
 
-def _millis(info: FileInfo) -> int:
-    return info.mtime_ns // 1_000_000
+def add_action(path: str, info: FileInfo, stats: FileStats, *, data_change: bool) -> AddAction:
+    """The ``add`` action of the published file ``info`` at ``path`` (relative to its table's root)."""
+    return AddAction(path, info.size, {}, info.mtime_ns // 1_000_000, data_change, stats.to_json())
+
+
+def remove_action(path: str, info: FileInfo, *, data_change: bool, at_ms: int) -> RemoveAction:
+    """The ``remove`` action of the file ``info`` at ``path``, removed at ``at_ms`` (ms since the epoch)."""
+    return RemoveAction(path, data_change, at_ms, size=info.size)
 
 
 class _DeltaFiles:
@@ -273,8 +279,9 @@ class LakeTable(_DeltaFiles):
         is neither ``expected`` nor that, another writer moved it: FencedError, and nothing is committed.
         Raises LakeError when the commit failed for another reason (call again to retry).
         """
-        action = AddAction(self.path_of(info.key), info.size, {}, _millis(info), True, stats.to_json())
-        self._move_position([action], through_event_id, expected)
+        self._move_position(
+            [add_action(self.path_of(info.key), info, stats, data_change=True)], through_event_id, expected
+        )
 
     def advance(self, *, through_event_id: int, expected: int | None) -> None:
         """Move the pipeline's position from ``expected`` to ``through_event_id`` in a commit that adds no file.
@@ -330,12 +337,9 @@ class LakeTable(_DeltaFiles):
             raise StaleInputsError(f"{len(gone)} input(s) are no longer in the table, e.g. {gone[0]}")
         now_ms = int(time.time() * 1000) if removed_at_ms is None else removed_at_ms
         actions: list[AddAction | RemoveAction] = [
-            RemoveAction(self.path_of(f.key), False, now_ms, size=f.info.size) for f in removed
+            remove_action(self.path_of(f.key), f.info, data_change=False, at_ms=now_ms) for f in removed
         ]
-        actions += [
-            AddAction(self.path_of(info.key), info.size, {}, _millis(info), False, stats.to_json())
-            for info, stats in added
-        ]
+        actions += [add_action(self.path_of(info.key), info, stats, data_change=False) for info, stats in added]
         self.commit(actions, "compaction")
 
 
@@ -358,8 +362,7 @@ class QuarantineTable(_DeltaFiles):
         self.refresh()
         if info.key in {f.key for f in self.data_files()}:
             return
-        action = AddAction(self.path_of(info.key), info.size, {}, _millis(info), True, stats.to_json())
-        self.commit([action], "quarantine")
+        self.commit([add_action(self.path_of(info.key), info, stats, data_change=True)], "quarantine")
 
     def remove(self, files: Sequence[DataFile], reason: str) -> None:
         """Take ``files`` out of the table in one commit (orphans of a flush that never committed)."""
@@ -367,7 +370,7 @@ class QuarantineTable(_DeltaFiles):
             return
         now_ms = int(time.time() * 1000)
         actions: list[AddAction | RemoveAction] = [
-            RemoveAction(self.path_of(f.key), True, now_ms, size=f.info.size) for f in files
+            remove_action(self.path_of(f.key), f.info, data_change=True, at_ms=now_ms) for f in files
         ]
         self.commit(actions, reason)
 
