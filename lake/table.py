@@ -112,6 +112,7 @@ class _DeltaFiles:
         self.prefix = prefix
         self._dt = dt
         self._uncertain = False  # a commit failed in a way that may or may not have landed
+        self._position_at: tuple[int, int | None] | None = None  # (version, the pipeline's position there)
 
     @property
     def root(self) -> Path:
@@ -260,10 +261,16 @@ class LakeTable(_DeltaFiles):
         return StreamIdentity.from_config(self.configuration)
 
     def committed_event_id(self) -> int | None:
-        """The pipeline's position at the handle's version: the last event id it committed (None: nothing yet)."""
-        with _translated(f"reading the log of {self.root}"):
-            version = self._dt.transaction_version(APP_ID)
-        return None if version is None else int(version)
+        """The pipeline's position at the handle's version: the last event id it committed (None: nothing yet).
+
+        Read from the log once per version of the handle (delta-rs looks it up anew on every call).
+        """
+        version = self.version
+        if self._position_at is None or self._position_at[0] != version:
+            with _translated(f"reading the log of {self.root}"):
+                txn = self._dt.transaction_version(APP_ID)
+            self._position_at = (version, None if txn is None else int(txn))
+        return self._position_at[1]
 
     def snapshot(self, *, refresh: bool = True) -> Snapshot:
         """The table's files and position, at the newest version (``refresh``) or the handle's own."""

@@ -6,10 +6,12 @@ the oldest buffered record arrived (for valid records from the live head of the 
 time if that is sooner, so the wait for the poll counts against the interval: see
 :meth:`BufferedWriter.add`). Refused records count as much as valid ones, so memory stays bounded
 whatever the mix, a source that sends only refused records included.
-A flusher thread owns all writing, so the time-based flush fires whatever the caller is doing
+Two threads own all writing, so the time-based flush fires whatever the caller is doing
 (waiting on a slow source, sleeping through an outage), and writing one file overlaps fetching
-the next batch. Leaving the ``with`` block normally flushes everything; leaving it by an exception
-does not (nothing half-written survives either way).
+the next batch: the flusher cuts flushes and publishes their files, and the committer commits them
+one at a time in the order they were cut, so publishing flush N+1 overlaps committing flush N.
+Leaving the ``with`` block normally flushes everything; leaving it by an exception does not (nothing
+half-written survives either way).
 
 A flush commits in a fixed order (the lake's protocol, ``docs/lake-protocol.md``):
 
@@ -19,6 +21,11 @@ A flush commits in a fixed order (the lake's protocol, ``docs/lake-protocol.md``
    staged in ``temp/`` and linked into ``landing/`` whole);
 3. one commit to the events table adds that file and moves the pipeline's position (the ``txn`` of
    :data:`lake.table.APP_ID`) from where this writer last put it to the flush's last valid event id.
+
+Publishing (1's file, 2) happens ahead on the flusher thread; the commits (1's append, 3) follow on
+the committer thread, after every commit of the flushes before. A published file is inert until its
+commit, so what the order guarantees is unchanged: every quarantine entry is committed before the
+commit that moves the position past it, and positions only move forward.
 
 A flush with refused records and no valid one (the refused records after the last valid one, once
 they are due on their own) skips step 2, and step 3 is a commit that adds no file and only moves the
@@ -34,8 +41,9 @@ leaves no second copy behind, and :meth:`~lake.table.LakeTable.append` is idempo
 failures). :class:`~utils.errors.FencedError` is different: another writer moved the position, so
 this one is a zombie; the flusher stops at once and never retries (retrying could duplicate what the
 other writer commits), and the error is the writer's :attr:`BufferedWriter.fatal_error`. While a
-flush is failing, :meth:`BufferedWriter.add` blocks once a full buffer is waiting (back-pressure
-instead of unbounded memory).
+flush is failing, no new flush starts and :meth:`BufferedWriter.add` blocks once a full buffer is
+waiting (back-pressure instead of unbounded memory). Memory holds at most the buffer and two flushes
+in progress (one being published, one being committed): about three times ``records``.
 """
 
 from __future__ import annotations
@@ -226,13 +234,17 @@ class BufferedWriter:
         self._refused_deadline: float | None = None  # the same for the buffered refused records
         self._last_valid_id: int | None = None
         self._last_seen_id: int | None = position  # records at or below the position are committed already
-        self._pending: _Flush | None = None
+        self._preparing: _Flush | None = None  # cut, its files being written by the flusher thread
+        self._committing: _Flush | None = None  # its files written, being committed by the committer thread
+        self._flusher_done = False  # the flusher thread has exited: nothing more reaches the committer
+        self._committer_done = False  # the committer thread has exited (gave up, fenced or done)
+        self._retrying = False  # the committer's last attempt failed: no new flush starts until it lands
         self._flush_requested = False
         self._closing = False
         self._abort = False
         self._close_deadline = float("inf")
         self._fatal: BaseException | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: tuple[threading.Thread, ...] = ()
         # counters (under _cond)
         self._records_committed = 0
         self._refused_committed = 0
@@ -245,9 +257,13 @@ class BufferedWriter:
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> BufferedWriter:
         """Start the flusher thread (idempotent)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="lake-flusher", daemon=True)
-            self._thread.start()
+        if not self._threads:
+            self._threads = (
+                threading.Thread(target=self._run_flusher, name="lake-flusher", daemon=True),
+                threading.Thread(target=self._run_committer, name="lake-committer", daemon=True),
+            )
+            for thread in self._threads:
+                thread.start()
         return self
 
     def __enter__(self) -> BufferedWriter:
@@ -272,12 +288,11 @@ class BufferedWriter:
             self._closing = True
             self._close_deadline = time.monotonic() + timeout
             self._cond.notify_all()
-        assert self._thread is not None
-        self._thread.join()
+        self._join()
         with self._cond:
             if self._fatal is not None:
                 raise self._fatal
-            left = self._valid_rows + self._refused_rows + (self._pending.rows if self._pending else 0)
+            left = self._held_rows()
             if left:
                 raise CommitError(
                     f"gave up after {timeout:.0f} s: {left:,} buffered records were not committed "
@@ -290,8 +305,11 @@ class BufferedWriter:
             self._closing = True
             self._abort = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
+        self._join()
+
+    def _join(self) -> None:
+        for thread in self._threads:
+            thread.join()
 
     # -- input --------------------------------------------------------------------------------------
     def add(self, valid: pa.Table, refused: pa.Table | None = None, *, live: bool = False, block: bool = True) -> None:
@@ -343,9 +361,9 @@ class BufferedWriter:
         with self._cond:
             self._flush_requested = True
             self._cond.notify_all()
-            while (self._valid_rows or self._refused_rows or self._pending is not None) and self._fatal is None:
+            while self._held_rows() and self._fatal is None:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._thread is None or not self._thread.is_alive():
+                if left <= 0 or not self._threads or not all(t.is_alive() for t in self._threads):
                     return False
                 self._cond.wait(left)
             return self._fatal is None
@@ -353,9 +371,8 @@ class BufferedWriter:
     # -- state --------------------------------------------------------------------------------------
     def stats(self) -> WriterStats:
         with self._cond:
-            pending = self._pending.rows if self._pending is not None else 0
             return WriterStats(
-                buffered=self._valid_rows + self._refused_rows + pending,
+                buffered=self._held_rows(),
                 records_committed=self._records_committed,
                 refused_committed=self._refused_committed,
                 files_written=self._files_written,
@@ -405,6 +422,15 @@ class BufferedWriter:
             if m is not None:
                 lasts.append(int(m))
         return max(lasts) if lasts else None
+
+    def _stopped(self) -> bool:
+        """Under the lock: aborted, fatally stopped, or the committer gave up: no flush may start or pass on."""
+        return self._abort or self._fatal is not None or self._committer_done
+
+    def _held_rows(self) -> int:
+        """Under the lock: the records not committed yet, buffered or in one of the two flushes in progress."""
+        in_progress = sum(f.rows for f in (self._preparing, self._committing) if f is not None)
+        return self._valid_rows + self._refused_rows + in_progress
 
     def _full(self) -> bool:
         """Under the lock: a whole flush is waiting (valid and refused records count alike)."""
@@ -475,21 +501,78 @@ class BufferedWriter:
         self._cond.notify_all()  # room for add()
         return _Flush(valid=valid, refused=refused, event_id_min=lo, event_id_max=hi)
 
-    # -- the flusher --------------------------------------------------------------------------------
-    def _run(self) -> None:
+    # -- the flusher and the committer ---------------------------------------------------------------
+    # Two threads, so that writing one flush's files overlaps committing the flush before it (the
+    # commit, a refresh of the log and the Parquet encoding each release the GIL). The flusher cuts a
+    # flush and publishes its files; the committer commits flushes one at a time, in the order they
+    # were cut, retrying each until it lands (or is fenced): commits stay in event-id order, and at most
+    # two flushes are in progress beside the buffer.
+    def _run_flusher(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while True:
+                        if self._stopped():
+                            return
+                        if not self._due():
+                            if self._closing:
+                                return
+                            self._cond.wait(self._wait_time())
+                        elif self._retrying:  # due, but wait for the failing commit: memory stays bounded
+                            self._cond.wait()
+                        else:
+                            flush = self._preparing = self._cut()
+                            break
+                self._prepare(flush)
+                with self._cond:
+                    while self._committing is not None and not self._stopped():
+                        self._cond.wait()
+                    if self._stopped():
+                        return  # its files stay uncommitted: inert, cleaned up after grace; its records held
+                    self._committing, self._preparing = flush, None
+                    self._cond.notify_all()
+        except Exception as exc:  # a bug or an unexpected library error: stop loudly, never loop on it
+            log.exception("the flusher stopped on an unexpected error")
+            self._stop_on(exc)
+        finally:
+            with self._cond:
+                self._flusher_done = True
+                self._cond.notify_all()
+
+    def _prepare(self, flush: _Flush) -> None:
+        """Publish the flush's files ahead of its commit; a failure counts as a failed attempt of the
+        flush, and the committer retries it."""
+        try:
+            self._publish(flush)
+        except (OSError, LakeError) as exc:
+            with self._cond:
+                self._failed_attempts += 1
+                flush.attempts += 1
+            log.warning(
+                "publishing events %d..%d failed (attempt %d): %s; records kept, the committer retries",
+                flush.event_id_min,
+                flush.event_id_max,
+                flush.attempts,
+                exc,
+            )
+
+    def _run_committer(self) -> None:
+        try:
+            self._commit_in_order()
+        finally:
+            with self._cond:
+                self._committer_done = True
+                self._cond.notify_all()
+
+    def _commit_in_order(self) -> None:
         failures = 0  # consecutive failed attempts
         while True:
             with self._cond:
-                while self._pending is None:
-                    if self._abort:
+                while self._committing is None:
+                    if self._abort or self._fatal is not None or (self._flusher_done and self._preparing is None):
                         return
-                    if self._due():
-                        self._pending = self._cut()
-                        break
-                    if self._closing:
-                        return
-                    self._cond.wait(self._wait_time())
-                flush = self._pending
+                    self._cond.wait()
+                flush = self._committing
             try:
                 commit = self._commit(flush)
             except FencedError as exc:  # a zombie: another writer owns the position; never retried
@@ -504,6 +587,7 @@ class BufferedWriter:
             except (OSError, LakeError) as exc:
                 with self._cond:
                     self._failed_attempts += 1
+                    self._retrying = True
                     flush.attempts += 1
                     failures += 1
                     delay = self._retry.delay(failures)
@@ -518,10 +602,12 @@ class BufferedWriter:
                     )
                     if give_up:
                         return
-                    self._cond.wait(delay)
+                    retry_at = time.monotonic() + delay
+                    while not self._abort and (left := retry_at - time.monotonic()) > 0:
+                        self._cond.wait(left)
                 continue
             except Exception as exc:  # a bug or an unexpected library error: stop loudly, never loop on it
-                log.exception("the flusher stopped on an unexpected error")
+                log.exception("the committer stopped on an unexpected error")
                 self._stop_on(exc)
                 return
             failures = 0
@@ -539,7 +625,8 @@ class BufferedWriter:
     def _count(self, commit: Commit) -> None:
         """The flush is done: count it, and make room for the next one."""
         with self._cond:
-            self._pending = None
+            self._committing = None
+            self._retrying = False
             self._records_committed += commit.records
             self._refused_committed += commit.refused
             self._files_written += 1 if commit.landing_key else 0
@@ -566,6 +653,28 @@ class BufferedWriter:
         log.warning("%s was removed before its commit (clean-up of uncommitted files); publishing it again", info.key)
         return False
 
+    def _publish(self, flush: _Flush) -> None:
+        """Steps 1a and 2 of a flush: publish its quarantine file and its landing file (none yet committed).
+
+        Each file is published once and reused until its commit lands; one that has disappeared since
+        (cleaned up as an orphan while its commit waited or failed for long) is published again.
+        """
+        if flush.quarantine is not None and not flush.quarantine_done and not self._still_there(flush.quarantine):
+            flush.quarantine = None
+        if flush.landing is not None and not flush.committed and not self._still_there(flush.landing):
+            flush.landing = None
+        if flush.refused is not None and not flush.quarantine_done and flush.quarantine is None:
+            flush.quarantine_name = flush.quarantine_name or file_name(quarantine.KIND, flush.refused)
+            flush.quarantine = write_quarantine(self.storage, flush.refused, flush.quarantine_name)
+        if not flush.valid.num_rows:
+            return
+        if flush.lake_table is None:
+            flush.lake_table = with_duration(flush.valid)
+            flush.landing_stats = FileStats.of_table(flush.lake_table)
+        if flush.landing is None and not flush.committed:
+            flush.landing_name = flush.landing_name or file_name(LANDING_KIND, flush.lake_table)
+            flush.landing = write_landing(self.storage, flush.lake_table, flush.landing_name)
+
     def _commit(self, flush: _Flush) -> Commit:
         """Run the flush's steps in the protocol's order, skipping those an earlier attempt finished.
 
@@ -575,40 +684,27 @@ class BufferedWriter:
         its last refused event id). Raises FencedError if another writer moved the position, OSError
         or LakeError (retryable) if a step failed.
         """
-        if flush.attempts:  # retrying: a file published long ago may have been cleaned up as an orphan
-            if flush.quarantine is not None and not flush.quarantine_done and not self._still_there(flush.quarantine):
-                flush.quarantine = None
-            if flush.landing is not None and not flush.committed and not self._still_there(flush.landing):
-                flush.landing = None
+        self._publish(flush)  # usually done by the flusher already: then this only checks the files are there
         if flush.refused is not None and not flush.quarantine_done:
-            if flush.quarantine is None:
-                flush.quarantine_name = flush.quarantine_name or file_name(quarantine.KIND, flush.refused)
-                flush.quarantine = write_quarantine(self.storage, flush.refused, flush.quarantine_name)
+            assert flush.quarantine is not None
             self._quarantine().append(flush.quarantine, quarantine.refused_stats(flush.refused))
             flush.quarantine_done = True
         if not flush.valid.num_rows:
             return self._advance(flush)
-        if flush.lake_table is None:
-            flush.lake_table = with_duration(flush.valid)
-            flush.landing_stats = FileStats.of_table(flush.lake_table)
-        if flush.landing is None:
-            flush.landing_name = flush.landing_name or file_name(LANDING_KIND, flush.lake_table)
-            flush.landing = write_landing(self.storage, flush.lake_table, flush.landing_name)
+        assert flush.landing is not None and flush.landing_stats is not None
         if not flush.committed:
-            assert flush.landing_stats is not None
             self._table.append(
                 flush.landing, flush.landing_stats, through_event_id=flush.event_id_max, expected=self._position
             )
             flush.committed = True
             self._position = flush.event_id_max
-        newest = pc.max(flush.valid.column("badge_out_timestamp")).as_py()
         return Commit(
             landing_key=flush.landing.key,
             quarantine_key=flush.quarantine.key if flush.quarantine is not None else None,
             records=flush.valid.num_rows,
             refused=flush.refused.num_rows if flush.refused is not None else 0,
             event_id_max=flush.event_id_max,
-            newest_event_time=newest,
+            newest_event_time=flush.landing_stats.maximum.get("badge_out_timestamp"),
             committed_at=time.time(),
         )
 

@@ -20,7 +20,6 @@ from ingestion.placement import POSITION_NOTE, place_records
 from ingestion.progress import Progress, freshness_lag
 from ingestion.resume import NamedFile, identity_of, recover
 from lake import layout
-from lake import writer as lake_writer
 from lake.filestats import FileStats
 from lake.identity import StreamIdentity
 from lake.lock import LakeLock
@@ -201,18 +200,18 @@ def test_a_crash_between_publish_and_commit_leaves_an_orphan_no_reader_sees(
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the crash is on purpose
-def test_a_crash_between_quarantine_and_landing_is_undone_on_restart(
+def test_a_crash_between_the_quarantine_commit_and_the_flush_commit_is_undone_on_restart(
     lake_root: Path, storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = FakeSource(refuse=lambda i: i % 10 == 3)
     settings = make_settings(lake_root, BATCH_SIZE=50, BUFFER_RECORDS=50)
     assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
-    real = lake_writer.write_landing
+    real = LakeTable.append
 
-    def crash_on_landing(storage_: LocalStorage, table: pa.Table, name: str | None = None) -> FileInfo:
+    def crash_on_commit(self: LakeTable, info: FileInfo, stats: FileStats, **position: int | None) -> None:
         raise Crash
 
-    monkeypatch.setattr(lake_writer, "write_landing", crash_on_landing)
+    monkeypatch.setattr(LakeTable, "append", crash_on_commit)
     before = len(quarantine_files(storage))
     writer = BufferedWriter(storage, FlushThresholds(50, 60), table=LakeTable.open(storage), position=99).start()
     batch = source.get_employee_badge_logs(100, 50)
@@ -221,7 +220,8 @@ def test_a_crash_between_quarantine_and_landing_is_undone_on_restart(
     time.sleep(0.1)
     assert max(quarantined_ids(storage)) > 100  # the orphan entry of the crashed flush is in the quarantine table
     assert read_snapshot(storage).next_event_id == 100  # its landing file never committed
-    monkeypatch.setattr(lake_writer, "write_landing", real)
+    assert len(storage.list_files(layout.LANDING)) > len(read_snapshot(storage).files)  # published, an orphan
+    monkeypatch.setattr(LakeTable, "append", real)
 
     assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
     refused = [i for i in range(200) if i % 10 == 3]

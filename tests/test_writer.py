@@ -256,6 +256,38 @@ def test_unique_names_across_two_processes(storage: LocalStorage) -> None:
     assert read_snapshot(storage).is_empty  # published, never committed: not the lake
 
 
+def test_publishing_the_next_flush_overlaps_the_commit_before_it_and_commits_stay_in_order(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[tuple[str, int, float]] = []  # (what, last event id, instant)
+    real_publish = LocalStorage.publish
+    real_append = LakeTable.append
+
+    def spy_publish(self: LocalStorage, tmp: Path, zone: str, name: str) -> lake_storage.FileInfo:
+        info = real_publish(self, tmp, zone, name)
+        events.append(("published", int(name.split("-")[3]), time.monotonic()))
+        return info
+
+    def slow_append(self: LakeTable, info: lake_storage.FileInfo, stats: FileStats, **position: Any) -> None:
+        events.append(("commit starts", position["through_event_id"], time.monotonic()))
+        time.sleep(0.2)  # a slow log: the next flush's file is written meanwhile
+        real_append(self, info, stats, **position)
+        events.append(("committed", position["through_event_id"], time.monotonic()))
+
+    monkeypatch.setattr(LocalStorage, "publish", spy_publish)
+    monkeypatch.setattr(LakeTable, "append", slow_append)
+    with make_writer(storage, FlushThresholds(records=100, interval_seconds=60)) as writer:
+        for start in range(0, 500, 100):
+            writer.add(make_records(start, 100))
+    committed = [last for what, last, _ in events if what == "committed"]
+    assert committed == [99, 199, 299, 399, 499]  # one commit per flush, in event-id order
+    at = {(what, last): instant for what, last, instant in events}
+    overlapped = [last for last in committed[1:] if at[("published", last)] < at[("committed", last - 100)]]
+    assert overlapped, "each flush's file was published only after the commit before it: no overlap"
+    assert landing_ids(storage).tolist() == list(range(500))
+    assert verify(storage, grace_seconds=30).ok
+
+
 def test_refused_records_commit_before_the_landing_file_that_confirms_them(
     storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -296,14 +328,23 @@ def test_refused_records_commit_before_the_landing_file_that_confirms_them(
         # 18 and 19 come after the last valid record (17): a flush of their own, which moves only the position.
         assert quarantine_ids(storage).tolist() == [3, 7, 18, 19]
         assert writer.stats().buffered == 0
-        first = ["publish quarantine", "quarantine quarantine", "publish landing", "commit landing through 17"]
-        tail = ["publish quarantine", "quarantine quarantine", "advance through 19"]
-        assert steps == first + tail
+        # Commits in event-id order, each quarantine entry before the commit that moves the position past it;
+        # files are published ahead (the tail's may be published while the first flush commits).
+        commits = [step for step in steps if not step.startswith("publish")]
+        assert commits == [
+            "quarantine quarantine",
+            "commit landing through 17",
+            "quarantine quarantine",
+            "advance through 19",
+        ]
+        assert steps[:2] == ["publish quarantine", "publish landing"]  # the first flush's files, before any commit
+        second_publish = len(steps) - 1 - steps[::-1].index("publish quarantine")
+        assert steps.count("publish quarantine") == 2 and second_publish < len(steps) - 2  # before its own commit
         snapshot = read_snapshot(storage)
         assert snapshot.committed_event_id == 19 and len(snapshot.files) == 1
         q_key = next(f.key for f in quarantine_files(storage) if f.event_id_min == 3)
         writer.add(make_records(20, 5))
-    assert steps == [*first, *tail, "publish landing", "commit landing through 24"]
+    assert len(steps) == 9 and steps[-2:] == ["publish landing", "commit landing through 24"]
     assert quarantine_ids(storage).tolist() == [3, 7, 18, 19]
     assert landing_ids(storage).tolist() == [i for i in range(25) if i not in (3, 7, 18, 19)]
     table = pq.read_table(storage.path(q_key))
@@ -481,7 +522,8 @@ def test_a_refused_only_source_is_flushed_on_size_with_bounded_memory(storage: L
             writer.add(*refused_batch(start, batch))
             peak = max(peak, writer.stats().buffered)
         wait_until(lambda: (writer.stats().next_event_id or 0) >= 1_900, 5, what="size-triggered position-only flushes")
-    assert peak <= 2 * records + batch  # the buffer plus the flush being written, never the whole stream
+    # The buffer plus the two flushes in progress (one being written, one being committed), never the whole stream.
+    assert peak <= 3 * records + batch
     snapshot = read_snapshot(storage)
     assert snapshot.committed_event_id == 1_999 and snapshot.files == ()  # the position moved, no landing file
     assert writer.stats().files_written == 0 and writer.stats().quarantine_files >= 10
