@@ -143,6 +143,7 @@ def _child_ours(lake: Path) -> dict[str, Any]:
     from lake.compaction import Compactor
     from lake.storage import LocalStorage
     from utils.config import load_settings
+    from utils.memory import prefer_jemalloc
 
     storage = LocalStorage(lake)
     files = len(storage.list_files("landing"))  # every one of them committed (see _fresh_copy)
@@ -155,6 +156,7 @@ def _child_ours(lake: Path) -> dict[str, Any]:
         },
         env_file=None,
     )
+    prefer_jemalloc()  # as the compactor process does at its start (processes.compactor.run)
     _warm_up()
     began = time.perf_counter()
     metrics = Compactor(storage, settings).compact()

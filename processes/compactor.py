@@ -25,6 +25,7 @@ from lake.table import LOG_DIR, ensure_migrated
 from lake.watcher import LandingWatcher
 from processes.cli import EXIT_OK
 from utils.config import Settings
+from utils.memory import prefer_jemalloc
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def run(
     """
     stop = stop or threading.Event()
     install_stop_handlers(stop)
+    log.info("Arrow memory pool: %s", prefer_jemalloc())
     hook: StepHook | None = pause_hook(pause_at) if pause_at else None
 
     storage = LocalStorage(settings.data_lake_path)
