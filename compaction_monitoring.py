@@ -10,8 +10,14 @@ The process logic lives in :mod:`processes.compactor`, the compaction in :mod:`l
 
 from __future__ import annotations
 
-import argparse
 import os
+
+from utils.memory import with_preferred_pool
+
+# Before anything imports pyarrow, which reads its memory pool setting once, at import (utils/memory.py).
+os.environ.update(with_preferred_pool(os.environ))
+
+import argparse
 import sys
 from collections.abc import Sequence
 

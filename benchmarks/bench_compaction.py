@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.suite import summarize
+from utils.memory import with_preferred_pool
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -143,7 +144,6 @@ def _child_ours(lake: Path) -> dict[str, Any]:
     from lake.compaction import Compactor
     from lake.storage import LocalStorage
     from utils.config import load_settings
-    from utils.memory import prefer_jemalloc
 
     storage = LocalStorage(lake)
     files = len(storage.list_files("landing"))  # every one of them committed (see _fresh_copy)
@@ -156,7 +156,6 @@ def _child_ours(lake: Path) -> dict[str, Any]:
         },
         env_file=None,
     )
-    prefer_jemalloc()  # as the compactor process does at its start (processes.compactor.run)
     _warm_up()
     began = time.perf_counter()
     metrics = Compactor(storage, settings).compact()
@@ -191,7 +190,8 @@ def measure(way: str, source: Path) -> dict[str, Any]:
             [sys.executable, "-m", "benchmarks.bench_compaction", "--child", way, str(lake)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            # Ours with the memory pool the compactor process starts with (compaction_monitoring.py).
+            env={**(with_preferred_pool(os.environ) if way == "ours" else os.environ), "PYTHONPATH": str(ROOT)},
         )
         assert proc.stdout is not None
         with proc.stdout:

@@ -17,6 +17,8 @@ import time
 from types import FrameType
 from typing import Final
 
+import pyarrow as pa
+
 from lake import layout
 from lake.compaction import Compactor, StepHook, pause_hook
 from lake.lock import LakeLock
@@ -25,7 +27,6 @@ from lake.table import LOG_DIR, ensure_migrated
 from lake.watcher import LandingWatcher
 from processes.cli import EXIT_OK
 from utils.config import Settings
-from utils.memory import prefer_jemalloc
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def run(
     """
     stop = stop or threading.Event()
     install_stop_handlers(stop)
-    log.info("Arrow memory pool: %s", prefer_jemalloc())
+    log.info("Arrow memory pool: %s", pa.default_memory_pool().backend_name)  # see utils/memory.py
     hook: StepHook | None = pause_hook(pause_at) if pause_at else None
 
     storage = LocalStorage(settings.data_lake_path)

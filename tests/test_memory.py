@@ -1,4 +1,4 @@
-"""utils.memory: the compactor's Arrow memory pool (jemalloc, unless the user chose one)."""
+"""utils.memory: the compactor process starts with Arrow's jemalloc pool, unless the user chose one."""
 
 from __future__ import annotations
 
@@ -8,15 +8,13 @@ import subprocess
 import pytest
 
 from testkit.processes import PYTHON, ROOT
-from utils.memory import POOL_ENV
+from utils.memory import POOL_ENV, with_preferred_pool
 
-PROBE = (
-    "from utils.memory import prefer_jemalloc; import pyarrow as pa; "
-    "print(prefer_jemalloc(), pa.default_memory_pool().backend_name)"
-)
+# What compaction_monitoring.py does first, then the pool pyarrow (imported after it) uses.
+PROBE = "import compaction_monitoring, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
 
 
-def _probe(**env: str) -> str:
+def _pool_of_the_compactor(**env: str) -> str:
     base = {k: v for k, v in os.environ.items() if k != POOL_ENV}
     done = subprocess.run(
         [PYTHON, "-c", PROBE], env={**base, **env}, cwd=ROOT, capture_output=True, text=True, timeout=60
@@ -25,10 +23,16 @@ def _probe(**env: str) -> str:
     return done.stdout.strip()
 
 
-def test_jemalloc_becomes_the_default_pool() -> None:
-    assert _probe() == "jemalloc jemalloc"  # pyarrow's Linux wheels carry jemalloc
+def test_the_compactor_process_uses_jemalloc() -> None:
+    assert _pool_of_the_compactor() == "jemalloc"  # pyarrow's Linux wheels carry it
 
 
 @pytest.mark.parametrize("chosen", ["system", "mimalloc"])
 def test_a_pool_the_user_chose_is_kept(chosen: str) -> None:
-    assert _probe(**{POOL_ENV: chosen}) == f"{chosen} {chosen}"
+    assert _pool_of_the_compactor(**{POOL_ENV: chosen}) == chosen
+    assert with_preferred_pool({POOL_ENV: chosen, "X": "1"}) == {POOL_ENV: chosen, "X": "1"}
+
+
+def test_an_empty_choice_is_no_choice() -> None:
+    assert with_preferred_pool({POOL_ENV: ""}) == {POOL_ENV: "jemalloc"}
+    assert with_preferred_pool({}) == {POOL_ENV: "jemalloc"}
