@@ -94,13 +94,13 @@ def run(
     """
     stop = stop or threading.Event()
     install_stop_handlers(stop)
-    log.info("Arrow memory pool: %s", pa.default_memory_pool().backend_name)  # see utils/memory.py
     hook: StepHook | None = pause_hook(pause_at) if pause_at else None
 
     storage = LocalStorage(settings.data_lake_path)
     ensure_migrated(storage)  # before anything is written: the one line, exit status 2
     storage.ensure_layout()
     with LakeLock(storage.root, layout.COMPACTOR_LOCK, "compactor"):
+        log.info("Arrow memory pool: %s", pa.default_memory_pool().backend_name)  # see utils/memory.py
         compactor = Compactor(storage, settings, stop=stop, hook=hook)
         compactor.recover()
         if once:
