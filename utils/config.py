@@ -8,6 +8,7 @@ import: entry points call :func:`get_settings` (cached); tests use :func:`load_s
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -20,11 +21,18 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from utils.errors import ConfigError
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
 
 def _path(value: Any) -> Any:
     text = str(value).strip()
     if not text:  # Path("") would silently be the current directory
         raise ValueError("empty path")
+    if _URL.match(text):  # Path("s3://b/p") would silently be the local directory s3:/b/p
+        # A ConfigError passes through pydantic as it is (only ValueError is wrapped): its words reach the user.
+        raise ConfigError(
+            "DATA_LAKE_PATH", text, "a local directory (object storage such as s3:// is not supported yet)"
+        )
     return Path(text).expanduser()
 
 
@@ -46,7 +54,7 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
     )
 
-    data_lake_path: LakePath = Field(Path("./data_lake"), description="root of the Parquet lake")
+    data_lake_path: LakePath = Field(Path("./data_lake"), description="root of the lake, its Delta table (a local directory)")
     employee_badge_logs_url: str = Field(
         "http://127.0.0.1:8000/employee-badge-logs/", description="the generator service's endpoint the pipeline reads"
     )
