@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lake import layout
-from lake.storage import FileInfo, LocalStorage
+from lake.storage import FileInfo, Storage
 
 COMPRESSION: Final = "snappy"
 
@@ -84,7 +84,7 @@ def open_writer(path: Path, schema: pa.Schema, metadata: dict[str, str]) -> Iter
 
 
 def write_file(
-    storage: LocalStorage,
+    storage: Storage,
     table: pa.Table,
     zone: str,
     kind: str,

@@ -1,7 +1,8 @@
 """The lake's only door to the file system: publish, list, read metadata, move, delete.
 
 Everything else in ``lake/`` speaks in keys relative to the lake root (``"landing/x.parquet"``),
-so moving the lake to S3-compatible storage means a second class with these methods, not a rewrite.
+so the same lake on S3-compatible storage is a second class with these methods (:class:`Storage`,
+:mod:`lake.objectstore`), not a rewrite.
 
 Guarantees of :class:`LocalStorage`:
 
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import os
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +50,55 @@ class FileInfo:
         return self.key.rsplit("/", 1)[-1]
 
 
-class LocalStorage:
+class Storage(ABC):
+    """What the lake needs of where it lives, in keys relative to its root: :class:`LocalStorage` on a local
+    file system, :class:`lake.objectstore.ObjectStorage` on S3-compatible object storage. Each
+    implementation states how it keeps the contract: ``publish`` makes a whole file visible under a new
+    name or fails without overwriting; reads tell a missing file (FileNotFoundError) from a failed read
+    (LakeError, retryable) from bytes that are not Parquet (CorruptFileError); ``delete`` is idempotent.
+    Backends implement the primitives; the other operations derive from them here.
+    """
+
+    @abstractmethod
+    def ensure_layout(self) -> None: ...
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+    @abstractmethod
+    def list_files(self, zone: str, suffix: str = layout.PARQUET_SUFFIX) -> list[FileInfo]: ...
+    @abstractmethod
+    def read_footer(self, key: str) -> pq.FileMetaData: ...
+    @abstractmethod
+    def new_temp_path(self, name: str) -> Path: ...
+    @abstractmethod
+    def publish(self, tmp: Path, zone: str, name: str) -> FileInfo: ...
+    @abstractmethod
+    def delete(self, key: str) -> bool: ...
+
+    def list_all(self, zone: str) -> list[FileInfo]:
+        """Every file in ``zone``, whatever its name (for temp/ cleanup and foreign files)."""
+        return self.list_files(zone, suffix="")
+
+    def read_metadata(self, key: str) -> dict[str, str]:
+        """The footer's key-value metadata as text (``badge.*`` and others); errors as :meth:`read_footer`."""
+        raw = self.read_footer(key).metadata or {}
+        return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"ARROW:")}
+
+    def read_row_count(self, key: str) -> int:
+        """Rows in a Parquet file according to its footer; errors as :meth:`read_footer`."""
+        return int(self.read_footer(key).num_rows)
+
+    @contextlib.contextmanager
+    def staged(self, name: str) -> Iterator[Path]:
+        """Yield a temp path to write; the file is removed if the block raises (nothing partial stays)."""
+        tmp = self.new_temp_path(name)
+        try:
+            yield tmp
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+class LocalStorage(Storage):
     """A lake on a local (POSIX) file system."""
 
     def __init__(self, root: Path | str) -> None:
@@ -89,10 +139,6 @@ class LocalStorage:
         out.sort()
         return out
 
-    def list_all(self, zone: str) -> list[FileInfo]:
-        """Every regular file in ``zone``, whatever its name (for temp/ cleanup and foreign files)."""
-        return self.list_files(zone, suffix="")
-
     # -- metadata -----------------------------------------------------------------------------------
     def read_footer(self, key: str) -> pq.FileMetaData:
         """The Parquet footer of ``key`` (row counts, schema, statistics, key-value metadata).
@@ -111,30 +157,11 @@ class LocalStorage:
                 raise LakeError(f"{key}: could not be read ({exc})") from exc
             raise CorruptFileError(f"{key}: not readable Parquet ({exc})") from exc
 
-    def read_metadata(self, key: str) -> dict[str, str]:
-        """The footer's key-value metadata as text (``badge.*`` and others); errors as :meth:`read_footer`."""
-        raw = self.read_footer(key).metadata or {}
-        return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"ARROW:")}
-
-    def read_row_count(self, key: str) -> int:
-        """Rows in a Parquet file according to its footer; errors as :meth:`read_footer`."""
-        return int(self.read_footer(key).num_rows)
-
     # -- writing ------------------------------------------------------------------------------------
     def new_temp_path(self, name: str) -> Path:
         """A fresh path in ``temp/`` for a file that will be published as ``name``."""
         (self.root / layout.TEMP).mkdir(parents=True, exist_ok=True)
         return self.root / layout.TEMP / f"{name}.{uuid.uuid4().hex[:8]}.tmp"
-
-    @contextlib.contextmanager
-    def staged(self, name: str) -> Iterator[Path]:
-        """Yield a temp path to write; the file is removed if the block raises (nothing partial stays)."""
-        tmp = self.new_temp_path(name)
-        try:
-            yield tmp
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     def publish(self, tmp: Path, zone: str, name: str) -> FileInfo:
         """Commit a fully written temp file as ``zone/name``: fsync, link without overwrite, unlink temp.

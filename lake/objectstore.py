@@ -1,0 +1,200 @@
+"""The lake's door to S3-compatible object storage (AWS S3, MinIO, Ceph, R2), through obstore.
+
+:class:`ObjectStorage` keeps :class:`~lake.storage.LocalStorage`'s contract, in keys relative to the
+lake's prefix (``"landing/x.parquet"``), so the code above it does not change with the backend:
+
+* ``publish`` is the commit point of a data file: **one PUT to the final key with ``If-None-Match: *``**
+  (obstore's ``mode="create"``). S3 PUTs are atomic, so a reader listing a zone sees a whole object or
+  nothing, and the condition refuses to overwrite: a second publish of the same key fails with
+  :class:`~utils.errors.CommitError` and the first object stays. A conditional PUT is one request (up to
+  5 GB, far above the compactor's output size target); it is never split into a multipart upload,
+  which S3 cannot make conditional through this client.
+* Files are written locally first (``staged`` yields a path in a private scratch directory of the
+  machine, not in the lake: object storage has no rename, so the lake's ``temp/`` is not used), then
+  uploaded by ``publish``, which removes the local copy either way.
+* Reads classify errors: a missing object is ``FileNotFoundError``; a failed request (network, a
+  5xx, throttling) is :class:`~utils.errors.LakeError`, retryable and never taken for damage; only bytes
+  that were read and are not Parquet are :class:`~utils.errors.CorruptFileError`.
+* ``delete`` is idempotent and says whether the object was there.
+
+Credentials, region and endpoint come from the standard variables that delta-rs, object_store and
+boto3 all read: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``,
+``AWS_ALLOW_HTTP`` (see :func:`s3_options`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import urllib.parse
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Final
+
+import obstore
+import pyarrow as pa
+import pyarrow.parquet as pq
+from obstore.exceptions import AlreadyExistsError, BaseError
+from obstore.store import S3Store
+
+from lake import layout
+from lake.storage import FileInfo, Storage
+from utils.errors import CommitError, CorruptFileError, LakeError
+
+FOOTER_READ_BYTES: Final = 64 * 1024  # the first range read from a file's end: the footer, usually whole
+PARQUET_MAGIC: Final = b"PAR1"
+
+# The environment variables the lake's S3 access reads, and the obstore / delta-rs option each sets.
+S3_ENV: Final[Mapping[str, str]] = {
+    "AWS_ENDPOINT_URL": "aws_endpoint",
+    "AWS_ACCESS_KEY_ID": "aws_access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+    "AWS_SESSION_TOKEN": "aws_session_token",
+    "AWS_REGION": "aws_region",
+    "AWS_ALLOW_HTTP": "aws_allow_http",
+}
+
+
+def s3_options(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The S3 client options (``aws_*`` keys, as obstore and delta-rs spell them) from the environment."""
+    environ = os.environ if environ is None else environ
+    return {option: environ[variable] for variable, option in S3_ENV.items() if environ.get(variable)}
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``; ValueError for anything else."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"{url!r} is not an s3://bucket/prefix URL")
+    return parts.netloc, parts.path.strip("/")
+
+
+class ObjectStorage(Storage):
+    """A lake under ``s3://bucket/prefix`` (see the module docstring for the guarantees)."""
+
+    def __init__(self, url: str, environ: Mapping[str, str] | None = None) -> None:
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        self.options = s3_options(environ)
+        self._store = S3Store(self.bucket, prefix=self.prefix or None, config=self.options)  # type: ignore[arg-type]
+        self._scratch: Path | None = None
+
+    def __repr__(self) -> str:
+        return f"ObjectStorage({self.url!r})"
+
+    # -- layout -------------------------------------------------------------------------------------
+    def ensure_layout(self) -> None:
+        """Nothing to create: object storage has no directories (zones exist as key prefixes)."""
+
+    def uri(self, key: str) -> str:
+        """The object's URL, for engines that read it directly (delta-rs, Spark with ``s3a://``)."""
+        return f"{self.url}/{key}"
+
+    def exists(self, key: str) -> bool:
+        try:
+            with self._request(key, "looked up"):
+                obstore.head(self._store, key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def _request(self, key: str, what: str) -> Iterator[None]:
+        """Translate a failed request (network, 5xx, throttling) into LakeError: retryable, never damage.
+
+        FileNotFoundError (a missing object) passes through as it is.
+        """
+        try:
+            yield
+        except BaseError as exc:
+            raise LakeError(f"{self.uri(key)}: could not be {what} ({exc})") from exc
+
+    # -- listing ------------------------------------------------------------------------------------
+    def list_files(self, zone: str, suffix: str = layout.PARQUET_SUFFIX) -> list[FileInfo]:
+        """Objects directly under ``zone/`` ending in ``suffix``, sorted by key; an empty zone is empty."""
+        out: list[FileInfo] = []
+        with self._request(f"{zone}/", "listed"):
+            listing = obstore.list_with_delimiter(self._store, f"{zone}/")
+        for meta in listing["objects"]:
+            key = str(meta["path"])
+            if not key.endswith(suffix):
+                continue
+            mtime_ns = int(meta["last_modified"].timestamp() * 1_000_000) * 1_000
+            out.append(FileInfo(key, int(meta["size"]), mtime_ns))
+        out.sort()
+        return out
+
+    # -- metadata and reading -----------------------------------------------------------------------
+    def read_bytes(self, key: str) -> bytes:
+        """The whole object. FileNotFoundError if it is not there, LakeError if the request failed."""
+        with self._request(key, "read"):
+            return bytes(obstore.get(self._store, key).bytes())
+
+    def read_footer(self, key: str) -> pq.FileMetaData:
+        """The Parquet footer of ``key``, in one or two range requests from the object's end.
+
+        Errors classified as :meth:`LocalStorage.read_footer`'s: FileNotFoundError, LakeError (the
+        request failed: retryable, never damage), CorruptFileError (the bytes read are not Parquet).
+        """
+        with self._request(key, "read"):
+            size = int(obstore.head(self._store, key)["size"])
+            tail = self._tail(key, size, min(size, FOOTER_READ_BYTES))
+            if len(tail) < 8 or tail[-4:] != PARQUET_MAGIC:
+                raise CorruptFileError(f"{self.uri(key)}: not readable Parquet (no Parquet footer at its end)")
+            needed = int.from_bytes(tail[-8:-4], "little") + 8 + len(PARQUET_MAGIC)  # footer, its length, magics
+            if needed > len(tail) and needed <= size:
+                tail = self._tail(key, size, needed)
+        try:
+            return pq.read_metadata(pa.BufferReader(tail))
+        except (OSError, ValueError) as exc:
+            raise CorruptFileError(f"{self.uri(key)}: not readable Parquet ({exc})") from exc
+
+    def _tail(self, key: str, size: int, length: int) -> bytes:
+        return bytes(obstore.get_range(self._store, key, start=size - length, length=length))
+
+    # -- writing ------------------------------------------------------------------------------------
+    def new_temp_path(self, name: str) -> Path:
+        """A fresh local path for a file that will be published as ``name`` (a private scratch directory)."""
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="badge-lake-"))
+        return self._scratch / f"{name}.{uuid.uuid4().hex[:8]}.tmp"
+
+    def publish(self, tmp: Path, zone: str, name: str) -> FileInfo:
+        """Upload a fully written local file as ``zone/name`` in one conditional PUT (``If-None-Match: *``).
+
+        After it returns the object is whole and visible and the local file is gone. CommitError if an
+        object of that name exists (nothing is overwritten); LakeError if the request failed (nothing
+        was published: a PUT is atomic; the caller writes and publishes again).
+        """
+        key = f"{zone}/{name}"
+        size = tmp.stat().st_size
+        try:
+            with self._request(key, "published"):
+                obstore.put(self._store, key, tmp, mode="create")
+        except LakeError as exc:
+            if isinstance(exc.__cause__, AlreadyExistsError):
+                raise CommitError(f"could not publish {self.uri(key)}: an object of that name exists") from exc
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+        with self._request(key, "looked up"):
+            meta = obstore.head(self._store, key)
+        mtime_ns = int(meta["last_modified"].timestamp() * 1_000_000) * 1_000
+        return FileInfo(key, size, mtime_ns)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; returns False if it was already gone (deleting is idempotent)."""
+        if not self.exists(key):
+            return False
+        with self._request(key, "deleted"):
+            obstore.delete(self._store, key)
+        return True
+
+    def close(self) -> None:
+        """Remove the local scratch directory (files staged and not published are dropped)."""
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
