@@ -15,7 +15,8 @@ exceptions are translated at the boundary with ``raise ... from exc``::
         ├── CommitError              publishing a file into the lake failed; nothing partial is left
         ├── FencedError              another writer committed the pipeline's position: this one must stop
         ├── StaleInputsError         a compaction's inputs left the table before its commit
-        └── UnmigratedLakeError      a lake in the previous layout: run `python -m lake migrate` (exit status 2)
+        ├── UnmigratedLakeError      a lake in the previous layout: run `python -m lake migrate` (exit status 2)
+        └── LeaseLostError           the compactor's lease on object storage is no longer this process's
 """
 
 from __future__ import annotations
@@ -80,3 +81,12 @@ class StaleInputsError(LakeError):
 
 class UnmigratedLakeError(LakeError):
     """The lake holds data files but no Delta log: it is in the previous layout and must be migrated first."""
+
+
+class LeaseLostError(LakeError):
+    """This process no longer holds (or can no longer vouch for) the compactor's lease on object storage.
+
+    Raised by ``lake.lease.Lease`` when the lease object was taken over or removed, when renewals have
+    failed for so long that the lease may have expired, or when the lease was never held. The holder
+    must not commit: another compactor may be running. It may try to acquire the lease again.
+    """
