@@ -54,7 +54,9 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
     )
 
-    data_lake_path: LakePath = Field(Path("./data_lake"), description="root of the lake, its Delta table (a local directory)")
+    data_lake_path: LakePath = Field(
+        Path("./data_lake"), description="root of the lake, its Delta table (a local directory)"
+    )
     employee_badge_logs_url: str = Field(
         "http://127.0.0.1:8000/employee-badge-logs/", description="the generator service's endpoint the pipeline reads"
     )
