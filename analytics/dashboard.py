@@ -288,7 +288,7 @@ def raw_data(tables: dict[str, pd.DataFrame | None]) -> None:
 
 def empty_lake(settings: Settings) -> None:
     """What to do when there is nothing to show yet."""
-    path = settings.data_lake_path
+    path = settings.local_lake_path("the dashboard")
     exists = LocalStorage(path).path("").exists()
     st.info(
         f"**No badge data yet** in `{path}`" + ("" if exists else " (the folder does not exist yet)") + ".\n\n"
@@ -399,7 +399,12 @@ def main() -> None:
     except BadgeError as exc:
         st.error(f"Invalid settings: {exc}")
         return
-    engine = get_engine(str(settings.data_lake_path))
+    try:
+        lake = settings.local_lake_path("the dashboard")
+    except BadgeError as exc:
+        st.error(str(exc))
+        return
+    engine = get_engine(str(lake))
     # The first refresh reads every file once (later ones only new files): say so while it runs.
     with st.spinner("Reading the lake's files (only new ones after the first refresh)..."):
         snap, _ = attempt("refresh", engine.snapshot)

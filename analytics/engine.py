@@ -248,7 +248,7 @@ class Snapshot:
             con.close()
 
     def _path(self, partial: FilePartial) -> str:
-        return str(self.lake.storage.path(partial.info.key))
+        return str(self.lake.path_of(partial.info.key))
 
     # -- the queries --------------------------------------------------------------------------------
     @sql_monitoring("kpis")

@@ -1,23 +1,23 @@
 """Where the synthetic stream starts: ``GENERATOR_STREAM_START``, else remembered per lake.
 
 Guarantee: without the setting, the first service start on a lake writes ``<DATA_LAKE_PATH>/.stream_start``
-atomically (temp file, fsync, link without overwrite), and every later start reads the same instant, so a
-restarted service continues the same stream and a pipeline resumes seamlessly; deleting the lake starts a
-new stream. Two services starting at once agree on one value (the loser of the link reads the winner's).
-
-This is service state, not a data file: the lake's data files go through :mod:`lake.storage` only.
+whole and never over an existing one (:meth:`lake.storage.Storage.write_new`: on a local disk a temp file,
+fsync and link without overwrite; on S3 one PUT with ``If-None-Match: *``), and every later start reads the
+same instant, so a restarted service continues the same stream and a pipeline resumes seamlessly; deleting
+the lake starts a new stream. Two services starting at once agree on one value (the loser reads the
+winner's).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Final
 
+from lake.location import open_storage
+from lake.storage import Storage
 from utils.config import Settings
 from utils.errors import ConfigError
-from utils.fsio import write_new
 
 STREAM_START_FILE: Final = ".stream_start"
 VARIABLE: Final = "GENERATOR_STREAM_START"
@@ -54,15 +54,16 @@ def resolve_stream_start(settings: Settings, *, now: Callable[[], datetime] | No
     """
     if settings.generator_stream_start:
         return parse_stream_start(settings.generator_stream_start)
-    path = settings.data_lake_path / STREAM_START_FILE
-    remembered = _read(path)
+    storage = open_storage(settings.data_lake_path)
+    remembered = _read(storage)
     if remembered is not None:
         return remembered
     moment = (now or _utc_now)().astimezone(UTC).replace(microsecond=0)
-    _write_once(path, format_stream_start(moment))
-    remembered = _read(path)
+    storage.write_new(STREAM_START_FILE, (format_stream_start(moment) + "\n").encode())  # False: another won
+    remembered = _read(storage)
     if remembered is None:  # pragma: no cover - only if the file vanished between write and read
-        raise ConfigError(VARIABLE, "", f"{path} could not be written; set {VARIABLE} explicitly")
+        where = f"{storage.location}/{STREAM_START_FILE}"
+        raise ConfigError(VARIABLE, "", f"{where} could not be written; set {VARIABLE} explicitly")
     return remembered
 
 
@@ -70,14 +71,10 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _read(path: Path) -> datetime | None:
+def _read(storage: Storage) -> datetime | None:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = storage.read_bytes(STREAM_START_FILE).decode("utf-8")
     except FileNotFoundError:
         return None
-    return parse_stream_start(text, source=f"{VARIABLE} (unset; remembered in {path})")
-
-
-def _write_once(path: Path, text: str) -> None:
-    """Create ``path`` with ``text`` whole or not at all; never replace an existing file (its value stands)."""
-    write_new(path, (text + "\n").encode())
+    where = f"{storage.location}/{STREAM_START_FILE}"
+    return parse_stream_start(text, source=f"{VARIABLE} (unset; remembered in {where})")

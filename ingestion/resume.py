@@ -33,7 +33,7 @@ from ingestion.placement import BadgeSource, StreamIdentityLike
 from lake import layout, quarantine
 from lake.identity import StreamIdentity
 from lake.snapshot import Snapshot
-from lake.storage import FileInfo, LocalStorage
+from lake.storage import FileInfo, Storage
 from lake.table import LakeTable
 from lake.writer import LANDING_KIND, OWN_KINDS
 from utils.config import Settings
@@ -136,7 +136,7 @@ def wait_for_identity(
     return None
 
 
-def remove_own_temp(storage: LocalStorage) -> list[str]:
+def remove_own_temp(storage: Storage) -> list[str]:
     """Delete the pipeline's leftovers in temp/ (kinds landing and quarantine); never the compactor's.
 
     A temp file named by another live process is left alone (it may be writing it).
@@ -153,7 +153,7 @@ def remove_own_temp(storage: LocalStorage) -> list[str]:
     return removed
 
 
-def remove_orphan_landing(storage: LocalStorage, listed: list[FileInfo], snapshot: Snapshot) -> list[str]:
+def remove_orphan_landing(storage: Storage, listed: list[FileInfo], snapshot: Snapshot) -> list[str]:
     """Delete the landing files a crashed flush published but never committed; returns their keys.
 
     An orphan is named ``landing-…`` with a first event id (from its name: nothing reads footers) at
@@ -182,7 +182,7 @@ def remove_orphan_landing(storage: LocalStorage, listed: list[FileInfo], snapsho
     return removed
 
 
-def recover(storage: LocalStorage, identity: StreamIdentity) -> ResumePoint:
+def recover(storage: Storage, identity: StreamIdentity) -> ResumePoint:
     """Make the lake ready for a new pipeline run of the stream ``identity``; call only under the pipeline lock.
 
     Idempotent. Raises StreamMismatchError (nothing written) if the lake's table holds another

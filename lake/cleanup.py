@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from lake import layout
-from lake.storage import FileInfo, LocalStorage
-from lake.table import LOG_DIR, LakeTable, QuarantineTable, ensure_migrated, has_log
+from lake.storage import FileInfo, Storage
+from lake.table import LakeTable, QuarantineTable, ensure_migrated
 from utils.errors import LakeError
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class GraceCleanup:
 
     def __init__(
         self,
-        storage: LocalStorage,
+        storage: Storage,
         grace_seconds: float,
         *,
         clock: Callable[[], float] = time.time,
@@ -109,7 +109,7 @@ class GraceCleanup:
         if watched.handle is None:
             if watched.zone_prefix:
                 watched.handle = QuarantineTable.open(self.storage)
-            elif has_log(self.storage.root):
+            elif self.storage.has_table():
                 watched.handle = LakeTable.open(self.storage)
         return watched.handle
 
@@ -146,12 +146,12 @@ class GraceCleanup:
 
     def _commit_paths(self, table: LakeTable | QuarantineTable, version: int) -> set[str] | None:
         """Keys added or removed by commit ``version`` (read from its JSON entry); None if it is gone."""
-        entry = table.root / LOG_DIR / f"{version:020d}.json"
+        entry = table.log_key(version)
         try:
-            text = entry.read_text()
+            text = self.storage.read_bytes(entry).decode()
         except FileNotFoundError:
             return None
-        except OSError as exc:
+        except (OSError, LakeError) as exc:
             log.warning("clean-up: cannot read %s (%s); every clock of that table starts again", entry, exc)
             return None
         keys: set[str] = set()
@@ -192,7 +192,7 @@ class GraceCleanup:
         Ends early when ``stop`` is set. Raises UnmigratedLakeError for a lake in the previous layout.
         """
         ensure_migrated(self.storage)
-        if not has_log(self.storage.root):
+        if not self.storage.has_table():
             return []  # no table yet: nothing is the lake, so nothing can be judged
         events_files, quarantine_files = self._candidates()  # before the snapshots: see _due
         now = self._clock()

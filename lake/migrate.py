@@ -49,10 +49,9 @@ from lake import layout, legacy
 from lake.filestats import QUARANTINE_STATS_COLUMNS, STATS_COLUMNS, FileStats
 from lake.identity import StreamIdentity
 from lake.lock import LakeLock
-from lake.storage import FileInfo, LocalStorage
+from lake.storage import LOG_DIR, FileInfo, LocalStorage
 from lake.table import (
     APP_ID,
-    LOG_DIR,
     LOG_PROPERTIES,
     OPERATION_KEY,
     QUARANTINE_TABLE_NAME,

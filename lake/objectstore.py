@@ -32,10 +32,11 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import obstore
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from obstore.exceptions import AlreadyExistsError, BaseError
 from obstore.store import S3Store
@@ -43,6 +44,9 @@ from obstore.store import S3Store
 from lake import layout
 from lake.storage import FileInfo, Storage
 from utils.errors import CommitError, CorruptFileError, LakeError
+
+if TYPE_CHECKING:
+    from obstore import ObjectMeta
 
 FOOTER_READ_BYTES: Final = 64 * 1024  # the first range read from a file's end: the footer, usually whole
 PARQUET_MAGIC: Final = b"PAR1"
@@ -64,6 +68,25 @@ def s3_options(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {option: environ[variable] for variable, option in S3_ENV.items() if environ.get(variable)}
 
 
+def _arrow_s3(options: Mapping[str, str]) -> pafs.S3FileSystem:
+    """pyarrow's S3 file system configured as obstore is (the same ``aws_*`` options)."""
+    endpoint = options.get("aws_endpoint")
+    scheme, _, host = endpoint.partition("://") if endpoint else ("https", "", "")
+    return pafs.S3FileSystem(
+        access_key=options.get("aws_access_key_id"),
+        secret_key=options.get("aws_secret_access_key"),
+        session_token=options.get("aws_session_token"),
+        region=options.get("aws_region") or "us-east-1",
+        endpoint_override=host or None,
+        scheme=scheme,
+    )
+
+
+def _mtime_ns(meta: ObjectMeta) -> int:
+    """An object's last-modified instant in ns (S3 keeps whole seconds)."""
+    return int(meta["last_modified"].timestamp() * 1_000_000) * 1_000
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``; ValueError for anything else."""
     parts = urllib.parse.urlsplit(url)
@@ -81,6 +104,7 @@ class ObjectStorage(Storage):
         self.options = s3_options(environ)
         self._store = S3Store(self.bucket, prefix=self.prefix or None, config=self.options)  # type: ignore[arg-type]
         self._scratch: Path | None = None
+        self._filesystem: pafs.S3FileSystem | None = None
 
     def __repr__(self) -> str:
         return f"ObjectStorage({self.url!r})"
@@ -88,6 +112,49 @@ class ObjectStorage(Storage):
     # -- layout -------------------------------------------------------------------------------------
     def ensure_layout(self) -> None:
         """Nothing to create: object storage has no directories (zones exist as key prefixes)."""
+
+    @property
+    def location(self) -> str:
+        return self.url
+
+    @property
+    def store(self) -> S3Store:
+        """The obstore client rooted at the lake's prefix (for the compactor's lease)."""
+        return self._store
+
+    def table_uri(self, prefix: str = "") -> str:
+        return f"{self.url}/{prefix}" if prefix else self.url
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        return dict(self.options)
+
+    def published(self, key: str) -> FileInfo | None:
+        """The object at ``key`` if it exists (a PUT is durable once answered: nothing more to make durable)."""
+        try:
+            with self._request(key, "looked up"):
+                meta = obstore.head(self._store, key)
+        except FileNotFoundError:
+            return None
+        return FileInfo(key, int(meta["size"]), _mtime_ns(meta))
+
+    def open_input(self, key: str) -> pa.NativeFile:
+        """A seekable reader of the object through pyarrow's S3 file system (ranged GETs as Parquet asks)."""
+        if self._filesystem is None:
+            self._filesystem = _arrow_s3(self.options)
+        path = f"{self.bucket}/{self.prefix}/{key}" if self.prefix else f"{self.bucket}/{key}"
+        return self._filesystem.open_input_file(path)
+
+    def write_new(self, key: str, data: bytes) -> bool:
+        """Create a small object with ``If-None-Match: *``; False if one was there (it stands)."""
+        try:
+            with self._request(key, "written"):
+                obstore.put(self._store, key, data, mode="create")
+        except LakeError as exc:
+            if isinstance(exc.__cause__, AlreadyExistsError):
+                return False
+            raise
+        return True
 
     def uri(self, key: str) -> str:
         """The object's URL, for engines that read it directly (delta-rs, Spark with ``s3a://``)."""
@@ -122,8 +189,7 @@ class ObjectStorage(Storage):
             key = str(meta["path"])
             if not key.endswith(suffix):
                 continue
-            mtime_ns = int(meta["last_modified"].timestamp() * 1_000_000) * 1_000
-            out.append(FileInfo(key, int(meta["size"]), mtime_ns))
+            out.append(FileInfo(key, int(meta["size"]), _mtime_ns(meta)))
         out.sort()
         return out
 
@@ -182,8 +248,7 @@ class ObjectStorage(Storage):
             tmp.unlink(missing_ok=True)
         with self._request(key, "looked up"):
             meta = obstore.head(self._store, key)
-        mtime_ns = int(meta["last_modified"].timestamp() * 1_000_000) * 1_000
-        return FileInfo(key, size, mtime_ns)
+        return FileInfo(key, size, _mtime_ns(meta))
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; returns False if it was already gone (deleting is idempotent)."""

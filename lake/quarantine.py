@@ -28,7 +28,7 @@ import pyarrow as pa
 from lake import layout
 from lake.filestats import QUARANTINE_STATS_COLUMNS, FileStats
 from lake.parquet import write_file
-from lake.storage import FileInfo, LocalStorage
+from lake.storage import FileInfo, Storage
 from lake.table import QuarantineTable
 from utils.records import QUARANTINE_SCHEMA
 
@@ -58,7 +58,7 @@ def refused_stats(table: pa.Table) -> FileStats:
     return FileStats.of_table(table, QUARANTINE_STATS_COLUMNS)
 
 
-def write_refused(storage: LocalStorage, table: pa.Table) -> FileInfo:
+def write_refused(storage: Storage, table: pa.Table) -> FileInfo:
     """Publish refused records (QUARANTINE_SCHEMA, with a ``reason`` per row) as one file in ``quarantine/``.
 
     Atomic like every data file (staged in temp/, published whole, nothing partial left on failure),
@@ -68,7 +68,7 @@ def write_refused(storage: LocalStorage, table: pa.Table) -> FileInfo:
     return write_file(storage, table, layout.QUARANTINE, KIND, {layout.META_REASON: reason_summary(table)})
 
 
-def commit_refused(storage: LocalStorage, table: pa.Table) -> FileInfo:
+def commit_refused(storage: Storage, table: pa.Table) -> FileInfo:
     """Publish refused records and append the file to the quarantine table (created if absent).
 
     For one-off callers; the pipeline's writer does the same two steps with its own retries.
@@ -81,7 +81,7 @@ def commit_refused(storage: LocalStorage, table: pa.Table) -> FileInfo:
     return info
 
 
-def remove_orphans(storage: LocalStorage, cursor: int) -> list[str]:
+def remove_orphans(storage: Storage, cursor: int) -> list[str]:
     """Take out of the quarantine table, in one commit, its files whose first event id is >= ``cursor``.
 
     Call only while holding the pipeline lock, with the cursor read from the events table's committed
@@ -124,7 +124,7 @@ class QuarantineCount:
     footers_read: int = 0  # Parquet footers read for this count (none: only the log is read)
 
 
-def count_quarantine(storage: LocalStorage) -> QuarantineCount:
+def count_quarantine(storage: Storage) -> QuarantineCount:
     """Files, rows and bytes of the quarantine table's newest version; all 0 while it does not exist.
 
     Reads the quarantine table's log only (no data file, no footer). Raises LakeError if the log

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from lake.identity import StreamIdentity
-from lake.storage import FileInfo, LocalStorage
+from lake.storage import FileInfo, LocalStorage, Storage
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ F = TypeVar("F", bound=_File)
 class FileSet(Generic[F]):
     """What any set of the lake's data files answers (``files`` sorted by first event id, under ``storage``)."""
 
-    storage: LocalStorage
+    storage: Storage
     files: tuple[F, ...]
 
     @property
@@ -56,7 +56,13 @@ class FileSet(Generic[F]):
     @property
     def paths(self) -> list[Path]:
         """Local paths of the files, for DuckDB's ``read_parquet([...])``."""
-        return [self.storage.path(f.info.key) for f in self.files]
+        return [self.path_of(f.info.key) for f in self.files]
+
+    def path_of(self, key: str) -> Path:
+        """The local path of ``key``; TypeError on a backend without local paths (object storage)."""
+        if not isinstance(self.storage, LocalStorage):
+            raise TypeError(f"{self.storage!r} has no local paths: read its files through the storage")
+        return self.storage.path(key)
 
     @property
     def rows(self) -> int:
@@ -86,7 +92,7 @@ class Snapshot(FileSet[DataFile]):
     ``version`` is None for a lake without a table yet (an empty lake: a normal case, not an error).
     """
 
-    storage: LocalStorage
+    storage: Storage
     version: int | None
     files: tuple[DataFile, ...]
     committed_event_id: int | None = None  # the pipeline's ``txn`` version: the last event id it committed

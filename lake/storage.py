@@ -22,15 +22,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lake import layout
 from utils.errors import CommitError, CorruptFileError, LakeError
-from utils.fsio import NotDurableError, fsync_dir, link_new
+from utils.fsio import NotDurableError, fsync_dir, link_new, write_new
 from utils.fsio import fsync_file as fsync_file  # noqa: PLC0414 - re-exported for the compactor
 
 log = logging.getLogger(__name__)
+
+LOG_DIR: Final = "_delta_log"  # a Delta table's log, under its root
 
 
 @dataclass(frozen=True, order=True)
@@ -73,6 +77,44 @@ class Storage(ABC):
     def publish(self, tmp: Path, zone: str, name: str) -> FileInfo: ...
     @abstractmethod
     def delete(self, key: str) -> bool: ...
+    @abstractmethod
+    def published(self, key: str) -> FileInfo | None:
+        """The file at ``key`` if an earlier publish of it completed (made durable first), else None."""
+
+    @abstractmethod
+    def open_input(self, key: str) -> pa.NativeFile:
+        """A seekable reader of ``key`` for pyarrow (Parquet reads only the ranges they need).
+
+        FileNotFoundError if it is not there; reads from it raise OSError on an I/O failure.
+        """
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """The whole file; FileNotFoundError if it is not there, LakeError if reading it failed."""
+
+    @abstractmethod
+    def write_new(self, key: str, data: bytes) -> bool:
+        """Create a small file whole, never over an existing one; False if one was there (it stands)."""
+
+    # -- tables ------------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """The lake's root as a user writes it (a directory, or ``s3://bucket/prefix``), for messages."""
+
+    @abstractmethod
+    def table_uri(self, prefix: str = "") -> str:
+        """The root of the Delta table at ``prefix`` (``""``: the events table) as delta-rs takes it."""
+
+    @property
+    @abstractmethod
+    def storage_options(self) -> dict[str, str] | None:
+        """delta-rs's ``storage_options`` for this backend (None: its defaults)."""
+
+    def has_table(self, prefix: str = "") -> bool:
+        """True if ``prefix`` is the root of a Delta table (its log has at least one commit)."""
+        head = f"{prefix}/{LOG_DIR}" if prefix else LOG_DIR
+        return bool(self.list_files(head, suffix=".json"))
 
     def list_all(self, zone: str) -> list[FileInfo]:
         """Every file in ``zone``, whatever its name (for temp/ cleanup and foreign files)."""
@@ -102,6 +144,8 @@ class LocalStorage(Storage):
     """A lake on a local (POSIX) file system."""
 
     def __init__(self, root: Path | str) -> None:
+        if isinstance(root, str) and "://" in root:  # Path("s3://b/p") would be the local directory s3:/b/p
+            raise ValueError(f"{root!r} is a URL, not a directory (lake.location.open_storage takes both)")
         self.root = Path(root)
 
     def __repr__(self) -> str:
@@ -116,6 +160,39 @@ class LocalStorage(Storage):
     def path(self, key: str) -> Path:
         """The local path of a key (for engines that read files directly, such as DuckDB)."""
         return self.root / key
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def table_uri(self, prefix: str = "") -> str:
+        return str(self.root / prefix) if prefix else str(self.root)
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        return None
+
+    def published(self, key: str) -> FileInfo | None:
+        path = self.root / key
+        if not path.exists():
+            return None
+        fsync_dir(path.parent)  # the earlier publish may have failed on its directory fsync
+        st = path.stat()
+        return FileInfo(key, st.st_size, st.st_mtime_ns)
+
+    def open_input(self, key: str) -> pa.NativeFile:
+        return pa.OSFile(str(self.root / key))
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise LakeError(f"{key}: could not be read ({exc})") from exc
+
+    def write_new(self, key: str, data: bytes) -> bool:
+        return write_new(self.root / key, data)
 
     def exists(self, key: str) -> bool:
         return (self.root / key).exists()

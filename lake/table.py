@@ -34,13 +34,13 @@ from lake import layout
 from lake.filestats import QUARANTINE_STATS_COLUMNS, STATS_COLUMNS, FileStats
 from lake.identity import StreamIdentity, check_stream
 from lake.snapshot import DataFile, Snapshot
-from lake.storage import FileInfo, LocalStorage
+from lake.storage import LOG_DIR as LOG_DIR  # noqa: PLC0414 - re-exported: the log is the table's
+from lake.storage import FileInfo, Storage
 from utils.errors import FencedError, LakeError, StaleInputsError, UnmigratedLakeError
 from utils.records import LAKE_SCHEMA, QUARANTINE_SCHEMA
 
 log = logging.getLogger(__name__)
 
-LOG_DIR: Final = "_delta_log"
 APP_ID: Final = "badge-pipeline"  # the pipeline's application transaction: version = last event id committed
 TABLE_NAME: Final = "badge_events"
 QUARANTINE_TABLE_NAME: Final = "badge_quarantine"
@@ -67,14 +67,14 @@ def has_log(path: Path) -> bool:
     return log_dir.is_dir() and any(log_dir.glob("*.json"))
 
 
-def ensure_migrated(storage: LocalStorage) -> None:
+def ensure_migrated(storage: Storage) -> None:
     """Raise UnmigratedLakeError if the lake holds data files but no log (the previous layout)."""
-    if has_log(storage.root):
+    if storage.has_table():
         return
     for zone in layout.DATA_ZONES:
         if storage.list_files(zone):
             raise UnmigratedLakeError(
-                f"the lake at {storage.root} is in the previous layout (data files but no {LOG_DIR}/): "
+                f"the lake at {storage.location} is in the previous layout (data files but no {LOG_DIR}/): "
                 "run `python -m lake migrate` first"
             )
 
@@ -107,7 +107,7 @@ class _DeltaFiles:
     log are relative to the table root. One instance per thread of use (delta-rs handles are not shared).
     """
 
-    def __init__(self, storage: LocalStorage, prefix: str, dt: DeltaTable) -> None:
+    def __init__(self, storage: Storage, prefix: str, dt: DeltaTable) -> None:
         self.storage = storage
         self.prefix = prefix
         self._dt = dt
@@ -115,8 +115,13 @@ class _DeltaFiles:
         self._position_at: tuple[int, int | None] | None = None  # (version, the pipeline's position there)
 
     @property
-    def root(self) -> Path:
-        return self.storage.root / self.prefix if self.prefix else self.storage.root
+    def root(self) -> str:
+        """The table's root (a directory or an ``s3://`` URL), as delta-rs opens it."""
+        return self.storage.table_uri(self.prefix)
+
+    def log_key(self, version: int) -> str:
+        """The key (relative to the lake's root) of the log entry of commit ``version``."""
+        return self.key_of(f"{LOG_DIR}/{version:020d}.json")
 
     @property
     def version(self) -> int:
@@ -199,29 +204,29 @@ class _DeltaFiles:
         self.refresh()
 
 
-def _open(storage: LocalStorage, prefix: str) -> DeltaTable:
-    root = storage.root / prefix if prefix else storage.root
+def _open(storage: Storage, prefix: str) -> DeltaTable:
+    root = storage.table_uri(prefix)
     with _translated(f"opening the table at {root}"):
-        return DeltaTable(str(root))
+        return DeltaTable(root, storage_options=storage.storage_options)
 
 
-def _create(root: Path, schema: pa.Schema, name: str, configuration: dict[str, str]) -> DeltaTable:
-    """Create an empty table at ``root`` in one commit; if another process just did, open theirs."""
-    root.mkdir(parents=True, exist_ok=True)
+def _create(storage: Storage, prefix: str, schema: pa.Schema, name: str, configuration: dict[str, str]) -> DeltaTable:
+    """Create an empty table at ``prefix`` in one commit; if another process just did, open theirs."""
+    root = storage.table_uri(prefix)
     try:
         return DeltaTable.create(
-            str(root),
+            root,
             Schema.from_arrow(schema),
             mode="error",
+            storage_options=storage.storage_options,
             name=name,
             configuration=configuration,
             raise_if_key_not_exists=False,  # our own badge.* keys sit beside the delta.* ones
             commit_properties=CommitProperties(custom_metadata={OPERATION_KEY: "create"}),
         )
     except DeltaError as exc:
-        if has_log(root):  # lost a race to create it: theirs stands
-            with _translated(f"opening the table at {root}"):
-                return DeltaTable(str(root))
+        if storage.has_table(prefix):  # lost a race to create it: theirs stands
+            return _open(storage, prefix)
         raise LakeError(f"creating the table at {root} failed: {exc}") from exc
 
 
@@ -229,31 +234,31 @@ class LakeTable(_DeltaFiles):
     """The events table: what every reader reads, what the pipeline appends to and the compactor rewrites."""
 
     @classmethod
-    def open(cls, storage: LocalStorage) -> LakeTable:
+    def open(cls, storage: Storage) -> LakeTable:
         """The lake's table; LakeError if there is none yet, UnmigratedLakeError for the previous layout."""
         ensure_migrated(storage)
-        if not has_log(storage.root):
-            raise LakeError(f"no table at {storage.root} yet (the pipeline creates it)")
+        if not storage.has_table():
+            raise LakeError(f"no table at {storage.location} yet (the pipeline creates it)")
         return cls(storage, "", _open(storage, ""))
 
     @classmethod
-    def open_or_create(cls, storage: LocalStorage, identity: StreamIdentity) -> LakeTable:
+    def open_or_create(cls, storage: Storage, identity: StreamIdentity) -> LakeTable:
         """The lake's table for the stream ``identity``, created (with it recorded) if the lake has none.
 
         Raises StreamMismatchError, before anything is written, if the table holds another stream.
         """
         ensure_migrated(storage)
-        if has_log(storage.root):
+        if storage.has_table():
             table = cls(storage, "", _open(storage, ""))
-            check_stream(table.identity, identity, str(storage.root))
+            check_stream(table.identity, identity, storage.location)
             return table
         configuration = {
             **LOG_PROPERTIES,
             "delta.dataSkippingStatsColumns": ",".join(STATS_COLUMNS),
             **identity.to_config(),
         }
-        table = cls(storage, "", _create(storage.root, LAKE_SCHEMA, TABLE_NAME, configuration))
-        check_stream(table.identity, identity, str(storage.root))
+        table = cls(storage, "", _create(storage, "", LAKE_SCHEMA, TABLE_NAME, configuration))
+        check_stream(table.identity, identity, storage.location)
         return table
 
     @property
@@ -354,15 +359,15 @@ class QuarantineTable(_DeltaFiles):
     """The quarantine table under ``quarantine/``: refused records, appended before the flush that passes them."""
 
     @classmethod
-    def open(cls, storage: LocalStorage, *, create: bool = False) -> QuarantineTable | None:
+    def open(cls, storage: Storage, *, create: bool = False) -> QuarantineTable | None:
         """The lake's quarantine table; None if it does not exist (and ``create`` is False)."""
-        root = storage.root / layout.QUARANTINE
-        if has_log(root):
+        if storage.has_table(layout.QUARANTINE):
             return cls(storage, layout.QUARANTINE, _open(storage, layout.QUARANTINE))
         if not create:
             return None
         configuration = {**LOG_PROPERTIES, "delta.dataSkippingStatsColumns": ",".join(QUARANTINE_STATS_COLUMNS)}
-        return cls(storage, layout.QUARANTINE, _create(root, QUARANTINE_SCHEMA, QUARANTINE_TABLE_NAME, configuration))
+        table = _create(storage, layout.QUARANTINE, QUARANTINE_SCHEMA, QUARANTINE_TABLE_NAME, configuration)
+        return cls(storage, layout.QUARANTINE, table)
 
     def append(self, info: FileInfo, stats: FileStats) -> None:
         """Add the published file ``info``; idempotent (a file already in the table is not added again)."""
@@ -382,13 +387,13 @@ class QuarantineTable(_DeltaFiles):
         self.commit(actions, reason)
 
 
-def read_snapshot(storage: LocalStorage) -> Snapshot:
+def read_snapshot(storage: Storage) -> Snapshot:
     """The lake's current snapshot; an empty one (version None) if no table exists yet.
 
     Raises UnmigratedLakeError for a lake in the previous layout, LakeError if the log cannot be read.
     """
     ensure_migrated(storage)
-    if not has_log(storage.root):
+    if not storage.has_table():
         return Snapshot(storage, None, ())
     return LakeTable.open(storage).snapshot(refresh=False)
 
@@ -396,7 +401,7 @@ def read_snapshot(storage: LocalStorage) -> Snapshot:
 class SnapshotReader:
     """A long-lived reader (a dashboard, a verifier): each :meth:`snapshot` refreshes one handle incrementally."""
 
-    def __init__(self, storage: LocalStorage) -> None:
+    def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._table: LakeTable | None = None
 
@@ -404,22 +409,21 @@ class SnapshotReader:
         """The newest snapshot (empty while the lake has no table)."""
         if self._table is None:
             ensure_migrated(self.storage)
-            if not has_log(self.storage.root):
+            if not self.storage.has_table():
                 return Snapshot(self.storage, None, ())
             self._table = LakeTable.open(self.storage)
             return self._table.snapshot(refresh=False)
         return self._table.snapshot()
 
 
-def quarantine_files(storage: LocalStorage) -> tuple[DataFile, ...]:
+def quarantine_files(storage: Storage) -> tuple[DataFile, ...]:
     """The files of the quarantine table's newest version (none if it does not exist)."""
     table = QuarantineTable.open(storage)
     return () if table is None else table.data_files()
 
 
-def describe_log(storage: LocalStorage) -> dict[str, Any]:
+def describe_log(storage: Storage) -> dict[str, Any]:
     """Facts about the events table's log, for ``stats``: version, entries and checkpoints on disk."""
-    log_dir = storage.root / LOG_DIR
-    entries = list(log_dir.glob("*.json")) if log_dir.is_dir() else []
-    checkpoints = list(log_dir.glob("*.checkpoint*.parquet")) if log_dir.is_dir() else []
+    entries = storage.list_files(LOG_DIR, suffix=".json")
+    checkpoints = [f for f in storage.list_files(LOG_DIR) if ".checkpoint" in f.name]
     return {"log_entries": len(entries), "checkpoints": len(checkpoints)}

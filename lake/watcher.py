@@ -55,6 +55,8 @@ class _EnqueueHandler(FileSystemEventHandler):
 class LandingWatcher:
     """Runs ``cycle`` after debounced bursts of new files in ``directory`` and on a periodic sweep.
 
+    ``directory=None`` (object storage, where nothing sends file events): the periodic sweep alone.
+
     At most one cycle runs at a time, always in the worker thread (named ``<name>-worker``). ``stop()``
     sets the stop event (shared with the cycle, so a long one can end early), then stops and joins the
     observer and the worker.
@@ -62,7 +64,7 @@ class LandingWatcher:
 
     def __init__(
         self,
-        directory: Path,
+        directory: Path | None,
         cycle: Cycle,
         *,
         debounce_seconds: float,
@@ -72,7 +74,7 @@ class LandingWatcher:
         name: str = "watcher",
         also: Sequence[Path] = (),
     ) -> None:
-        self.directory = Path(directory)
+        self.directory = Path(directory) if directory is not None else None  # None: the sweep alone
         self.also = tuple(Path(d) for d in also)
         self.name = name
         self._cycle = cycle
@@ -95,18 +97,19 @@ class LandingWatcher:
     # -- life cycle ------------------------------------------------------------------------------------
     def start(self) -> LandingWatcher:
         """Start the observer and the worker; without file events (e.g. no inotify watch left) the sweep still runs."""
-        try:
-            self._observer.schedule(self._handler, str(self.directory), recursive=False)
-            self._watched.add(self.directory)
-            self._observer.start()
-            self._observing = True
-        except OSError as exc:
-            log.warning("no file events for %s (%s): relying on the sweep alone", self.directory, exc)
+        if self.directory is not None:
+            try:
+                self._observer.schedule(self._handler, str(self.directory), recursive=False)
+                self._watched.add(self.directory)
+                self._observer.start()
+                self._observing = True
+            except OSError as exc:
+                log.warning("no file events for %s (%s): relying on the sweep alone", self.directory, exc)
         self._watch_new_directories()
         self._worker.start()
         log.info(
             "watching %s (debounce %.1f s, sweep every %.1f s)",
-            self.directory,
+            self.directory or "nothing (no file events here)",
             self.debounce_seconds,
             self.sweep_seconds,
         )

@@ -64,11 +64,10 @@ import pyarrow.compute as pc
 from lake import layout, quarantine
 from lake import parquet as lake_parquet
 from lake.filestats import FileStats
-from lake.storage import FileInfo, LocalStorage
+from lake.storage import FileInfo, Storage
 from lake.table import LakeTable, QuarantineTable
 from utils.config import Settings
 from utils.errors import CommitError, FencedError, LakeError
-from utils.fsio import fsync_dir
 from utils.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, with_duration
 from utils.retry import Backoff
 
@@ -88,7 +87,7 @@ def file_name(kind: str, table: pa.Table) -> str:
 
 
 def publish_table(
-    storage: LocalStorage, table: pa.Table, zone: str, name: str, extra_metadata: dict[str, str] | None = None
+    storage: Storage, table: pa.Table, zone: str, name: str, extra_metadata: dict[str, str] | None = None
 ) -> FileInfo:
     """Write ``table`` as ``zone/name``: staged in temp/, published whole, with the badge metadata.
 
@@ -96,16 +95,13 @@ def publish_table(
     the link (a directory fsync): it is made durable and returned, never written a second time.
     Nothing partial survives a failure (CommitError/OSError).
     """
-    key = f"{zone}/{name}"
-    path = storage.path(key)
-    if path.exists():
-        fsync_dir(path.parent)
-        st = path.stat()
-        return FileInfo(key, st.st_size, st.st_mtime_ns)
+    published = storage.published(f"{zone}/{name}")
+    if published is not None:
+        return published
     return lake_parquet.write_file(storage, table, zone, name.split("-", 1)[0], extra_metadata, name=name)
 
 
-def write_landing(storage: LocalStorage, table: pa.Table, name: str | None = None) -> FileInfo:
+def write_landing(storage: Storage, table: pa.Table, name: str | None = None) -> FileInfo:
     """Publish a LAKE_SCHEMA table as one landing file (not yet part of the lake: a commit adds it).
 
     Carries ``badge.event_id_min/max`` and ``badge.row_count`` (for humans: nothing reads them);
@@ -114,7 +110,7 @@ def write_landing(storage: LocalStorage, table: pa.Table, name: str | None = Non
     return publish_table(storage, table, layout.LANDING, name or file_name(LANDING_KIND, table))
 
 
-def write_quarantine(storage: LocalStorage, table: pa.Table, name: str | None = None) -> FileInfo:
+def write_quarantine(storage: Storage, table: pa.Table, name: str | None = None) -> FileInfo:
     """Publish refused records (QUARANTINE_SCHEMA) as one file in ``quarantine/``, as :func:`write_landing`."""
     table = quarantine.conform(table)
     reason = {layout.META_REASON: quarantine.reason_summary(table)}
@@ -210,7 +206,7 @@ class BufferedWriter:
 
     def __init__(
         self,
-        storage: LocalStorage,
+        storage: Storage,
         thresholds: FlushThresholds,
         *,
         table: LakeTable,

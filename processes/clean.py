@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        lake = get_settings().data_lake_path
+        lake = get_settings().local_lake_path("make clean")
         if not lake.exists():
             print(f"nothing to remove: {lake} does not exist")
             return EXIT_OK

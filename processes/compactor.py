@@ -10,10 +10,12 @@ of ``landing/`` is :mod:`lake.watcher`, wired to the compactor here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Final
 
@@ -21,17 +23,22 @@ import pyarrow as pa
 
 from lake import layout
 from lake.compaction import Compactor, StepHook, pause_hook
+from lake.lease import Lease
+from lake.location import open_storage
 from lake.lock import LakeLock
-from lake.storage import LocalStorage
+from lake.objectstore import ObjectStorage
+from lake.storage import LocalStorage, Storage
 from lake.table import LOG_DIR, ensure_migrated
 from lake.watcher import LandingWatcher
 from processes.cli import EXIT_OK
 from utils.config import Settings
+from utils.errors import LeaseLostError
 
 log = logging.getLogger(__name__)
 
 # Test-only: pause at a protocol step ("written", "published:2", ...) so a test can kill -9 the process there.
 PAUSE_ENV: Final = "BADGE_COMPACTOR_PAUSE_AT"
+LEASE_WAIT_SECONDS: Final = 1.0  # a waiting compactor looks at its stop flag this often
 TICK_SECONDS: Final = 0.1  # how often the main thread looks at the stop flag and the watcher
 WATCHER_NAME: Final = "compaction"  # names the watcher's worker thread and its failure log line
 
@@ -68,15 +75,53 @@ def watch_landing(compactor: Compactor, settings: Settings) -> LandingWatcher:
     """
     storage = compactor.storage
     storage.ensure_layout()
+    # Object storage sends no file events: there the periodic sweep alone triggers a cycle.
     return LandingWatcher(
-        storage.path(layout.LANDING),
+        storage.path(layout.LANDING) if isinstance(storage, LocalStorage) else None,
         lambda _reason: compactor.run_cycle(),
         debounce_seconds=settings.compaction_debounce_seconds,
         sweep_seconds=settings.compaction_sweep_seconds,
         stop=compactor.stop_event,
         name=WATCHER_NAME,
-        also=[storage.root / LOG_DIR],
+        also=[storage.root / LOG_DIR] if isinstance(storage, LocalStorage) else [],
     )
+
+
+def _one_compactor(storage: Storage, stop: threading.Event, held: contextlib.ExitStack) -> Callable[[], None] | None:
+    """Make this the lake's one compactor, held until ``held`` closes; returns the check to run before each commit.
+
+    On a local lake: the compactor lock (LakeLockedError at once if another process holds it). On object
+    storage: the lease (lake/lease.py), waited for while another compactor holds it (None if ``stop`` is
+    set meanwhile), renewed in the background; losing it stops this compactor, and the check before each
+    commit refuses (LeaseLostError) once it cannot vouch for the lease.
+    """
+    if isinstance(storage, LocalStorage):
+        held.enter_context(LakeLock(storage.root, layout.COMPACTOR_LOCK, "compactor"))
+        return lambda: None
+    if not isinstance(storage, ObjectStorage):
+        raise TypeError(f"no way to hold {storage!r} for one compactor")
+
+    def lost(exc: LeaseLostError) -> None:
+        log.error("%s: stopping (another compactor may run now)", exc)
+        stop.set()
+
+    lease = Lease(storage.store, on_lost=lost)
+    waited = False
+    while not lease.acquire(timeout=LEASE_WAIT_SECONDS):
+        if stop.is_set():
+            return None
+        if not waited:
+            seen = lease.last_seen
+            log.info("another compactor holds the lease (%s): waiting", seen.describe() if seen else "holder unknown")
+            waited = True
+    held.callback(lease.release)
+    lease.start_renewing()
+    log.info("holding the lease %s as %s", lease.key, lease.holder_id)
+
+    def check() -> None:
+        lease.check()  # LeaseLostError, or LakeError if the store cannot confirm it: no commit
+
+    return check
 
 
 def run(
@@ -96,12 +141,16 @@ def run(
     install_stop_handlers(stop)
     hook: StepHook | None = pause_hook(pause_at) if pause_at else None
 
-    storage = LocalStorage(settings.data_lake_path)
+    storage = open_storage(settings.data_lake_path)
     ensure_migrated(storage)  # before anything is written: the one line, exit status 2
     storage.ensure_layout()
-    with LakeLock(storage.root, layout.COMPACTOR_LOCK, "compactor"):
+    with contextlib.ExitStack() as held:
+        before_commit = _one_compactor(storage, stop, held)
+        if before_commit is None:
+            log.info("stopped while waiting for the lease")
+            return EXIT_OK
         log.info("Arrow memory pool: %s", pa.default_memory_pool().backend_name)  # see utils/memory.py
-        compactor = Compactor(storage, settings, stop=stop, hook=hook)
+        compactor = Compactor(storage, settings, stop=stop, hook=hook, before_commit=before_commit)
         compactor.recover()
         if once:
             report = compactor.run_cycle()

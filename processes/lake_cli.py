@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         settings = get_settings()
-        storage = LocalStorage(settings.data_lake_path)
+        storage = LocalStorage(settings.local_lake_path(f"python -m lake {args.command}"))
         if args.command == "stats":
             data = stats(storage)
             if args.json:

@@ -78,17 +78,18 @@ def main(argv: list[str] | None = None) -> int:
             if port_in_use(host, port):
                 print(f"error: port {port} on {host} is in use ({name}); stop what holds it or set {name}=<free port>")
                 return EXIT_CONFIG
-        if LakeLock(settings.data_lake_path, layout.PIPELINE_LOCK, "pipeline").is_locked_elsewhere():
-            print(f"error: a pipeline already runs on {settings.data_lake_path}; stop it first")
+        lake = settings.local_lake_path("make run")  # ConfigError for an s3:// lake: one line, exit 2
+        if LakeLock(lake, layout.PIPELINE_LOCK, "pipeline").is_locked_elsewhere():
+            print(f"error: a pipeline already runs on {lake}; stop it first")
             return EXIT_LOCKED
-        ensure_migrated(LocalStorage(settings.data_lake_path))  # UnmigratedLakeError: one line, exit 2
+        ensure_migrated(LocalStorage(lake))  # UnmigratedLakeError: one line, exit 2
         env = child_environment(settings)
         manager = Manager()
         for name, cmd in commands(settings).items():
             manager.add_process(name, cmd, env=env, cwd=str(ROOT))
         url = f"http://127.0.0.1:{settings.dashboard_port}"
         print(
-            f"Badge Data Platform: lake {settings.data_lake_path.resolve()}, "
+            f"Badge Data Platform: lake {lake.resolve()}, "
             f"service http://{settings.api_host}:{settings.api_port}, dashboard {url}  (Ctrl-C stops everything)",
             flush=True,
         )

@@ -32,6 +32,7 @@ from ingestion.placement import BadgeSource
 from ingestion.progress import Progress
 from ingestion.resume import recover, wait_for_identity
 from lake import layout
+from lake.location import open_storage
 from lake.lock import LakeLock
 from lake.storage import LocalStorage
 from lake.table import ensure_migrated
@@ -93,9 +94,12 @@ def run(
     """
     options = options or RunOptions()
     stop = stop or threading.Event()
-    storage = LocalStorage(settings.data_lake_path)
+    storage = open_storage(settings.data_lake_path)
     storage.ensure_layout()
-    with LakeLock(storage.root, layout.PIPELINE_LOCK, "pipeline"), stop_on_signals(stop):
+    # One pipeline per lake: on a local disk the lock says so at once; anywhere, a second pipeline's
+    # first commit is refused (FencedError: the table's txn moved), so it cannot duplicate.
+    lock = LakeLock(storage.root, layout.PIPELINE_LOCK, "pipeline") if isinstance(storage, LocalStorage) else None
+    with lock or contextlib.nullcontext(), stop_on_signals(stop):
         ensure_migrated(storage)  # before waiting for the source: an old lake is refused at once
         fetch_stop = threading.Event()
         deadline = None if options.duration is None else time.monotonic() + options.duration
@@ -109,7 +113,7 @@ def run(
             resume = recover(storage, identity)
             log.info(
                 "pipeline on %s (stream: %s): resuming at event %d; flush at %d records or %.2f s; compaction %s",
-                storage.root,
+                storage.location,
                 identity,
                 resume.cursor,
                 settings.buffer_records,

@@ -30,7 +30,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_settings(lake: Path, **overrides: object) -> Settings:
+def make_settings(lake: Path | str, **overrides: object) -> Settings:
     """Settings for a test lake: small thresholds, never the real ./data_lake, no .env file."""
     env = {
         "DATA_LAKE_PATH": str(lake),

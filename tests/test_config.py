@@ -142,25 +142,33 @@ def test_a_lake_path_that_is_a_file_is_refused(tmp_path: Path, inside: bool) -> 
     assert load_settings({"DATA_LAKE_PATH": str(tmp_path / "new" / "lake")}, env_file=None)  # not there yet: fine
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/prefix", "S3://b", "gs://bucket", "file:///tmp/lake"])
-def test_a_lake_url_is_refused_not_taken_for_a_local_directory(url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("url", ["gs://bucket", "file:///tmp/lake", "s3://", "s3://Bad_Bucket/x", "s3://b/p?x=1"])
+def test_a_lake_url_other_than_s3_is_refused_not_taken_for_a_local_directory(url: str) -> None:
     # Reproduction: DATA_LAKE_PATH=s3://bucket/prefix became the local directory ./s3:/bucket/prefix.
     with pytest.raises(ConfigError, match="DATA_LAKE_PATH") as info:
         load_settings({"DATA_LAKE_PATH": url}, env_file=None)
-    assert "object storage" in str(info.value) and "local directory" in str(info.value)
-    assert not (Path.cwd() / "s3:").exists()
+    assert "s3://bucket/prefix" in str(info.value) and "local directory" in str(info.value)
+    assert not (Path.cwd() / "gs:").exists() and not (Path.cwd() / "s3:").exists()
+
+
+@pytest.mark.parametrize("url", ["s3://badge-lake/prefix", "S3://badge-lake", "s3://my.bucket-1/a/b/"])
+def test_an_s3_lake_url_is_kept_as_written(url: str) -> None:
+    settings = load_settings({"DATA_LAKE_PATH": url}, env_file=None)
+    assert settings.data_lake_path == url and isinstance(settings.data_lake_path, str)
+    with pytest.raises(ConfigError, match="the compactor does not run on object storage yet"):
+        settings.local_lake_path("the compactor")
 
 
 @pytest.mark.parametrize("command", [["pipeline.py", "--no-compaction"], ["-m", "lake", "stats"]])
 def test_every_entry_point_refuses_a_lake_url_in_one_line(command: list[str]) -> None:
-    env = {**os.environ, "DATA_LAKE_PATH": "s3://bucket/lake", "EMPLOYEE_BADGE_LOGS_URL": "http://127.0.0.1:9/x/"}
+    env = {**os.environ, "DATA_LAKE_PATH": "gs://bucket/lake", "EMPLOYEE_BADGE_LOGS_URL": "http://127.0.0.1:9/x/"}
     out = subprocess.run(
         [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: DATA_LAKE_PATH='s3://bucket/lake'"), lines
-    assert not (ROOT / "s3:").exists()
+    assert len(lines) == 1 and lines[0].startswith("error: DATA_LAKE_PATH='gs://bucket/lake'"), lines
+    assert not (ROOT / "gs:").exists()
 
 
 @pytest.mark.parametrize("command", [["pipeline.py", "--no-compaction"], ["-m", "lake", "stats"]])

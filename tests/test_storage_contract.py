@@ -50,6 +50,17 @@ def test_a_published_file_is_whole_listed_and_read_back(backend: Storage) -> Non
     assert backend.read_metadata(info.key)["badge.event_id_max"] == "999"
 
 
+def test_a_file_opened_for_input_reads_back_what_was_written(backend: Storage) -> None:
+    table = lake_table(0, 50_000)
+    info = write_file(backend, table, layout.LANDING, "landing")
+    with backend.open_input(info.key) as source:
+        parquet = pq.ParquetFile(source)
+        ids = [b.column("event_id") for b in parquet.iter_batches(batch_size=8_192, columns=["event_id"])]
+    assert sum(len(c) for c in ids) == 50_000 and ids[0][0].as_py() == 0 and ids[-1][-1].as_py() == 49_999
+    with pytest.raises(FileNotFoundError):
+        backend.open_input("landing/missing.parquet")
+
+
 def test_a_large_footer_is_read_whole(backend: Storage) -> None:
     # 300,000 rows in row groups of their own: a footer larger than the first range read from S3.
     table = lake_table(0, 300_000)

@@ -22,21 +22,23 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from utils.errors import ConfigError
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_S3_URL = re.compile(r"^[sS]3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^?#]*)?$")  # s3://bucket[/prefix]
+LAKE_ALLOWED = "a local directory, or s3://bucket/prefix for S3-compatible object storage"
 
 
 def _path(value: Any) -> Any:
     text = str(value).strip()
     if not text:  # Path("") would silently be the current directory
         raise ValueError("empty path")
-    if _URL.match(text):  # Path("s3://b/p") would silently be the local directory s3:/b/p
+    if _S3_URL.match(text):
+        return text  # the lake on S3-compatible object storage, kept as written (lake.location)
+    if _URL.match(text):  # Path("gs://b/p") would silently be the local directory gs:/b/p
         # A ConfigError passes through pydantic as it is (only ValueError is wrapped): its words reach the user.
-        raise ConfigError(
-            "DATA_LAKE_PATH", text, "a local directory (object storage such as s3:// is not supported yet)"
-        )
+        raise ConfigError("DATA_LAKE_PATH", text, LAKE_ALLOWED)
     return Path(text).expanduser()
 
 
-LakePath = Annotated[Path, BeforeValidator(_path)]
+LakePath = Annotated[Path | str, BeforeValidator(_path)]  # str: an s3:// URL
 BlankIsNone = Annotated[str | None, BeforeValidator(lambda v: (v.strip() if isinstance(v, str) else v) or None)]
 LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(lambda v: str(v).strip().upper())]
 
@@ -54,9 +56,7 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
     )
 
-    data_lake_path: LakePath = Field(
-        Path("./data_lake"), description="root of the lake, its Delta table (a local directory)"
-    )
+    data_lake_path: LakePath = Field(Path("./data_lake"), description="root of the lake, its Delta table")
     employee_badge_logs_url: str = Field(
         "http://127.0.0.1:8000/employee-badge-logs/", description="the generator service's endpoint the pipeline reads"
     )
@@ -137,10 +137,21 @@ class Settings(BaseSettings):
             )
         if not self.employee_badge_logs_url.startswith(("http://", "https://")):
             raise ConfigError("EMPLOYEE_BADGE_LOGS_URL", self.employee_badge_logs_url, "an http:// or https:// URL")
-        if not _may_be_a_directory(self.data_lake_path):
+        if isinstance(self.data_lake_path, Path) and not _may_be_a_directory(self.data_lake_path):
             path = str(self.data_lake_path)
             raise ConfigError("DATA_LAKE_PATH", path, "a directory, or a path that does not exist yet")
         return self
+
+    def local_lake_path(self, role: str) -> Path:
+        """The lake's directory, for a ``role`` that runs on a local lake only so far.
+
+        Raises ConfigError (exit status 2, one line) for an ``s3://`` lake, naming the role.
+        """
+        if isinstance(self.data_lake_path, Path):
+            return self.data_lake_path
+        raise ConfigError(
+            "DATA_LAKE_PATH", self.data_lake_path, f"a local directory: {role} does not run on object storage yet"
+        )
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated like environment values."""
@@ -176,7 +187,7 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-_NOUNS: dict[Any, str] = {int: "an integer", float: "a number", Path: "a path"}
+_NOUNS: dict[Any, str] = {int: "an integer", float: "a number", Path: "a path", Path | str: LAKE_ALLOWED}
 
 
 def _allowed(field: FieldInfo) -> str:

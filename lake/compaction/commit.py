@@ -21,7 +21,7 @@ from lake.compaction.steps import STEP_COMMITTED, STEP_PUBLISHED, STEP_WRITTEN, 
 from lake.compaction.writing import KIND, Output
 from lake.filestats import FileStats
 from lake.snapshot import DataFile
-from lake.storage import FileInfo, LocalStorage
+from lake.storage import FileInfo, LocalStorage, Storage
 from lake.table import LakeTable
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Finished:
     predicted: int  # its size as predicted when it started (bytes)
 
 
-def publish_output(storage: LocalStorage, out: Output, lo: int, hi: int, step: StepHook) -> FileInfo:
+def publish_output(storage: Storage, out: Output, lo: int, hi: int, step: StepHook) -> FileInfo:
     """Publish the closed output ``out`` (events ``lo..hi``) into compacted/; it is not in the table yet.
 
     Atomic: after it returns the output is durable and whole in compacted/; if it raises, nothing was published.
@@ -58,10 +58,17 @@ def commit_outputs(table: LakeTable, finished: Sequence[Finished], step: StepHoo
     the commit failed (it may have landed: see :func:`landed`).
     """
     storage = table.storage
-    added = [(f.info, FileStats.of_footer(pq.read_metadata(storage.path(f.info.key)))) for f in finished]
+    added = [(f.info, FileStats.of_footer(_footer(storage, f.info.key))) for f in finished]
     table.replace([i for f in finished for i in f.inputs], added)
     step(STEP_COMMITTED, f"version {table.version}")
     return table.version
+
+
+def _footer(storage: Storage, key: str) -> pq.FileMetaData:
+    """An output's footer: read straight from the local file, else through the storage (errors as LakeError)."""
+    if isinstance(storage, LocalStorage):
+        return pq.read_metadata(storage.path(key))
+    return storage.read_footer(key)
 
 
 def landed(table: LakeTable, finished: Sequence[Finished]) -> bool:
@@ -71,7 +78,7 @@ def landed(table: LakeTable, finished: Sequence[Finished]) -> bool:
     return all(f.info.key in keys for f in finished) and not any(i.key in keys for f in finished for i in f.inputs)
 
 
-def discard_outputs(storage: LocalStorage, finished: Sequence[Finished]) -> list[str]:
+def discard_outputs(storage: Storage, finished: Sequence[Finished]) -> list[str]:
     """Delete outputs no commit added (none was ever in the table, so no reader can be reading one)."""
     deleted = [f.info.key for f in finished if storage.delete(f.info.key)]
     if deleted:

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from typing import Final
+from typing import Any, Final
 
 import pyarrow as pa
 
@@ -33,8 +33,8 @@ from lake.compaction.steps import STEP_SNAPSHOT, STEP_WRITING, CompactionStopped
 from lake.compaction.writing import KIND, Output
 from lake.parquet import badge_metadata
 from lake.snapshot import DataFile, Snapshot
-from lake.storage import LocalStorage
-from lake.table import LakeTable, ensure_migrated, has_log
+from lake.storage import LocalStorage, Storage
+from lake.table import LakeTable, ensure_migrated
 from utils.config import Settings
 from utils.errors import LakeError, StaleInputsError
 
@@ -53,7 +53,7 @@ class Compactor:
 
     def __init__(
         self,
-        storage: LocalStorage,
+        storage: Storage,
         settings: Settings,
         *,
         stop: threading.Event | None = None,
@@ -61,6 +61,7 @@ class Compactor:
         clock: Callable[[], float] = time.time,
         bytes_per_row: float | None = None,
         open_input: InputOpener = open_native,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         self.storage = storage
         self.min_files = settings.compaction_min_files
@@ -69,7 +70,9 @@ class Compactor:
         self.grace_seconds = settings.compaction_grace_seconds
         self.stop_event = stop or threading.Event()
         self._hook = hook
-        self._open_input = open_input
+        self._open_input = open_input  # on a local lake (tests hand in a failing file layer)
+        # Right before each commit: on object storage, the check that this compactor still holds its lease.
+        self._before_commit = before_commit
         self.cleanup = GraceCleanup(storage, self.grace_seconds, clock=clock, hook=self._step)
         self._table: LakeTable | None = None
         # Inputs that could not be read in this cycle: left out of its later plans, tried again next cycle.
@@ -105,7 +108,7 @@ class Compactor:
         """
         if self._table is None:
             ensure_migrated(self.storage)
-            if not has_log(self.storage.root):
+            if not self.storage.has_table():
                 return None
             self._table = LakeTable.open(self.storage)
         return self._table
@@ -188,6 +191,8 @@ class Compactor:
         assert table is not None
         began = time.perf_counter()
         try:
+            if self._before_commit is not None:
+                self._before_commit()  # LakeError (lease lost or unverifiable): not committed, outputs inert
             metrics.version = commit.commit_outputs(table, finished, self._step)
         except StaleInputsError as exc:
             metrics.stale = True
@@ -281,7 +286,15 @@ class Compactor:
                 out.abandon()
 
     def _read(self, f: DataFile) -> Generator[pa.RecordBatch, None, None]:
-        return read_batches(self.storage.path(f.key), f.key, sort=f.key in self._sort_keys, opener=self._open_input)
+        return read_batches(f.key, self._opener(f.key), sort=f.key in self._sort_keys)
+
+    def _opener(self, key: str) -> Callable[[], Any]:
+        """How to open input ``key``: natively by its path on a local lake (or by the test's file layer)."""
+        storage = self.storage
+        if isinstance(storage, LocalStorage):
+            path, open_input = storage.path(key), self._open_input
+            return lambda: open_input(path)
+        return lambda: storage.open_input(key)
 
     def _copy(self, batches: Iterator[pa.RecordBatch], f: DataFile, out: Output) -> None:
         """Append one input to ``out``, checking its rows against its statistics on the way."""

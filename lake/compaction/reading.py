@@ -88,7 +88,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def read_batches(
-    path: Path, key: str, *, sort: bool = False, opener: InputOpener = open_native
+    key: str, open_source: Callable[[], Any], *, sort: bool = False
 ) -> Generator[pa.RecordBatch, None, None]:
     """The rows of one data file as WRITE_SCHEMA batches of at most ROW_GROUP_ROWS rows.
 
@@ -97,7 +97,7 @@ def read_batches(
     """
     with contextlib.ExitStack() as stack:
         try:
-            source = opener(path)
+            source = open_source()  # a local path (pyarrow opens it natively) or a file object
             if hasattr(source, "close") and not isinstance(source, str):
                 stack.callback(source.close)
             footer = pq.read_metadata(source)

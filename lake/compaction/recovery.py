@@ -12,12 +12,12 @@ from collections.abc import Callable
 
 from lake import layout
 from lake.compaction.writing import KIND
-from lake.storage import LocalStorage
+from lake.storage import Storage
 
 log = logging.getLogger(__name__)
 
 
-def remove_temp_leftovers(storage: LocalStorage) -> list[str]:
+def remove_temp_leftovers(storage: Storage) -> list[str]:
     """Delete the files in temp/ whose names start with KIND (unfinished outputs); returns their keys.
 
     Only for the holder of the compactor lock: no other process writes such temp files.
@@ -31,7 +31,7 @@ def remove_temp_leftovers(storage: LocalStorage) -> list[str]:
     return removed
 
 
-def recover(storage: LocalStorage, clean_up: Callable[[], list[str]]) -> dict[str, list[str]]:
+def recover(storage: Storage, clean_up: Callable[[], list[str]]) -> dict[str, list[str]]:
     """Remove the temp leftovers, then run ``clean_up``; returns what each removed.
 
     Idempotent: running it again after a crash during it finishes the job.

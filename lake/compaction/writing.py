@@ -17,7 +17,7 @@ from lake.compaction.schema import WRITE_SCHEMA, open_output
 from lake.compaction.sizing import SizeModel
 from lake.parquet import ROW_GROUP_ROWS
 from lake.snapshot import DataFile
-from lake.storage import LocalStorage, fsync_file
+from lake.storage import Storage, fsync_file
 
 KIND: Final = "compacted"  # names of compacted files and of this role's temp files start with "compacted-"
 
@@ -25,7 +25,7 @@ KIND: Final = "compacted"  # names of compacted files and of this role's temp fi
 class Output:
     """One compacted file being written into temp/: rows buffered into full row groups, size measured."""
 
-    def __init__(self, storage: LocalStorage, first: int, name_hint: str, model: SizeModel) -> None:
+    def __init__(self, storage: Storage, first: int, name_hint: str, model: SizeModel) -> None:
         self.tmp = storage.new_temp_path(name_hint)
         self.first = first  # index in the run of its first input
         self.model_at_start = SizeModel(model.bytes_per_row, model.fixed_bytes)
