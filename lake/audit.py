@@ -1,16 +1,24 @@
 """What is in the lake and whether it is whole: the logic behind ``python -m lake stats|verify``.
 
-Both read the lake's Delta tables (:mod:`lake.table`): what the lake holds is what the log says, never
-a listing or a footer. ``stats`` reads only the logs (files, rows, bytes and statistics of the ``add``
-actions) plus the listings of what lies on disk beside the table. ``verify`` reads every file of the
-snapshot and of the quarantine table and proves the issue's promise: every event id from 0 to the
-pipeline's committed position (the ``txn`` version) is in the table or in quarantine exactly once; every
-file exists, is readable and matches its statistics; no file is held twice; every quarantined record
-has a reason. Each failure names the file and the error. Files that no commit added (foreign, orphaned,
-or replaced and awaiting clean-up) are not the lake: they are noted, never read.
+Both read the lake's Delta tables (:mod:`lake.table`) through :class:`~lake.storage.Storage`, so they run
+alike on a local directory and on S3-compatible object storage: what the lake holds is what the log
+says, never a listing or a footer. ``stats`` reads only the logs (files, rows, bytes and statistics of
+the ``add`` actions) plus the listings of what lies in the zones beside the table. ``verify`` reads
+every file of the snapshot and of the quarantine table and proves the issue's promise: every event id
+from 0 to the pipeline's committed position (the ``txn`` version) is in the table or in quarantine
+exactly once; every file exists, is readable and matches its statistics; no file is held twice; every
+quarantined record has a reason. Each failure names the file and the error. Files that no commit added
+(foreign, orphaned, or replaced and awaiting clean-up) are not the lake: they are noted, never read.
+
+A file that cannot be read is classified, never guessed at: *missing* (not in storage), an *I/O
+failure* (the OS or a request to the store failed: not damage, verify again), or *damaged* (its bytes
+were read whole and are not the Parquet its add action promises). On a local lake pyarrow reads each
+file natively by its path (an ``OSError`` carrying an errno is the OS failing); on object storage every
+byte comes through :meth:`~lake.storage.Storage.open_input` wrapped in a recorder, so a failure of a read
+itself is told apart exactly from a decoding failure of bytes that did arrive.
 
 Memory is bounded by the id range (one byte per event id), not by the number of rows read: files are
-streamed batch by batch.
+streamed batch by batch, on either backend (ranged reads on object storage, never a whole object).
 """
 
 from __future__ import annotations
@@ -18,9 +26,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -30,15 +39,21 @@ import pyarrow.parquet as pq
 
 from lake import layout
 from lake.filestats import QUARANTINE_STATS_COLUMNS, STATS_COLUMNS
+from lake.lease import DEFAULT_MAX_SKEW_S, LEASE_KEY, Lease
 from lake.lock import LakeLock
+from lake.objectstore import ObjectStorage
 from lake.quarantine import count_quarantine
 from lake.snapshot import DataFile, Snapshot
-from lake.storage import FileInfo, LocalStorage
-from lake.table import APP_ID, LakeTable, QuarantineTable, describe_log, ensure_migrated, has_log, read_snapshot
+from lake.storage import FileInfo, LocalStorage, Storage
+from lake.table import APP_ID, LakeTable, QuarantineTable, describe_log, ensure_migrated, read_snapshot
+from utils.errors import LakeError
 
 BATCH_ROWS: Final = 256 * 1024  # rows per streamed batch: memory per file stays flat whatever its size
 _ATTEMPTS: Final = 3  # verifications restarted on a newer snapshot when a file of the old one is gone
+_READ_TRIES: Final = 2  # a failed read of a file gets one more try before it is reported
+_GIVE_UP_AFTER: Final = 3  # files in a row that failed with an I/O error: the rest are not read (the store is down)
 _EXAMPLES: Final = 3  # ids named in a message
+_MESSAGE_CHARS: Final = 400  # an error's text in a problem, at most (a store's errors carry pages of debug output)
 
 # What the id ledger holds per event id.
 _ABSENT: Final = 0
@@ -53,15 +68,25 @@ def _aware(moment: datetime | None) -> datetime | None:
     return None if moment is None else moment.replace(tzinfo=UTC)
 
 
-def _beside(storage: LocalStorage, held: set[str]) -> list[FileInfo]:
-    """Files on disk in landing/ and compacted/ that the table does not hold (awaiting clean-up)."""
+def _beside(storage: Storage, held: set[str]) -> list[FileInfo]:
+    """Files in landing/ and compacted/ that the table does not hold (awaiting clean-up)."""
     return [info for zone in layout.DATA_ZONES for info in storage.list_all(zone) if info.key not in held]
 
 
-def stats(storage: LocalStorage, now: datetime | None = None) -> dict[str, Any]:
+def one_line(error: BaseException | str, limit: int = _MESSAGE_CHARS) -> str:
+    """An error's text on one line, at most ``limit`` characters (an object store's debug dump cut off)."""
+    text = str(error).split("Debug source:", 1)[0]
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def stats(storage: Storage, now: datetime | None = None) -> dict[str, Any]:
     """Per zone: files, rows, bytes from the log; the table's version and log; newest event and freshness lag.
 
-    Raises UnmigratedLakeError for a lake in the previous layout; an empty lake (no table) is all zeros.
+    Works alike on every backend: it reads the two tables' logs and lists the zones, never a data file,
+    so a local lake and an object-storage lake holding the same commits give the same figures (``lake``
+    aside, the location as written). Raises UnmigratedLakeError for a lake in the previous layout,
+    LakeError if a log or a listing cannot be read; an empty lake (no table) is all zeros.
     """
     now = now or datetime.now(UTC)
     snap = read_snapshot(storage)
@@ -80,7 +105,7 @@ def stats(storage: LocalStorage, now: datetime | None = None) -> dict[str, Any]:
     beside = _beside(storage, set(snap.keys))
     newest = _aware(snap.newest_event_time)
     return {
-        "lake": str(storage.root),
+        "lake": storage.location,
         "table": {
             "version": snap.version,
             "files": len(snap.files),
@@ -100,7 +125,12 @@ def stats(storage: LocalStorage, now: datetime | None = None) -> dict[str, Any]:
 
 @dataclass
 class VerifyReport:
-    """The outcome of :func:`verify`: ``ok`` only if ``problems`` is empty; each problem names its file."""
+    """The outcome of :func:`verify`: ``ok`` only if ``problems`` is empty; each problem names its file.
+
+    ``damaged`` and ``io_failures`` list the keys of the files that could not be read, by cause (each also
+    has its problem): damaged means bytes were read and are not what the log promises; an I/O failure
+    means the disk or a request failed, which proves nothing about the file (verify again).
+    """
 
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -109,6 +139,8 @@ class VerifyReport:
     table_rows: int = 0
     quarantined_rows: int = 0
     files_checked: int = 0
+    damaged: list[str] = field(default_factory=list)
+    io_failures: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -124,11 +156,91 @@ class VerifyReport:
             "table_rows": self.table_rows,
             "quarantined_rows": self.quarantined_rows,
             "files_checked": self.files_checked,
+            "damaged": self.damaged,
+            "io_failures": self.io_failures,
         }
 
 
 class _Vanished(Exception):
-    """A file of the snapshot left the table (and the disk) while it was verified: start over on a newer one."""
+    """A file of the snapshot left the table (and storage) while it was verified: start over on a newer one."""
+
+
+class _ReadFailed(Exception):
+    """A read of the storage itself failed (the OS, or a request to the store): an I/O failure, never damage."""
+
+
+class _RecordedReads:
+    """A file object for ``pa.PythonFile`` over a NativeFile of :meth:`Storage.open_input` that records
+    every failure of the reads themselves.
+
+    The wrapped file only hands out bytes, it decodes nothing: an exception from one of its calls is an
+    I/O failure (re-raised as :class:`_ReadFailed`, and kept in ``failure`` in case pyarrow reports it
+    otherwise). Anything the Parquet reader raises while ``failure`` is None is about bytes that did
+    arrive whole. ``read_buffer`` hands pyarrow the NativeFile's buffers (no copy).
+    """
+
+    def __init__(self, native: pa.NativeFile, key: str) -> None:
+        self._native = native
+        self.key = key
+        self.failure: BaseException | None = None
+
+    def _failed(self, exc: BaseException) -> _ReadFailed:
+        self.failure = exc
+        return _ReadFailed(f"{type(exc).__name__}: {one_line(exc)}")
+
+    def read_buffer(self, nbytes: int | None = None) -> pa.Buffer:
+        try:
+            return self._native.read_buffer(nbytes)
+        except Exception as exc:
+            raise self._failed(exc) from exc
+
+    def read(self, nbytes: int | None = None) -> bytes:
+        try:
+            return bytes(self._native.read(nbytes))
+        except Exception as exc:
+            raise self._failed(exc) from exc
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        try:
+            return int(self._native.seek(position, whence))
+        except Exception as exc:
+            raise self._failed(exc) from exc
+
+    def tell(self) -> int:
+        return int(self._native.tell())
+
+    def size(self) -> int:
+        return int(self._native.size())
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._native.closed)
+
+    def close(self) -> None:
+        self._native.close()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+
+@dataclass
+class _Opened:
+    """One file opened for verification: what pyarrow reads (a local path, or recorded reads of the store)."""
+
+    source: Path | pa.NativeFile
+    size: int
+    inode: tuple[int, int] | None = None  # (device, inode) on a local file system
+    reads: _RecordedReads | None = None
+
+    def close(self) -> None:
+        if self.reads is not None:
+            self.reads.close()
 
 
 def _examples(ids: np.ndarray) -> str:
@@ -199,7 +311,7 @@ class _Seen:
 class _Verifier:
     """One verification of one version of the events table (and the quarantine table read after it)."""
 
-    def __init__(self, storage: LocalStorage, grace_seconds: float, now: float) -> None:
+    def __init__(self, storage: Storage, grace_seconds: float, now: float) -> None:
         self.storage = storage
         self.grace_seconds = grace_seconds
         self.now = now
@@ -209,6 +321,12 @@ class _Verifier:
         # Read after the events table: every quarantine entry the pipeline committed before its position is in it.
         self.quarantine = QuarantineTable.open(storage)
         self.inodes: dict[tuple[int, int], str] = {}
+        local = isinstance(storage, LocalStorage)
+        self.place = "disk" if local else "the bucket"  # where files lie, for messages
+        self.at = "on disk" if local else "in the bucket"
+        self.unread: list[DataFile] = []  # files that failed with an I/O error or were skipped: their ids unchecked
+        self.failed_in_a_row = 0  # files in a row that failed with an I/O error
+        self.skipped = 0  # files not read once _GIVE_UP_AFTER failed in a row
 
     def run(self) -> VerifyReport:
         report, snap = self.report, self.snap
@@ -232,6 +350,18 @@ class _Verifier:
                 self._judge_ids(f, seen, top, quarantine=False)
         self._verify_quarantine(ledger, top)
         absent = ledger.absent()
+        unchecked = self._unchecked(absent)
+        if unchecked.any():
+            report.notes.append(
+                f"{int(unchecked.sum())} event id(s) in the range of the {len(self.unread)} file(s) that could not "
+                "be read were not checked"
+            )
+            absent = absent[~unchecked]
+        if self.skipped:
+            report.problems.append(
+                f"{self.skipped} file(s) not read: the {_GIVE_UP_AFTER} files before them failed with I/O errors in "
+                f"a row ({self.place} is not answering); not damage: verify again"
+            )
         if len(absent):
             report.problems.append(
                 f"{len(absent)} event id(s) from 0 to {top} are neither in the table nor in quarantine "
@@ -241,49 +371,133 @@ class _Verifier:
         return report
 
     # -- reading ----------------------------------------------------------------------------------------
-    def _batches(self, f: DataFile, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
-        with pq.ParquetFile(self.storage.path(f.key)) as parquet:
-            yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(columns))
+    def _open(self, f: DataFile) -> _Opened:
+        """``f`` ready for pyarrow, with its size: FileNotFoundError if it is not there, _ReadFailed if the OS or
+        the store failed to say (nothing is decoded here).
+
+        On a local lake pyarrow reads the path itself (natively, as fast as it reads any file); elsewhere the
+        reads go through :meth:`Storage.open_input` and a :class:`_RecordedReads`.
+        """
+        storage = self.storage
+        if isinstance(storage, LocalStorage):
+            path = storage.path(f.key)
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                raise _ReadFailed(f"{type(exc).__name__}: {one_line(exc)}") from exc
+            return _Opened(path, st.st_size, inode=(st.st_dev, st.st_ino))
+        try:
+            native = storage.open_input(f.key)  # one request, for the object's size
+        except FileNotFoundError:
+            raise
+        except (OSError, LakeError, pa.ArrowException) as exc:
+            raise _ReadFailed(f"{type(exc).__name__}: {one_line(exc)}") from exc
+        reads = _RecordedReads(native, f.key)
+        return _Opened(pa.PythonFile(reads, mode="r"), reads.size(), reads=reads)
+
+    def _identify(self, f: DataFile, opened: _Opened) -> None:
+        """Its size against its add action; on a local file system, not the same file as another key (a link)."""
+        if opened.size != f.info.size:
+            self.report.problems.append(
+                f"{f.key}: {opened.size} bytes {self.at} but {f.info.size} in its add action (the file was changed)"
+            )
+        if opened.inode is not None:
+            if opened.inode in self.inodes:
+                self.report.problems.append(f"{f.key}: the same file as {self.inodes[opened.inode]} (added twice)")
+            self.inodes[opened.inode] = f.key
 
     def _read(
         self, table: LakeTable | QuarantineTable, f: DataFile, columns: Sequence[str], ledger: _Ledger, mark: int
     ) -> _Seen | None:
-        """Stream ``f``'s columns into the ledger; None (and a problem naming the file) if it cannot be read.
+        """Stream ``f``'s columns into the ledger; None (and one problem naming the file and why) if it cannot be.
 
-        A file missing from disk that a newer version no longer holds raises _Vanished (a newer snapshot exists).
+        A failed read is tried once more (unless part of the file is in the ledger already: a second pass
+        would count it twice). What is then reported is what is known: missing from storage; an I/O failure
+        (the OS or a request failed: listed in ``io_failures``, never called damage); or damaged (bytes read
+        that do not decode: listed in ``damaged``). A file missing from storage that a newer version no
+        longer holds raises _Vanished (a newer snapshot exists). After _GIVE_UP_AFTER files in a row failed
+        with I/O errors, the remaining files are not read, only counted.
         """
-        path = self.storage.path(f.key)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            table.refresh()
-            if f.key not in {g.key for g in table.data_files()}:
-                raise _Vanished(f.key) from None
-            self.report.problems.append(f"{f.key}: in the table's log (version {table.version}) but missing from disk")
+        if self.failed_in_a_row >= _GIVE_UP_AFTER:
+            self.skipped += 1
+            self.unread.append(f)
             return None
-        if st.st_size != f.info.size:
-            self.report.problems.append(
-                f"{f.key}: {st.st_size} bytes on disk but {f.info.size} in its add action (the file was changed)"
-            )
-        inode = (st.st_dev, st.st_ino)
-        if inode in self.inodes:
-            self.report.problems.append(f"{f.key}: the same file as {self.inodes[inode]} (added twice)")
-        self.inodes[inode] = f.key
-        error: Exception | None = None
-        for _ in range(2):  # a transient read error gets one more try before it is declared damage
+        error: BaseException | None = None
+        io = identified = False
+        for _ in range(_READ_TRIES):
             seen = _Seen()
+            opened: _Opened | None = None
             try:
-                for batch in self._batches(f, columns):
-                    self._take(batch, seen, ledger, mark)
-            except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
-                error = exc
-                if seen.rows:  # part of it is already in the ledger: a second pass would count it twice
+                opened = self._open(f)
+                if not identified:
+                    self._identify(f, opened)
+                    identified = True
+                with pq.ParquetFile(opened.source) as parquet:
+                    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(columns)):
+                        self._take(batch, seen, ledger, mark)
+            except FileNotFoundError as exc:
+                if not seen.rows:
+                    self._missing(table, f)
+                    return None
+                error, io = exc, True
+                break
+            except (_ReadFailed, OSError, ValueError, KeyError, pa.ArrowException) as exc:
+                error, io = exc, _is_io(exc, opened)
+                if seen.rows:
                     break
                 continue
+            finally:
+                if opened is not None:
+                    opened.close()
+            self.failed_in_a_row = 0
             self.report.files_checked += 1
             return seen
-        self.report.problems.append(f"{f.key}: unreadable ({type(error).__name__}: {error})")
+        assert error is not None  # the loop ends early only after a failure
+        detail = str(error) if isinstance(error, _ReadFailed) else f"{type(error).__name__}: {one_line(error)}"
+        if io:
+            self._io_failure(f, f"not checked: reading it failed ({detail}); an I/O failure, not damage: verify again")
+        else:
+            self.failed_in_a_row = 0
+            self.report.damaged.append(f.key)
+            self.report.problems.append(
+                f"{f.key}: unreadable: damaged, its bytes were read and do not decode as its table's Parquet ({detail})"
+            )
         return None
+
+    def _missing(self, table: LakeTable | QuarantineTable, f: DataFile) -> None:
+        """``f`` is not in storage: gone with a newer version (raise _Vanished), or lost from the table (a problem)."""
+        try:
+            table.refresh()
+            held = f.key in {g.key for g in table.data_files()}
+        except LakeError as exc:
+            self._io_failure(
+                f,
+                f"missing from {self.place}, and the newest version of the log could not be read to tell whether a "
+                f"compaction removed it ({one_line(exc)}): an I/O failure, not damage: verify again",
+            )
+            return
+        if not held:
+            raise _Vanished(f.key)
+        self.failed_in_a_row = 0
+        self.report.problems.append(
+            f"{f.key}: in the table's log (version {table.version}) but missing from {self.place}"
+        )
+
+    def _io_failure(self, f: DataFile, what: str) -> None:
+        self.failed_in_a_row += 1
+        self.unread.append(f)
+        self.report.io_failures.append(f.key)
+        self.report.problems.append(f"{f.key}: {what}")
+
+    def _unchecked(self, ids: np.ndarray) -> np.ndarray:
+        """A mask of ``ids`` that fall in the event-id range of a file that could not be read."""
+        mask = np.zeros(len(ids), dtype=bool)
+        for g in self.unread:
+            if g.row_count:
+                mask |= (ids >= g.event_id_min) & (ids <= g.event_id_max)
+        return mask
 
     def _take(self, batch: pa.RecordBatch, seen: _Seen, ledger: _Ledger, mark: int) -> None:
         column = batch.column("event_id")
@@ -380,38 +594,79 @@ class _Verifier:
             )
 
     def _note_beside(self) -> None:
-        beside = _beside(self.storage, set(self.snap.keys))
-        if self.quarantine is not None:
-            held = {f.key for f in self.quarantine.data_files()}
-            beside += [f for f in self.storage.list_files(layout.QUARANTINE) if f.key not in held]
+        try:
+            beside = _beside(self.storage, set(self.snap.keys))
+            if self.quarantine is not None:
+                held = {f.key for f in self.quarantine.data_files()}
+                beside += [f for f in self.storage.list_files(layout.QUARANTINE) if f.key not in held]
+            leftovers = self.storage.list_all(layout.TEMP)
+        except LakeError as exc:
+            self.report.notes.append(f"files beside the tables not looked for: listing failed ({one_line(exc)})")
+            return
         if beside:
             overdue = [f for f in beside if self.now - f.mtime_ns / 1e9 > self.grace_seconds + 60]
-            compactor = LakeLock(self.storage.root, layout.COMPACTOR_LOCK, "compactor").is_locked_elsewhere()
             message = (
-                f"{len(beside)} file(s) on disk that no table holds (replaced, orphaned or foreign): "
+                f"{len(beside)} file(s) {self.at} that no table holds (replaced, orphaned or foreign): "
                 "never read, deleted after the grace period"
             )
-            if overdue and not compactor:
-                message += f"; {len(overdue)} past it with no compactor running to clean up"
+            if overdue:
+                message += self._overdue(len(overdue))
             self.report.notes.append(message)
-        leftovers = self.storage.list_all(layout.TEMP)
         if leftovers:
             self.report.notes.append(
                 f"{len(leftovers)} file(s) in temp/ (e.g. {leftovers[0].key}): unfinished writes, "
                 "removed by their process's next start"
             )
 
+    def _overdue(self, n: int) -> str:
+        """What to say of ``n`` files past the grace period: whether a compactor runs to delete them.
 
-def verify(storage: LocalStorage, grace_seconds: float, now: float | None = None) -> VerifyReport:
+        Locally the compactor's lock says it. On object storage no lock can be seen from here: the lease
+        (:mod:`lake.lease`, one GET) names the compactor holding it, live until its expiry plus the allowed
+        clock skew; if it cannot be read, that is said instead.
+        """
+        storage = self.storage
+        if isinstance(storage, LocalStorage):
+            running = LakeLock(storage.root, layout.COMPACTOR_LOCK, "compactor").is_locked_elsewhere()
+            return "" if running else f"; {n} past it with no compactor running to clean up"
+        if not isinstance(storage, ObjectStorage):
+            return f"; {n} past it (whether a compactor runs cannot be told on {storage.location})"
+        try:
+            lease = Lease(storage.store).read()
+        except LakeError as exc:
+            return f"; {n} past it (the compactor's lease {LEASE_KEY} could not be read: {one_line(exc)})"
+        if lease is None:
+            return f"; {n} past it with no compactor running to clean up (no lease {LEASE_KEY})"
+        if lease.released or self.now > lease.expires_at + DEFAULT_MAX_SKEW_S:
+            return f"; {n} past it with no compactor running to clean up (its lease {LEASE_KEY}: {lease.describe()})"
+        return f"; {n} past it, for the compactor holding the lease to delete ({lease.describe()})"
+
+
+def _is_io(error: BaseException, opened: _Opened | None) -> bool:
+    """True if ``error`` is the OS or the store failing (an I/O failure), False if it is about bytes read whole."""
+    if isinstance(error, _ReadFailed):
+        return True
+    if opened is not None and opened.reads is not None:
+        return opened.reads.failure is not None
+    return isinstance(error, OSError) and error.errno is not None  # the OS said why: EIO, ESTALE, EACCES, ...
+
+
+def verify(storage: Storage, grace_seconds: float, now: float | None = None) -> VerifyReport:
     """Check the lake is whole at one version of its table; read-only, safe while the pipeline and compactor run.
 
-    A file that leaves the table and the disk while it is verified (a compaction and its clean-up) starts
-    the verification over on the newer version, a bounded number of times. Raises UnmigratedLakeError for
-    a lake in the previous layout; a lake without a table is empty, hence whole.
+    Runs on any backend (a local directory, S3-compatible object storage), streaming each file in batches
+    (memory bounded by the id range, not by rows or file sizes). Each file that cannot be read is one
+    problem naming it, its cause known: missing, an I/O failure (``io_failures``: the disk or a request
+    failed, which is never called damage) or damaged (``damaged``: bytes read that do not decode); after
+    a few I/O failures in a row the rest is counted, not read. A file that leaves the table and storage
+    while it is verified (a compaction and its clean-up) starts the verification over on the newer
+    version, a bounded number of times. Raises UnmigratedLakeError for a lake in the previous layout,
+    LakeError if a table's log cannot be read at all (nothing is judged then); a lake without a table is
+    empty, hence whole.
     """
     now = time.time() if now is None else now
     ensure_migrated(storage)
-    if not has_log(storage.root):
+    if not storage.has_table():
         report = VerifyReport()
         report.notes.append("no table yet: the lake is empty")
         return report
@@ -428,4 +683,4 @@ def verify(storage: LocalStorage, grace_seconds: float, now: float | None = None
     return report
 
 
-__all__ = ["VerifyReport", "stats", "verify"]
+__all__ = ["VerifyReport", "one_line", "stats", "verify"]

@@ -35,7 +35,7 @@ from lake.filestats import QUARANTINE_STATS_COLUMNS, STATS_COLUMNS, FileStats
 from lake.identity import StreamIdentity, check_stream
 from lake.snapshot import DataFile, Snapshot
 from lake.storage import LOG_DIR as LOG_DIR  # noqa: PLC0414 - re-exported: the log is the table's
-from lake.storage import FileInfo, Storage
+from lake.storage import FileInfo, LocalStorage, Storage
 from utils.errors import FencedError, LakeError, StaleInputsError, UnmigratedLakeError
 from utils.records import LAKE_SCHEMA, QUARANTINE_SCHEMA
 
@@ -72,11 +72,18 @@ def ensure_migrated(storage: Storage) -> None:
     if storage.has_table():
         return
     for zone in layout.DATA_ZONES:
-        if storage.list_files(zone):
+        if not storage.list_files(zone):
+            continue
+        if isinstance(storage, LocalStorage):
             raise UnmigratedLakeError(
                 f"the lake at {storage.location} is in the previous layout (data files but no {LOG_DIR}/): "
                 "run `python -m lake migrate` first"
             )
+        # The previous layout only ever existed on a local disk: these files are no lake of this platform.
+        raise UnmigratedLakeError(
+            f"{storage.location} holds data files but no {LOG_DIR}/: it is not a Delta table this platform "
+            "wrote (and migrate converts local lakes only); point DATA_LAKE_PATH at an empty prefix or at a table"
+        )
 
 
 @contextmanager

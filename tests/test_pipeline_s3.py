@@ -123,7 +123,7 @@ def test_the_storage_of_an_s3_lake_is_object_storage(s3_lake: S3Lake) -> None:
 @pytest.mark.parametrize(
     ("command", "role"),
     [
-        (["-m", "lake", "verify"], "python -m lake verify"),
+        (["-m", "lake", "migrate"], "python -m lake migrate"),
         (["-m", "processes.clean", "--yes"], "make clean"),
     ],
 )
