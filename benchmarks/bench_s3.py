@@ -1,8 +1,8 @@
 """Object-storage benchmark: the lake on a local S3 endpoint beside the same lake on the local disk, one run.
 
-The S3 endpoint is moto's server (``python -m moto.server``) in a process of its own on a loopback port: it
-speaks the S3 API, so every request the lake makes is real, but it is a Python server on this machine, not
-S3. Its figures show what the lake's object-storage path costs here (a PUT per file, commits as PUTs,
+The S3 endpoint is moto's server (:mod:`processes.local_s3`, as ``make run LAKE=s3`` starts it) in a
+process of its own on a loopback port: it speaks the S3 API, so every request the lake makes is real, but
+it is a Python server on this machine, not S3. Its figures show what the lake's object-storage path costs here (a PUT per file, commits as PUTs,
 ranged GETs through pyarrow's S3 file system), not S3's own throughput or latency.
 
 * **ingestion records/s, Arrow transport**: the real service and pipeline (firehose,
@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,10 +40,11 @@ from lake.compaction import Compactor
 from lake.lease import DEFAULT_TTL_S, RENEW_FRACTION
 from lake.location import open_storage
 from lake.writer import Commit
+from processes.local_s3 import BUCKET, environment, local_s3
 from processes.pipeline import RunOptions
 from processes.pipeline import run as run_pipeline
-from testkit.processes import free_port, running_service, wait_until
-from testkit.s3 import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, Request, moto_s3, s3_client
+from testkit.processes import free_port, running_service
+from testkit.s3 import Request, moto_s3
 from utils.config import Settings, load_settings
 
 HERE = Path(__file__).resolve().parent
@@ -55,40 +55,6 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 DEFAULT_RATE = 200.0  # EVENTS_PER_SECOND's default
 Row = dict[str, Any]
-
-
-@contextlib.contextmanager
-def moto_process() -> Iterator[dict[str, str]]:
-    """moto's S3 server in a process of its own on a free loopback port, with one bucket; yields the AWS_* env."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        client = s3_client(endpoint)
-
-        def up() -> bool:
-            try:
-                client.list_buckets()
-            except Exception:  # not listening yet
-                return False
-            return True
-
-        wait_until(up, 30, what="moto's server")
-        client.create_bucket(Bucket="badge-bench")
-        yield {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
-            "AWS_REGION": REGION,
-            "AWS_ALLOW_HTTP": "true",
-        }
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def _settings(lake: str, port: int, **overrides: object) -> Settings:
@@ -179,9 +145,10 @@ def run(size: str = "full") -> list[Row]:
     logging.getLogger().setLevel(logging.WARNING)
     s3: list[tuple[float, float]] = []
     local: list[tuple[float, float]] = []
-    with moto_process() as env:
+    with local_s3(free_port()) as endpoint:
+        env = environment(endpoint)
         for i in range(cfg["runs"]):
-            s3.append(ingest_then_compact(f"s3://badge-bench/run-{i}", env, cfg["records"]))
+            s3.append(ingest_then_compact(f"s3://{BUCKET}/run-{i}", env, cfg["records"]))
             with _local_lake() as lake:
                 local.append(ingest_then_compact(lake, {}, cfg["records"]))
     rows: list[Row] = []
