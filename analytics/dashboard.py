@@ -7,6 +7,10 @@ freshness KPI is a one-second fragment of its own, so it ages between refreshes.
 for one snapshot of the lake's table (the engine's long-lived reader of its log). A failing query shows
 its error in its place and the rest of the page still renders; an empty or missing lake shows how to
 start the pipeline, a lake in the previous layout the one line saying to migrate it.
+
+The lake may be a local directory or ``s3://bucket/prefix`` (``DATA_LAKE_PATH``; credentials and endpoint
+from the ``AWS_*`` variables): :func:`lake.location.open_storage` picks the backend, and the engine reads
+each file once either way (see :mod:`analytics.engine`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import pandas as pd
@@ -28,6 +33,7 @@ from analytics.health import LakeHealth, lake_health
 from analytics.history import summary_frame, timeline_frame
 from analytics.presentation import freshness_status, percent_text
 from analytics.results import Freshness, Kpis
+from lake.location import open_storage
 from lake.storage import LocalStorage
 from utils.config import Settings, get_settings
 from utils.errors import BadgeError, UnmigratedLakeError
@@ -63,8 +69,9 @@ class Controls:
 
 @st.cache_resource(show_spinner=False)
 def get_engine(lake_path: str) -> LakeAnalytics:
-    """One engine per lake for the whole server: its partial aggregates survive reruns and sessions."""
-    return LakeAnalytics(LocalStorage(lake_path))
+    """One engine per lake (a directory or an ``s3://`` URL) for the whole server: its partial aggregates
+    survive reruns and sessions."""
+    return LakeAnalytics(open_storage(lake_path))
 
 
 def attempt(name: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T | None, str | None]:
@@ -287,11 +294,12 @@ def raw_data(tables: dict[str, pd.DataFrame | None]) -> None:
 
 
 def empty_lake(settings: Settings) -> None:
-    """What to do when there is nothing to show yet."""
-    path = settings.local_lake_path("the dashboard")
-    exists = LocalStorage(path).path("").exists()
+    """What to do when there is nothing to show yet (a local lake's folder may not exist yet; an object
+    storage lake has no folder: its prefix exists once something is written under it)."""
+    location = settings.data_lake_path
+    missing = isinstance(location, Path) and not LocalStorage(location).path("").exists()
     st.info(
-        f"**No badge data yet** in `{path}`" + ("" if exists else " (the folder does not exist yet)") + ".\n\n"
+        f"**No badge data yet** in `{location}`" + (" (the folder does not exist yet)" if missing else "") + ".\n\n"
         "Start the platform and this page fills in by itself:\n\n"
         "```\nmake run\n```\n\nor, in three terminals:\n\n"
         "```\nuvicorn api.main:app\npython pipeline.py\nstreamlit run analytics_app.py\n```\n\n"
@@ -400,11 +408,10 @@ def main() -> None:
         st.error(f"Invalid settings: {exc}")
         return
     try:
-        lake = settings.local_lake_path("the dashboard")
-    except BadgeError as exc:
-        st.error(str(exc))
+        engine = get_engine(str(settings.data_lake_path))
+    except (BadgeError, ValueError) as exc:  # an s3:// URL that is not a bucket and prefix
+        st.error(f"Could not open the lake at `{settings.data_lake_path}`: {exc}")
         return
-    engine = get_engine(str(lake))
     # The first refresh reads every file once (later ones only new files): say so while it runs.
     with st.spinner("Reading the lake's files (only new ones after the first refresh)..."):
         snap, _ = attempt("refresh", engine.snapshot)

@@ -7,9 +7,20 @@ the table's log (:class:`lake.table.SnapshotReader`, one long-lived reader per e
 never a glob), on its own DuckDB connection, with every filter value passed as a parameter. A file that
 no commit added (foreign, forged, orphaned, or removed by a compaction and awaiting clean-up) is never read.
 
-A file of the snapshot missing from disk while a refresh reads it means a newer snapshot exists (a
+The lake may be on a local disk or on object storage (any :class:`lake.storage.Storage`). Locally DuckDB
+scans the files by path. On object storage a file is read through the storage, as Arrow (a small file in
+one GET, a larger one in ranged GETs: :mod:`analytics.reading`), and DuckDB runs the same SQL over those
+rows, so the figures are the same. In cached mode a refresh there reads each new file once and keeps
+every partial of it (:meth:`analytics.partials.PartialCache.for_storage`), so a query reads no file at
+all, with one exception: a time filter that does not start or end on a whole hour reads the files holding
+that partial hour again (a large file only its row groups of that hour), for the two hourly figures
+(heatmap and repeat offenders).
+
+A file of the snapshot missing from storage while a refresh reads it means a newer snapshot exists (a
 compaction removed it and the clean-up deleted it): the refresh takes the newer snapshot and tries again,
-a bounded number of times. Any other read error is raised as LakeError; no file is ever left out.
+a bounded number of times. Any other read error (on object storage: a failed request, which is worth
+retrying and never taken for damage) is raised as LakeError, and nothing of that refresh is cached, so
+the next refresh reads those files again; no file is ever left out.
 
 Definitions (shared by every figure and checked against independent ground truth in the tests):
 
@@ -43,9 +54,10 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from analytics import reading
 from analytics.filters import ALL, Filters
 from analytics.monitor import note_files_scanned, sql_monitoring
-from analytics.partials import ARRIVALS, CUBE, USERS, Aggregate, FilePartial, PartialCache
+from analytics.partials import ARRIVALS, CUBE, US_PER_MINUTE, USERS, Aggregate, FilePartial, PartialCache
 from analytics.results import Freshness, Kpis
 from analytics.spans import plan_spans
 from analytics.sql import (
@@ -63,7 +75,7 @@ from analytics.sql import (
 )
 from analytics.timeutil import MINUTES_PER_DAY, moment_of_minute, moment_of_us
 from lake.snapshot import Snapshot as TableSnapshot
-from lake.storage import LocalStorage
+from lake.storage import LocalStorage, Storage
 from lake.table import SnapshotReader
 from utils.errors import LakeError
 
@@ -85,7 +97,7 @@ class LakeAnalytics:
 
     def __init__(
         self,
-        storage: LocalStorage,
+        storage: Storage,
         *,
         mode: Mode = "cached",
         threads: int | None = None,
@@ -94,7 +106,7 @@ class LakeAnalytics:
         self.storage = storage
         self.mode: Mode = mode
         self.threads = threads or os.cpu_count() or 1
-        self.cache = cache or PartialCache()
+        self.cache = cache or PartialCache.for_storage(storage)
         self._db = duckdb.connect(config={"threads": self.threads})
         self._db_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -113,7 +125,11 @@ class LakeAnalytics:
             self._db.close()
 
     def _missing(self, table: TableSnapshot) -> list[str]:
-        return [f.key for f in table.files if not self.storage.path(f.key).exists()]
+        """Files of ``table`` the failed refresh was reading (not cached) that are no longer in storage.
+
+        LakeError if asking the storage fails (a failed request: the refresh is retried later).
+        """
+        return [f.key for f in table.files if self.cache.get(f.info) is None and not self.storage.exists(f.key)]
 
     @sql_monitoring("refresh")
     def snapshot(self) -> Snapshot:
@@ -135,7 +151,7 @@ class LakeAnalytics:
                 con = self.connect()
                 try:
                     partials, read = self.cache.ensure(con, self.storage, table.files)
-                except (duckdb.Error, OSError) as exc:
+                except (duckdb.Error, OSError, pa.ArrowException) as exc:
                     missing = self._missing(table)
                     if not missing:
                         raise LakeError(f"reading the files of table version {table.version} failed: {exc}") from exc
@@ -153,6 +169,52 @@ class LakeAnalytics:
             f"{missing[0]} is in the table's snapshot but missing from disk, in {_REFRESH_ATTEMPTS} successive "
             "snapshots (run `python -m lake verify`)"
         )
+
+
+@dataclass
+class _Sources:
+    """The sources of one query (``SELECT``s to union) and their parameters, on the query's connection.
+
+    :meth:`direct` reads files: by path where the storage has paths (DuckDB's ``read_parquet``), else
+    streamed through the storage (:class:`analytics.reading.BatchStream`, skipping row groups outside the
+    time span); either way the same SQL selects the rows. :meth:`close` stops any stream still open.
+    """
+
+    con: duckdb.DuckDBPyConnection
+    lake: TableSnapshot
+    aggregate: Aggregate
+    filters: Filters
+    params: dict[str, Any]
+    sources: list[str] = field(default_factory=list)
+    read: set[str] = field(default_factory=set)
+    streams: list[reading.BatchStream] = field(default_factory=list)
+
+    def direct(self, files: list[reading.FileRef], lo: int | None, hi: int | None, tag: str, sign: int = 1) -> None:
+        """Add ``files``' rows with badge-out minutes in [lo, hi) (None: unbounded), measures times ``sign``."""
+        where, p = self.filters.where(raw=True, lo=lo, hi=hi, tag=tag)
+        if isinstance(self.lake.storage, LocalStorage):
+            source = f"read_parquet(${tag}files)"
+            self.params[f"{tag}files"] = [str(self.lake.path_of(ref.key)) for ref in files]
+        else:
+            span = (None if lo is None else lo * US_PER_MINUTE, None if hi is None else hi * US_PER_MINUTE)
+            stream = reading.BatchStream(self.lake.storage, files, span)
+            self.streams.append(stream)
+            source = f"{tag}rows"
+            self.con.register(source, stream.reader)
+        # Only constant expressions and parameter names are formatted in; values are parameters.
+        select = self.aggregate.raw_select(sign)
+        self.sources.append(f"SELECT {select} FROM {source} WHERE {self.aggregate.where} AND {where}")  # noqa: S608
+        self.params.update(p)
+        self.read.update(ref.key for ref in files)
+
+    def close(self) -> None:
+        for stream in self.streams:
+            stream.close()
+
+
+def _ref(partial: FilePartial) -> reading.FileRef:
+    """The file a partial is of, as the readers take it: its key, rows and size according to the log."""
+    return reading.FileRef(partial.info.key, partial.rows, partial.info.size)
 
 
 @dataclass
@@ -194,26 +256,13 @@ class Snapshot:
     ) -> pd.DataFrame:
         """``body`` over ``src``: the selected rows in ``aggregate``'s columns, however they are obtained."""
         con = self.engine.connect()
+        q = _Sources(con, self.lake, aggregate, filters, params=dict(params or {}))
         try:
-            sources: list[str] = []
-            all_params: dict[str, Any] = dict(params or {})
-            read: set[str] = set()
-
-            def direct(files: list[str], lo: int | None, hi: int | None, tag: str, sign: int = 1) -> None:
-                where, p = filters.where(raw=True, lo=lo, hi=hi, tag=tag)
-                # Only constant expressions and parameter names are formatted in; values are parameters.
-                select = aggregate.raw_select(sign)
-                sql = f"SELECT {select} FROM read_parquet(${tag}files) WHERE {aggregate.where} AND {where}"  # noqa: S608
-                sources.append(sql)
-                all_params.update(p)
-                all_params[f"{tag}files"] = files
-                read.update(files)
-
             lo, hi = filters.minute_lo, filters.minute_hi
             if self.lake.is_empty:
                 pass  # no DuckDB call on an empty file list: the empty partial answers
             elif self.partials is None:
-                direct([str(p) for p in self.lake.paths], lo, hi, "d_")
+                q.direct([reading.FileRef(f.key, f.row_count, f.info.size) for f in self.lake.files], lo, hi, "d_")
             else:
                 size = aggregate.minutes_per_bucket
                 how = plan_spans(lo, hi, size, subtract=aggregate.additive and size > 1)
@@ -224,31 +273,29 @@ class Snapshot:
                     where, p = filters.where(
                         raw=False, time_column=aggregate.time_column, lo=b_lo, hi=b_hi, tag=f"c{i}_"
                     )
-                    sources.append(f"SELECT * FROM {aggregate.name} WHERE {where}")  # noqa: S608 (constants only)
-                    all_params.update(p)
+                    q.sources.append(f"SELECT * FROM {aggregate.name} WHERE {where}")  # noqa: S608 (constants only)
+                    q.params.update(p)
                 for sign, spans, tag in ((1, how.plus, "p"), (-1, how.minus, "m")):
                     for i, (s_lo, s_hi) in enumerate(spans):
-                        files = [self._path(p) for p in cached if p.overlaps(s_lo, s_hi)]
+                        files = [_ref(p) for p in cached if p.overlaps(s_lo, s_hi)]
                         if files:
-                            direct(files, s_lo, s_hi, f"{tag}{i}_", sign)
-                without = [self._path(p) for p in self._ordered() if p.table(aggregate) is None and p.overlaps(lo, hi)]
+                            q.direct(files, s_lo, s_hi, f"{tag}{i}_", sign)
+                without = [_ref(p) for p in self._ordered() if p.table(aggregate) is None and p.overlaps(lo, hi)]
                 if without:
-                    direct(without, lo, hi, "w_")
-            if not sources:
+                    q.direct(without, lo, hi, "w_")
+            if not q.sources:
                 con.register(f"{aggregate.name}_empty", aggregate.schema.empty_table())
-                sources.append(f"SELECT * FROM {aggregate.name}_empty")  # noqa: S608 (constants only)
-            note_files_scanned(len(read))
-            sql = f"WITH src AS ({' UNION ALL '.join(sources)}) {body}"
+                q.sources.append(f"SELECT * FROM {aggregate.name}_empty")  # noqa: S608 (constants only)
+            note_files_scanned(len(q.read))
+            sql = f"WITH src AS ({' UNION ALL '.join(q.sources)}) {body}"
             try:
-                result: pd.DataFrame = con.sql(sql, params=all_params).df()
-            except duckdb.Error as exc:
+                result: pd.DataFrame = con.sql(sql, params=q.params).df()
+            except duckdb.Error as exc:  # on object storage a failed read surfaces here too: its stream failed
                 raise LakeError(f"{aggregate.name} query failed: {exc}") from exc
             return result
         finally:
+            q.close()
             con.close()
-
-    def _path(self, partial: FilePartial) -> str:
-        return str(self.lake.path_of(partial.info.key))
 
     # -- the queries --------------------------------------------------------------------------------
     @sql_monitoring("kpis")

@@ -1,8 +1,9 @@
 """Lake health for the dashboard: what waits for compaction, what was compacted, what waits for clean-up.
 
-What the lake holds comes from the table's snapshot (its log); the only listings are of the files on
-disk that the table does not hold (awaiting clean-up after the grace period) and of temp/. No data page
-is read.
+What the lake holds comes from the table's snapshot (its log); the only listings are of the files in
+storage that the table does not hold (awaiting clean-up after the grace period) and of temp/. No data page
+is read. The same on a local disk and on object storage (where temp/ is always empty: files are staged on
+the writer's machine).
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ merging theirs: the file is in the table's snapshot (the log says it exists), it
 ``badge.sources`` is read only as a hint naming the files it replaced, and the merge is used only if
 their row counts add up to the file's ``numRecords`` in the log; otherwise the file is scanned.
 
+How a file is scanned depends on where the lake lives: on a local disk DuckDB reads the files by path,
+one query per aggregate; on object storage (no paths) each file is read once through the storage, as
+Arrow (:mod:`analytics.reading`), and every aggregate is computed from those rows in DuckDB. Both give
+the same partials.
+
 The time axis is the **event time**, ``badge_out_timestamp``: the stream emits a session when it closes,
 files are in that order (tight row-group statistics), and freshness is measured on it. Three aggregates
 (each an :class:`Aggregate`):
@@ -24,6 +29,7 @@ without the partial, are read directly (cheap: files are sorted by badge-out, so
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -36,9 +42,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analytics import reading
 from lake import layout
 from lake.snapshot import DataFile
-from lake.storage import FileInfo, LocalStorage
+from lake.storage import FileInfo, LocalStorage, Storage
 from utils.errors import LakeError
 from utils.records import COMPLIANCE_SECONDS
 
@@ -101,11 +108,15 @@ class Aggregate:
         cols += [f"{'-' if sign < 0 else ''}({m.raw}) AS {m.name}" for m in self.measures]
         return ", ".join(cols)
 
-    def scan_sql(self) -> str:
-        """Aggregate ``$files`` per file (``file_index``: position in the list) into this partial, sorted by file."""
+    def scan_sql(self, source: str = "read_parquet($files)") -> str:
+        """Aggregate ``source`` per file (``file_index``) into this partial, sorted by file.
+
+        The default source is the files ``$files`` (``file_index``: position in the list); another is a
+        relation with the lake's columns and a ``file_index`` column (rows read through the storage).
+        """
         cols = [f"{expr} AS {name}" for name, expr, _ in self.keys] + [f"{m.scan} AS {m.name}" for m in self.measures]
         return (
-            f"SELECT file_index, {', '.join(cols)} FROM read_parquet($files) "  # noqa: S608 (constants only)
+            f"SELECT file_index, {', '.join(cols)} FROM {source} "  # noqa: S608 (constants only)
             f"WHERE {self.where} GROUP BY ALL ORDER BY file_index"
         )
 
@@ -167,6 +178,7 @@ USERS: Final = Aggregate(
     always_keep=False,
 )
 AGGREGATES: Final[tuple[Aggregate, ...]] = (CUBE, ARRIVALS, USERS)
+KEEP_EVERY_PARTIAL: Final = 1.0  # a users_max_share that keeps every users partial (it never outgrows its file)
 
 
 @dataclass(frozen=True)
@@ -225,7 +237,7 @@ def merge_tables(con: duckdb.DuckDBPyConnection, aggregate: Aggregate, tables: S
         cur.close()
 
 
-def sources_hint(storage: LocalStorage, f: DataFile) -> tuple[str, ...]:
+def sources_hint(storage: Storage, f: DataFile) -> tuple[str, ...]:
     """The keys a compacted file's footer says it replaced (``badge.sources``): a hint, never a fact.
 
     Only for a file of the table's snapshot; a missing, unreadable or malformed footer gives no hint
@@ -247,13 +259,25 @@ class PartialCache:
     """Partials by file, thread-safe; entries for files that left the snapshot are dropped by :meth:`retain`.
 
     ``users_max_share``: a users partial is kept only if it has at most this share of the file's rows
-    (small landing files would gain nothing and cost memory: they are read directly instead).
+    (small landing files would gain nothing and cost memory: they are read directly instead). At 1.0 or
+    more every users partial is kept (it never has more rows than its file), so no query reads a file
+    for want of one: what :meth:`for_storage` chooses on object storage, where each read is a request.
     """
 
     def __init__(self, users_max_share: float = 0.2) -> None:
         self.users_max_share = users_max_share
         self._by_key: dict[str, FilePartial] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_storage(cls, storage: Storage) -> PartialCache:
+        """The cache for a lake on ``storage``: the default share on a local disk, every partial kept elsewhere.
+
+        On object storage a file read again for repeat offenders would cost requests on every query (and
+        a read per small landing file); keeping its users partial costs memory of the order of its granted
+        sessions, until a compaction merges the landing files' partials into a smaller one.
+        """
+        return cls() if isinstance(storage, LocalStorage) else cls(users_max_share=KEEP_EVERY_PARTIAL)
 
     def __len__(self) -> int:
         with self._lock:
@@ -275,7 +299,7 @@ class PartialCache:
         return table if aggregate.always_keep or table.num_rows <= self.users_max_share * rows else None
 
     def ensure(
-        self, con: duckdb.DuckDBPyConnection, storage: LocalStorage, files: Sequence[DataFile]
+        self, con: duckdb.DuckDBPyConnection, storage: Storage, files: Sequence[DataFile]
     ) -> tuple[dict[str, FilePartial], int]:
         """Partials for ``files`` (by key), computing the missing ones; also returns how many files were read.
 
@@ -301,8 +325,11 @@ class PartialCache:
             derived[f.key] = merged
             if merged.table(USERS) is None and f.row_count > 0:
                 to_scan[USERS.name].append(f)  # merged from small files that had none: read it once
-        scanned = {agg.name: self._scan(con, storage, agg, to_scan[agg.name]) for agg in AGGREGATES}
         wanted = {name: {f.key for f in fs} for name, fs in to_scan.items()}
+        if isinstance(storage, LocalStorage):
+            scanned = {agg.name: self._scan(con, storage, agg, to_scan[agg.name]) for agg in AGGREGATES}
+        else:
+            scanned = self._scan_objects(con, storage, [f for f in missing if any(f.key in w for w in wanted.values())])
         read = set().union(*wanted.values())
         for f in missing:
             tables: dict[str, pa.Table | None] = dict(derived[f.key].tables) if f.key in derived else {}
@@ -322,7 +349,7 @@ class PartialCache:
         return out, len(read)
 
     def _derive(
-        self, con: duckdb.DuckDBPyConnection, storage: LocalStorage, f: DataFile, current: set[str]
+        self, con: duckdb.DuckDBPyConnection, storage: Storage, f: DataFile, current: set[str]
     ) -> FilePartial | None:
         """Merge the cached partials of the files ``f`` replaced, if all are cached and the rows add up.
 
@@ -362,3 +389,53 @@ class PartialCache:
             aggregate.scan_sql(), params={"files": [str(storage.path(f.key)) for f in files]}
         ).to_arrow_table()
         return {files[i].key: _conform(t, aggregate.schema) for i, t in _split_by_file(result).items()}
+
+    def _scan_objects(
+        self, con: duckdb.DuckDBPyConnection, storage: Storage, files: Sequence[DataFile]
+    ) -> dict[str, dict[str, pa.Table]]:
+        """Every aggregate's partial of each file, each file read once through ``storage`` (no local path).
+
+        The files' rows come through :func:`analytics.reading.iter_tables` (a GET per small file, ranged
+        reads of a larger one, a bounded read-ahead) and are aggregated in batches of about
+        :data:`~analytics.reading.BATCH_ROWS` rows, every aggregate from the same batch; a file that spans
+        batches has its pieces merged (sums added, maxima kept). Nothing is cached here: on an error the
+        caller keeps nothing of this call.
+        """
+        pieces: dict[str, dict[int, list[pa.Table]]] = {agg.name: {} for agg in AGGREGATES}
+        batch: list[pa.Table] = []
+        batch_rows = 0
+
+        def aggregate_batch() -> None:
+            nonlocal batch, batch_rows
+            if not batch:
+                return
+            cur = con.cursor()
+            try:
+                cur.register("file_rows", pa.concat_tables(batch))
+                for agg in AGGREGATES:
+                    result = cur.sql(agg.scan_sql("file_rows")).to_arrow_table()
+                    for index, table in _split_by_file(result).items():
+                        pieces[agg.name].setdefault(index, []).append(_conform(table, agg.schema))
+            finally:
+                cur.close()
+            batch, batch_rows = [], 0
+
+        refs = [reading.FileRef(f.key, f.row_count, f.info.size) for f in files]
+        with contextlib.closing(reading.iter_tables(storage, refs)) as tables:  # its reads stop with an error
+            for position, table in tables:
+                if table.num_rows == 0:
+                    continue
+                index = pa.array(np.full(table.num_rows, position, dtype=np.int64))
+                batch.append(table.append_column("file_index", index))
+                batch_rows += table.num_rows
+                if batch_rows >= reading.BATCH_ROWS:
+                    aggregate_batch()
+        aggregate_batch()
+        out: dict[str, dict[str, pa.Table]] = {}
+        for agg in AGGREGATES:
+            by_file = pieces[agg.name]
+            out[agg.name] = {
+                files[i].key: parts[0] if len(parts) == 1 else merge_tables(con, agg, parts)
+                for i, parts in by_file.items()
+            }
+        return out
