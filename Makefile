@@ -22,8 +22,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
-run: $(STAMP) ## start service, pipeline, compactor and dashboard together (Ctrl-C stops all)
-	$(PY) -m processes.launcher
+run: $(STAMP) ## start service, pipeline, compactor and dashboard together (Ctrl-C stops all); LAKE=s3: on a local S3 server
+	$(PY) -m processes.launcher $(if $(filter s3,$(LAKE)),--local-s3)
 
 test: $(STAMP) browser java lint typecheck pytest ## a Chromium and a Java (found, else installed), ruff, mypy and the full pytest suite
 

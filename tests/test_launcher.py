@@ -8,14 +8,18 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from lake import layout
+from lake.location import open_storage
 from lake.parquet import write_file
 from lake.storage import LocalStorage
 from lake.table import read_snapshot
 from processes.launcher import commands, port_in_use
+from processes.local_s3 import LAKE_URL
+from processes.local_s3 import environment as local_s3_environment
 from testkit.processes import ROOT, ManagedProcess, free_port, http_ok, wait_until
 from testkit.records import lake_table
 from utils.config import load_settings
@@ -84,6 +88,43 @@ def test_launcher_runs_everything_and_one_sigint_stops_all(tmp_path: Path) -> No
         check=False,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_launcher_runs_everything_on_a_local_s3_server(tmp_path: Path) -> None:
+    # make run LAKE=s3: a local S3 server first, then every process on s3://badge-lake/lake.
+    api_port, dash_port, s3_port = free_port(), free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        "DATA_LAKE_PATH": str(tmp_path / "unused"),  # --local-s3 puts the lake on the S3 server instead
+        "API_PORT": str(api_port),
+        "DASHBOARD_PORT": str(dash_port),
+        "EVENTS_PER_SECOND": "2000",
+        "FLUSH_INTERVAL_SECONDS": "0.5",
+        "POLL_INTERVAL_SECONDS": "0.2",
+        "COMPACTION_MIN_FILES": "8",
+        "COMPACTION_SWEEP_SECONDS": "1",
+    }
+    launcher = ManagedProcess(
+        [sys.executable, "-m", "processes.launcher", "--local-s3", str(s3_port)], env=env, log_path=tmp_path / "log"
+    )
+    with launcher:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{dash_port}/_stcore/health"), 60, what="the dashboard")
+        s3_env = local_s3_environment(f"http://127.0.0.1:{s3_port}")
+        with mock.patch.dict(os.environ, s3_env):
+            storage = open_storage(LAKE_URL)
+            wait_until(lambda: read_snapshot(storage).rows > 0, 60, what="records in the S3 lake")
+            wait_until(lambda: len(read_snapshot(storage).in_zone("compacted")) > 0, 90, what="a compaction on S3")
+        out = launcher.output()
+        assert f"lake {LAKE_URL} (a local S3 server at http://127.0.0.1:{s3_port}" in out
+        launcher.signal(signal.SIGINT)
+        assert launcher.wait(30) == 0, launcher.output()[-3000:]
+    assert not port_in_use("127.0.0.1", s3_port) or _wait_free(s3_port)  # the S3 server stopped too
+    assert not (ROOT / "s3:").exists() and not (tmp_path / "unused").exists()
+
+
+def _wait_free(port: int) -> bool:
+    wait_until(lambda: not port_in_use("127.0.0.1", port), 10, what=f"port {port} to be released")
+    return True
 
 
 def test_launcher_refuses_a_port_in_use(tmp_path: Path) -> None:
