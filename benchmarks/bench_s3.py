@@ -2,8 +2,9 @@
 
 The S3 endpoint is moto's server (:mod:`processes.local_s3`, as ``make run LAKE=s3`` starts it) in a
 process of its own on a loopback port: it speaks the S3 API, so every request the lake makes is real, but
-it is a Python server on this machine, not S3. Its figures show what the lake's object-storage path costs here (a PUT per file, commits as PUTs,
-ranged GETs through pyarrow's S3 file system), not S3's own throughput or latency.
+it is a Python server on this machine, not S3. Its figures show what the lake's object-storage path costs
+here (a PUT per file, commits as PUTs, ranged GETs through pyarrow's S3 file system), not S3's own
+throughput or latency.
 
 * **ingestion records/s, Arrow transport**: the real service and pipeline (firehose,
   ``EVENTS_PER_SECOND=0``, compaction off), timed from the first to the last commit, into an ``s3://`` lake

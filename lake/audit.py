@@ -46,14 +46,13 @@ from lake.quarantine import count_quarantine
 from lake.snapshot import DataFile, Snapshot
 from lake.storage import FileInfo, LocalStorage, Storage
 from lake.table import APP_ID, LakeTable, QuarantineTable, describe_log, ensure_migrated, read_snapshot
-from utils.errors import LakeError
+from utils.errors import LakeError, one_line
 
 BATCH_ROWS: Final = 256 * 1024  # rows per streamed batch: memory per file stays flat whatever its size
 _ATTEMPTS: Final = 3  # verifications restarted on a newer snapshot when a file of the old one is gone
 _READ_TRIES: Final = 2  # a failed read of a file gets one more try before it is reported
 _GIVE_UP_AFTER: Final = 3  # files in a row that failed with an I/O error: the rest are not read (the store is down)
 _EXAMPLES: Final = 3  # ids named in a message
-_MESSAGE_CHARS: Final = 400  # an error's text in a problem, at most (a store's errors carry pages of debug output)
 
 # What the id ledger holds per event id.
 _ABSENT: Final = 0
@@ -71,13 +70,6 @@ def _aware(moment: datetime | None) -> datetime | None:
 def _beside(storage: Storage, held: set[str]) -> list[FileInfo]:
     """Files in landing/ and compacted/ that the table does not hold (awaiting clean-up)."""
     return [info for zone in layout.DATA_ZONES for info in storage.list_all(zone) if info.key not in held]
-
-
-def one_line(error: BaseException | str, limit: int = _MESSAGE_CHARS) -> str:
-    """An error's text on one line, at most ``limit`` characters (an object store's debug dump cut off)."""
-    text = str(error).split("Debug source:", 1)[0]
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def stats(storage: Storage, now: datetime | None = None) -> dict[str, Any]:
@@ -683,4 +675,4 @@ def verify(storage: Storage, grace_seconds: float, now: float | None = None) -> 
     return report
 
 
-__all__ = ["VerifyReport", "one_line", "stats", "verify"]
+__all__ = ["VerifyReport", "stats", "verify"]

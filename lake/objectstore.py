@@ -43,11 +43,12 @@ from obstore.store import S3Store
 
 from lake import layout
 from lake.storage import FileInfo, Storage
-from utils.errors import CommitError, CorruptFileError, LakeError
+from utils.errors import CommitError, CorruptFileError, LakeError, one_line
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta
 
+SCRATCH_PREFIX: Final = "badge-lake-"  # local scratch directories: badge-lake-<pid>-<random>
 FOOTER_READ_BYTES: Final = 64 * 1024  # the first range read from a file's end: the footer, usually whole
 PARQUET_MAGIC: Final = b"PAR1"
 
@@ -66,6 +67,31 @@ def s3_options(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The S3 client options (``aws_*`` keys, as obstore and delta-rs spell them) from the environment."""
     environ = os.environ if environ is None else environ
     return {option: environ[variable] for variable, option in S3_ENV.items() if environ.get(variable)}
+
+
+def new_scratch_dir(base: Path | None = None) -> Path:
+    """A private local directory for files about to be uploaded: ``<tmp>/badge-lake-<pid>-<random>``.
+
+    First removes the scratch directories of processes that no longer run (a writer killed between
+    writing a file and uploading it leaves one): each belongs to one process, named by its pid, so no
+    live process ever loses a file. A pid reused by another process keeps its directory (the safe side).
+    """
+    base = Path(tempfile.gettempdir()) if base is None else base
+    for old in base.glob(f"{SCRATCH_PREFIX}*"):
+        pid = old.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=base))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _arrow_s3(options: Mapping[str, str]) -> pafs.S3FileSystem:
@@ -177,7 +203,7 @@ class ObjectStorage(Storage):
         try:
             yield
         except BaseError as exc:
-            raise LakeError(f"{self.uri(key)}: could not be {what} ({exc})") from exc
+            raise LakeError(f"{self.uri(key)}: could not be {what} ({one_line(exc)})") from exc
 
     # -- listing ------------------------------------------------------------------------------------
     def list_files(self, zone: str, suffix: str = layout.PARQUET_SUFFIX) -> list[FileInfo]:
@@ -225,7 +251,7 @@ class ObjectStorage(Storage):
     def new_temp_path(self, name: str) -> Path:
         """A fresh local path for a file that will be published as ``name`` (a private scratch directory)."""
         if self._scratch is None:
-            self._scratch = Path(tempfile.mkdtemp(prefix="badge-lake-"))
+            self._scratch = new_scratch_dir()
         return self._scratch / f"{name}.{uuid.uuid4().hex[:8]}.tmp"
 
     def publish(self, tmp: Path, zone: str, name: str) -> FileInfo:

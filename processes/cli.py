@@ -6,7 +6,14 @@ import logging
 import sys
 from collections.abc import Callable
 
-from utils.errors import BadgeError, ConfigError, LakeLockedError, StreamMismatchError, UnmigratedLakeError
+from utils.errors import (
+    BadgeError,
+    ConfigError,
+    LakeLockedError,
+    StreamMismatchError,
+    UnmigratedLakeError,
+    one_line,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -40,6 +47,6 @@ def run_main(main: Callable[[], int]) -> int:
     except LakeLockedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LOCKED
-    except BadgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except BadgeError as exc:  # an object store's error text carries pages of debug output: one line of it
+        print(f"error: {one_line(exc, limit=1_000)}", file=sys.stderr)
         return EXIT_ERROR

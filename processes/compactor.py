@@ -31,6 +31,7 @@ from lake.storage import LocalStorage, Storage
 from lake.table import LOG_DIR, ensure_migrated
 from lake.watcher import LandingWatcher
 from processes.cli import EXIT_OK
+from processes.supervision import until_reachable
 from utils.config import Settings
 from utils.errors import LeaseLostError
 
@@ -107,7 +108,7 @@ def _one_compactor(storage: Storage, stop: threading.Event, held: contextlib.Exi
 
     lease = Lease(storage.store, on_lost=lost)
     waited = False
-    while not lease.acquire(timeout=LEASE_WAIT_SECONDS):
+    while not until_reachable("taking the lease", lambda: lease.acquire(timeout=LEASE_WAIT_SECONDS), stop):
         if stop.is_set():
             return None
         if not waited:
@@ -142,7 +143,14 @@ def run(
     hook: StepHook | None = pause_hook(pause_at) if pause_at else None
 
     storage = open_storage(settings.data_lake_path)
-    ensure_migrated(storage)  # before anything is written: the one line, exit status 2
+
+    def opened() -> bool:
+        ensure_migrated(storage)  # before anything is written: the one line, exit status 2
+        return True
+
+    if until_reachable("opening the lake", opened, stop) is None:  # an unreachable store is waited out
+        log.info("stopped while the lake's store was unreachable")
+        return EXIT_OK
     storage.ensure_layout()
     with contextlib.ExitStack() as held:
         before_commit = _one_compactor(storage, stop, held)
@@ -151,7 +159,8 @@ def run(
             return EXIT_OK
         log.info("Arrow memory pool: %s", pa.default_memory_pool().backend_name)  # see utils/memory.py
         compactor = Compactor(storage, settings, stop=stop, hook=hook, before_commit=before_commit)
-        compactor.recover()
+        if until_reachable("recovering", lambda: compactor.recover() or True, stop) is None:
+            return EXIT_OK
         if once:
             report = compactor.run_cycle()
             log.info(

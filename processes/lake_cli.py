@@ -16,13 +16,13 @@ import json
 import sys
 from typing import Any
 
-from lake.audit import one_line, stats, verify
+from lake.audit import stats, verify
 from lake.location import is_object_store, open_storage
 from lake.objectstore import ObjectStorage
 from lake.storage import LOG_DIR, LocalStorage, Storage
 from processes.cli import EXIT_ERROR, EXIT_OK, run_main
 from utils.config import Settings, get_settings
-from utils.errors import ConfigError, LakeError, UnmigratedLakeError
+from utils.errors import ConfigError, LakeError, UnmigratedLakeError, one_line
 
 # Why ``migrate`` has nothing to do on object storage (the one line it exits with there).
 NOTHING_TO_MIGRATE = (

@@ -39,7 +39,7 @@ from lake.table import ensure_migrated
 from lake.writer import BufferedWriter, Commit, FlushThresholds
 from processes.cli import EXIT_OK
 from processes.signals import stop_on_signals
-from processes.supervision import ChildCompactor
+from processes.supervision import ChildCompactor, until_reachable
 from utils.config import Settings
 from utils.errors import PermanentSourceError
 
@@ -100,7 +100,14 @@ def run(
     # first commit is refused (FencedError: the table's txn moved), so it cannot duplicate.
     lock = LakeLock(storage.root, layout.PIPELINE_LOCK, "pipeline") if isinstance(storage, LocalStorage) else None
     with lock or contextlib.nullcontext(), stop_on_signals(stop):
-        ensure_migrated(storage)  # before waiting for the source: an old lake is refused at once
+        # Before waiting for the source: an old lake is refused at once; an unreachable store is waited out.
+        def opened() -> bool:
+            ensure_migrated(storage)
+            return True
+
+        if until_reachable("opening the lake", opened, stop) is None:
+            log.info("stopped while the lake's store was unreachable; nothing was written")
+            return EXIT_OK
         fetch_stop = threading.Event()
         deadline = None if options.duration is None else time.monotonic() + options.duration
         with contextlib.ExitStack() as stack:
@@ -110,7 +117,10 @@ def run(
             if identity is None:
                 log.info("stopped before the source said which stream it serves; nothing was written")
                 return EXIT_OK
-            resume = recover(storage, identity)
+            resume = until_reachable("resuming from the lake's table", lambda: recover(storage, identity), stop)
+            if resume is None:
+                log.info("stopped while the lake's store was unreachable; nothing was written")
+                return EXIT_OK
             log.info(
                 "pipeline on %s (stream: %s): resuming at event %d; flush at %d records or %.2f s; compaction %s",
                 storage.location,

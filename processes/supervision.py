@@ -1,4 +1,5 @@
-"""Child processes that die with their parent, and the pipeline's supervised child compactor."""
+"""Child processes that die with their parent, the pipeline's supervised child compactor, and waiting out an
+unreachable store at start-up (:func:`until_reachable`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,24 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from processes.cli import EXIT_LOCKED
 from utils.config import Settings
+from utils.errors import (
+    CorruptFileError,
+    FencedError,
+    LakeError,
+    LakeLockedError,
+    LeaseLostError,
+    StaleInputsError,
+    UnmigratedLakeError,
+    one_line,
+)
 from utils.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -127,3 +139,41 @@ class ChildCompactor:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+# -- starting up while the lake's store is unreachable ---------------------------------------------------
+STARTUP_RETRY: Final = Backoff(first=0.5, factor=2.0, cap=30.0, jitter=0.5)
+# LakeErrors that no retry clears: everything else (a failed request to the store, a log that could not be
+# read) may pass, so a process starting during an outage waits it out instead of exiting.
+PERMANENT_LAKE_ERRORS: Final = (
+    UnmigratedLakeError,
+    LakeLockedError,
+    FencedError,
+    CorruptFileError,
+    StaleInputsError,
+    LeaseLostError,
+)
+T = TypeVar("T")
+
+
+def until_reachable(
+    what: str, step: Callable[[], T], stop: threading.Event, retry: Backoff = STARTUP_RETRY
+) -> T | None:
+    """``step()``, run again after a LakeError that a retry may clear, until it returns or ``stop`` is set.
+
+    Returns what ``step`` returned, or None if ``stop`` was set while waiting. Each failure is logged in
+    one line with the delay before the next attempt; a permanent error (PERMANENT_LAKE_ERRORS) and any
+    other exception propagate at once.
+    """
+    failures = 0
+    while True:
+        try:
+            return step()
+        except PERMANENT_LAKE_ERRORS:
+            raise
+        except LakeError as exc:
+            failures += 1
+            delay = retry.delay(failures)
+            log.warning("%s failed (attempt %d): %s; retrying in %.1f s", what, failures, one_line(exc), delay)
+            if stop.wait(delay):
+                return None

@@ -10,7 +10,10 @@ import io
 import os
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -23,11 +26,12 @@ from lake.location import open_storage
 from lake.objectstore import ObjectStorage
 from lake.table import APP_ID, LakeTable
 from lake.writer import BufferedWriter, FlushThresholds, write_landing
+from processes import compactor as compactor_process
 from processes.pipeline import RunOptions, run
 from testkit.fake_source import FakeSource
-from testkit.processes import ROOT, make_settings
+from testkit.processes import ROOT, free_port, make_settings
 from testkit.records import TEST_IDENTITY, make_records
-from testkit.s3 import S3Lake, s3_lake
+from testkit.s3 import S3Lake, SerializedMotoServer, s3_client, s3_lake
 from utils.errors import ConfigError, FencedError
 from utils.records import with_duration
 
@@ -142,3 +146,44 @@ def test_roles_that_do_not_run_on_s3_yet_say_so_in_one_line(command: list[str], 
 def test_a_lake_url_of_another_scheme_is_refused() -> None:
     with pytest.raises(ConfigError, match="s3://bucket/prefix"):
         make_settings("gs://bucket/lake")
+
+
+def test_a_pipeline_and_a_compactor_started_while_the_store_is_down_wait_for_it() -> None:
+    # Reproduction: both exited with status 1 within seconds ("_delta_log/: could not be listed").
+    port = free_port()
+    server = SerializedMotoServer(port=port)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **_aws_env(endpoint)}
+    with mock.patch.dict(os.environ, env, clear=True):
+        settings = make_settings("s3://badge-late/lake", BATCH_SIZE=500, BUFFER_RECORDS=1_000)
+        results: dict[str, int] = {}
+        pipeline = threading.Thread(
+            target=lambda: results.update(
+                pipeline=run(settings, RunOptions(max_records=2_000, compaction=False), source=FakeSource())
+            )
+        )
+        stop = threading.Event()
+        compactor = threading.Thread(
+            target=lambda: results.update(compactor=compactor_process.run(settings, once=True, stop=stop))
+        )
+        pipeline.start()
+        compactor.start()
+        time.sleep(3)
+        assert pipeline.is_alive() and compactor.is_alive() and results == {}  # waiting, not exited
+        with server:
+            s3_client(server.endpoint).create_bucket(Bucket="badge-late")
+            pipeline.join(120)
+            compactor.join(120)
+            assert results == {"pipeline": 0, "compactor": 0}
+            dt = DeltaTable("s3://badge-late/lake", storage_options=_aws_env(endpoint))
+            assert dt.transaction_version(APP_ID) == 1_999
+
+
+def _aws_env(endpoint: str) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }

@@ -6,6 +6,9 @@ missing file from a failed request from bytes that are not Parquet; deleting is 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lake import layout
-from lake.objectstore import ObjectStorage, parse_s3_url, s3_options
+from lake.objectstore import ObjectStorage, new_scratch_dir, parse_s3_url, s3_options
 from lake.parquet import write_file
 from lake.storage import LocalStorage, Storage
 from testkit.records import lake_table
@@ -137,3 +140,18 @@ def test_the_lake_url_and_the_aws_environment() -> None:
             parse_s3_url(bad)
     env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_REGION": "eu-west-1", "AWS_ALLOW_HTTP": "", "HOME": "/"}
     assert s3_options(env) == {"aws_endpoint": "http://127.0.0.1:9", "aws_region": "eu-west-1"}
+
+
+def test_scratch_directories_of_dead_writers_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    # A writer killed between writing a file locally and uploading it leaves its scratch directory behind.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"badge-lake-{int(gone.stdout)}-abc123"
+    dead.mkdir()
+    (dead / "landing-x.parquet.1234.tmp").write_bytes(b"half a file")
+    alive = tmp_path / f"badge-lake-{os.getppid()}-def456"  # a running process's: never touched
+    alive.mkdir()
+    other = tmp_path / "badge-lake-notapid"
+    other.mkdir()
+    mine = new_scratch_dir(tmp_path)
+    assert mine.name.startswith(f"badge-lake-{os.getpid()}-") and mine.is_dir()
+    assert not dead.exists() and alive.exists() and other.exists()

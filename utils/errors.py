@@ -21,6 +21,17 @@ exceptions are translated at the boundary with ``raise ... from exc``::
 
 from __future__ import annotations
 
+from typing import Final
+
+MESSAGE_CHARS: Final = 400  # an error's text in one line, at most (a store's errors carry pages of debug output)
+
+
+def one_line(error: BaseException | str, limit: int = MESSAGE_CHARS) -> str:
+    """An error's text on one line, at most ``limit`` characters (an object store's debug dump cut off)."""
+    text = str(error).split("Debug source:", 1)[0]
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class BadgeError(Exception):
     """Base of every error the platform raises on purpose."""
