@@ -11,6 +11,9 @@ throughput or latency.
   and, alternating, into a local one. Reference: the local lake.
 * **compaction rows/s**: one compaction (:meth:`lake.compaction.Compactor.compact`) of the files each
   ingestion run just landed. Reference: the local lake.
+* **dashboard refresh**: a new engine (:class:`analytics.engine.LakeAnalytics`) on the compacted lake,
+  its first full refresh (every query of the page and the lake's health; each file read once) and the
+  median of five more with the lake unchanged. Reference: the local lake.
 * **requests per hour at the default rate**: a live pipeline at the default 200 events/s and 1 s flush
   into an ``s3://`` lake (moto in-process, where every request is logged) for a while, a warm compactor's
   cycle with nothing due (the sweep, every ``COMPACTION_SWEEP_SECONDS``) and its lease's renewals:
@@ -27,6 +30,7 @@ import contextlib
 import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -36,7 +40,10 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from benchmarks.suite import summarize
+from analytics.engine import LakeAnalytics
+from analytics.filters import ALL
+from benchmarks.bench_queries import refresh
+from benchmarks.suite import summarize, timed
 from lake.compaction import Compactor
 from lake.lease import DEFAULT_TTL_S, RENEW_FRACTION
 from lake.location import open_storage
@@ -54,7 +61,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "quick": {"records": 300_000, "runs": 1, "live_s": 5.0},
     "full": {"records": 4_000_000, "runs": 2, "live_s": 30.0},
 }
-DEFAULT_RATE = 200.0  # EVENTS_PER_SECOND's default
+WARM_RUNS = 5
 Row = dict[str, Any]
 
 
@@ -69,8 +76,9 @@ def _settings(lake: str, port: int, **overrides: object) -> Settings:
     return load_settings(env, env_file=None)
 
 
-def ingest_then_compact(lake: str, env: dict[str, str], records: int) -> tuple[float, float]:
-    """(ingestion records/s, compaction rows/s) for one firehose run into ``lake`` and one compaction of it."""
+def ingest_then_compact(lake: str, env: dict[str, str], records: int) -> tuple[float, float, float, float]:
+    """For one firehose run into ``lake``, one compaction of it, then the dashboard over it: (ingestion
+    records/s, compaction rows/s, the first dashboard refresh in ms, an unchanged refresh in ms)."""
     from source.client import BadgeLogClient
 
     with mock.patch.dict(os.environ, env):
@@ -90,7 +98,10 @@ def ingest_then_compact(lake: str, env: dict[str, str], records: int) -> tuple[f
         metrics = Compactor(storage, compaction).compact()
         seconds = time.perf_counter() - began
         assert metrics is not None and metrics.rows == records
-        return ingest, metrics.rows / seconds
+        engine = LakeAnalytics(open_storage(lake))  # a dashboard started on the compacted lake
+        cold = timed(lambda: refresh(engine, settings, ALL))
+        warm = statistics.median(timed(lambda: refresh(engine, settings, ALL)) for _ in range(WARM_RUNS))
+        return ingest, metrics.rows / seconds, cold * 1000, warm * 1000
 
 
 def _kind(request: Request) -> str:
@@ -144,8 +155,8 @@ def run(size: str = "full") -> list[Row]:
     """Measure every figure; rows are ``figure, value, unit, reference, reference_value, ratio, target, ok``."""
     cfg = SIZES[size]
     logging.getLogger().setLevel(logging.WARNING)
-    s3: list[tuple[float, float]] = []
-    local: list[tuple[float, float]] = []
+    s3: list[tuple[float, float, float, float]] = []
+    local: list[tuple[float, float, float, float]] = []
     with local_s3(free_port()) as endpoint:
         env = environment(endpoint)
         for i in range(cfg["runs"]):
@@ -153,7 +164,13 @@ def run(size: str = "full") -> list[Row]:
             with _local_lake() as lake:
                 local.append(ingest_then_compact(lake, {}, cfg["records"]))
     rows: list[Row] = []
-    for index, what, unit in ((0, "ingestion, Arrow transport", "records/s"), (1, "compaction", "rows/s")):
+    figures = (
+        (0, "ingestion, Arrow transport", "records/s"),
+        (1, "compaction", "rows/s"),
+        (2, "dashboard's first refresh (every file read once)", "ms"),
+        (3, "dashboard refresh, lake unchanged", "ms"),
+    )
+    for index, what, unit in figures:
         ours = summarize([r[index] for r in s3])
         ref = summarize([r[index] for r in local])
         rows.append(
