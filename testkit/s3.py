@@ -309,8 +309,7 @@ class S3Lake:
     @property
     def env(self) -> dict[str, str]:
         """The ``AWS_*`` variables that point a process (delta-rs, obstore, boto3) at this server."""
-        values = (self.endpoint, ACCESS_KEY_ID, SECRET_ACCESS_KEY, REGION, "true")
-        return dict(zip(ENV_KEYS, values, strict=True))
+        return aws_environment(self.endpoint)
 
     @property
     def requests(self) -> RequestLog:
@@ -351,6 +350,11 @@ class S3Lake:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=head + under):
             out.extend(obj["Key"][len(head) :] for obj in page.get("Contents", []))
         return sorted(out)
+
+
+def aws_environment(endpoint: str) -> dict[str, str]:
+    """The ``AWS_*`` variables that point a process (delta-rs, obstore, boto3) at a test server's ``endpoint``."""
+    return dict(zip(ENV_KEYS, (endpoint, ACCESS_KEY_ID, SECRET_ACCESS_KEY, REGION, "true"), strict=True))
 
 
 def s3_client(endpoint: str) -> Any:

@@ -59,16 +59,22 @@ def test_a_compaction_on_s3_commits_once_and_the_clean_up_deletes_its_inputs(s3_
     assert not s3_lake.keys(layout.TEMP)
 
 
-def test_a_second_compactor_waits_for_the_lease_and_compacts_nothing_meanwhile(s3_lake: S3Lake) -> None:
-    settings = filled(s3_lake)
-    storage = open_storage(s3_lake.url)
+def waiting_compactor(lake: S3Lake, settings: Settings) -> tuple[Lease, threading.Event, threading.Thread, list[int]]:
+    """Another machine's compactor holding the lease, and this one started on the lake in a thread:
+    (the other's lease, this one's stop event, its thread, its exit status once it ends)."""
+    storage = open_storage(lake.url)
     assert isinstance(storage, ObjectStorage)
-    other = Lease(storage.store, ttl=30)  # another machine's compactor
+    other = Lease(storage.store, ttl=30)
     assert other.acquire()
     stop = threading.Event()
     result: list[int] = []
     waiting = threading.Thread(target=lambda: result.append(compactor_process.run(settings, once=True, stop=stop)))
     waiting.start()
+    return other, stop, waiting, result
+
+
+def test_a_second_compactor_waits_for_the_lease_and_compacts_nothing_meanwhile(s3_lake: S3Lake) -> None:
+    other, _stop, waiting, result = waiting_compactor(s3_lake, filled(s3_lake))
     time.sleep(2.5)
     assert waiting.is_alive() and not zone_keys(s3_lake, layout.COMPACTED)  # waits, touches nothing
     other.release()  # the other compactor stops: this one gets the lease and compacts
@@ -79,15 +85,7 @@ def test_a_second_compactor_waits_for_the_lease_and_compacts_nothing_meanwhile(s
 
 
 def test_a_compactor_stopped_while_waiting_for_the_lease_exits_cleanly(s3_lake: S3Lake) -> None:
-    settings = filled(s3_lake, records=2_000)
-    storage = open_storage(s3_lake.url)
-    assert isinstance(storage, ObjectStorage)
-    other = Lease(storage.store, ttl=30)
-    assert other.acquire()
-    stop = threading.Event()
-    result: list[int] = []
-    waiting = threading.Thread(target=lambda: result.append(compactor_process.run(settings, once=True, stop=stop)))
-    waiting.start()
+    other, stop, waiting, result = waiting_compactor(s3_lake, filled(s3_lake, records=2_000))
     time.sleep(1.0)
     stop.set()
     waiting.join(10)

@@ -37,10 +37,9 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
 
 
-def test_launcher_runs_everything_and_one_sigint_stops_all(tmp_path: Path) -> None:
-    lake = tmp_path / "lake"
-    api_port, dash_port = free_port(), free_port()
-    env = {
+def demo_env(lake: Path, api_port: int, dash_port: int) -> dict[str, str]:
+    """A fast demo: a busy stream, short flushes, sweeps and grace, so the lake grows and compacts in seconds."""
+    return {
         "DATA_LAKE_PATH": str(lake),
         "API_PORT": str(api_port),
         "DASHBOARD_PORT": str(dash_port),
@@ -53,6 +52,12 @@ def test_launcher_runs_everything_and_one_sigint_stops_all(tmp_path: Path) -> No
         "COMPACTION_GRACE_SECONDS": "1",
         "COMPACTION_SWEEP_SECONDS": "1",
     }
+
+
+def test_launcher_runs_everything_and_one_sigint_stops_all(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    api_port, dash_port = free_port(), free_port()
+    env = demo_env(lake, api_port, dash_port)
     log = tmp_path / "launcher.log"
     launcher = ManagedProcess([sys.executable, "-m", "processes.launcher"], env=env, log_path=log)
     with launcher:
@@ -95,14 +100,8 @@ def test_launcher_runs_everything_on_a_local_s3_server(tmp_path: Path) -> None:
     api_port, dash_port, s3_port = free_port(), free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-        "DATA_LAKE_PATH": str(tmp_path / "unused"),  # --local-s3 puts the lake on the S3 server instead
-        "API_PORT": str(api_port),
-        "DASHBOARD_PORT": str(dash_port),
-        "EVENTS_PER_SECOND": "2000",
-        "FLUSH_INTERVAL_SECONDS": "0.5",
-        "POLL_INTERVAL_SECONDS": "0.2",
-        "COMPACTION_MIN_FILES": "8",
-        "COMPACTION_SWEEP_SECONDS": "1",
+        # --local-s3 puts the lake on the S3 server instead of this directory
+        **demo_env(tmp_path / "unused", api_port, dash_port),
     }
     launcher = ManagedProcess(
         [sys.executable, "-m", "processes.launcher", "--local-s3", str(s3_port)], env=env, log_path=tmp_path / "log"

@@ -31,7 +31,7 @@ from processes.pipeline import RunOptions, run
 from testkit.fake_source import FakeSource
 from testkit.processes import ROOT, free_port, make_settings
 from testkit.records import TEST_IDENTITY, make_records
-from testkit.s3 import S3Lake, SerializedMotoServer, s3_client, s3_lake
+from testkit.s3 import S3Lake, SerializedMotoServer, aws_environment, s3_client, s3_lake
 from utils.errors import ConfigError, FencedError
 from utils.records import with_duration
 
@@ -153,7 +153,7 @@ def test_a_pipeline_and_a_compactor_started_while_the_store_is_down_wait_for_it(
     port = free_port()
     server = SerializedMotoServer(port=port)
     endpoint = f"http://127.0.0.1:{port}"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **_aws_env(endpoint)}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **aws_environment(endpoint)}
     with mock.patch.dict(os.environ, env, clear=True):
         settings = make_settings("s3://badge-late/lake", BATCH_SIZE=500, BUFFER_RECORDS=1_000)
         results: dict[str, int] = {}
@@ -175,15 +175,5 @@ def test_a_pipeline_and_a_compactor_started_while_the_store_is_down_wait_for_it(
             pipeline.join(120)
             compactor.join(120)
             assert results == {"pipeline": 0, "compactor": 0}
-            dt = DeltaTable("s3://badge-late/lake", storage_options=_aws_env(endpoint))
+            dt = DeltaTable("s3://badge-late/lake", storage_options=aws_environment(endpoint))
             assert dt.transaction_version(APP_ID) == 1_999
-
-
-def _aws_env(endpoint: str) -> dict[str, str]:
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_ALLOW_HTTP": "true",
-    }
