@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Final
 import obstore as obs
 from obstore.exceptions import AlreadyExistsError, BaseError, PreconditionError
 
-from utils.errors import LakeError, LakeLockedError, LeaseLostError
+from utils.errors import LakeError, LakeLockedError, LeaseLostError, one_line
 
 if TYPE_CHECKING:
     from obstore import PutMode
@@ -241,7 +241,7 @@ class Lease:
             except LakeError as exc:
                 if time.monotonic() >= deadline:
                     raise
-                log.warning("could not read or write the lease %s (%s); trying again", self.key, exc)
+                log.warning("could not read or write the lease %s (%s); trying again", self.key, one_line(exc))
             else:
                 seen = self._last_seen
                 if seen is not None and seen.holder != announced:
@@ -321,7 +321,7 @@ class Lease:
             except FileNotFoundError:
                 raise self._lose("the lease object is gone") from None
             except (BaseError, OSError) as exc:
-                raise LakeError(f"could not verify the lease {self.key}: {exc}") from exc
+                raise LakeError(f"could not verify the lease {self.key}: {one_line(exc)}") from exc
             if meta["e_tag"] != held.etag and not self._adopt_unconfirmed():
                 raise self._lose("the lease object changed since this holder's last write (taken over)")
             return self._require_time(margin)
@@ -377,7 +377,7 @@ class Lease:
             try:
                 written = self._put(record, {"e_tag": held.etag})
             except LakeError as exc:
-                log.warning("could not release the lease %s (%s): it expires by itself", self.key, exc)
+                log.warning("could not release the lease %s (%s): it expires by itself", self.key, one_line(exc))
                 return
             finally:
                 self._held, self._deadline = None, -math.inf  # the released record is not a lease to hold
@@ -453,7 +453,7 @@ class Lease:
         except FileNotFoundError:
             return None
         except (BaseError, OSError) as exc:
-            raise LakeError(f"could not read the lease {self.key}: {exc}") from exc
+            raise LakeError(f"could not read the lease {self.key}: {one_line(exc)}") from exc
         etag = result.meta["e_tag"]
         if not etag:
             raise LakeError(f"the store gave no ETag for {self.key}: it cannot hold a lease")
@@ -478,7 +478,7 @@ class Lease:
             return self._confirm(current, ours[current.body])
         except (BaseError, OSError) as exc:
             self._unconfirmed[body] = sent
-            raise LakeError(f"could not write the lease {self.key}: {exc}") from exc
+            raise LakeError(f"could not write the lease {self.key}: {one_line(exc)}") from exc
         etag = result["e_tag"]
         if not etag:
             raise LakeError(f"the store gave no ETag for {self.key}: it cannot hold a lease")

@@ -45,6 +45,7 @@ def local_s3(port: int, bucket: str = BUCKET) -> Iterator[str]:
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a terminal's Ctrl-C must not stop it before the others have released it
     )
     try:
         deadline = time.monotonic() + START_SECONDS
