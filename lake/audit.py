@@ -657,8 +657,7 @@ def verify(storage: Storage, grace_seconds: float, now: float | None = None) -> 
     empty, hence whole.
     """
     now = time.time() if now is None else now
-    ensure_migrated(storage)
-    if not storage.has_table():
+    if not ensure_migrated(storage):
         report = VerifyReport()
         report.notes.append("no table yet: the lake is empty")
         return report

@@ -191,8 +191,7 @@ class GraceCleanup:
         Deletes nothing while the lake has no table; skips a table whose log cannot be read (logged).
         Ends early when ``stop`` is set. Raises UnmigratedLakeError for a lake in the previous layout.
         """
-        ensure_migrated(self.storage)
-        if not self.storage.has_table():
+        if not ensure_migrated(self.storage):
             return []  # no table yet: nothing is the lake, so nothing can be judged
         events_files, quarantine_files = self._candidates()  # before the snapshots: see _due
         now = self._clock()

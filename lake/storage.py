@@ -194,6 +194,10 @@ class LocalStorage(Storage):
     def write_new(self, key: str, data: bytes) -> bool:
         return write_new(self.root / key, data)
 
+    def has_table(self, prefix: str = "") -> bool:
+        log_dir = self.root / prefix / LOG_DIR
+        return log_dir.is_dir() and any(log_dir.glob("*.json"))  # the first entry answers: no listing of the rest
+
     def exists(self, key: str) -> bool:
         return (self.root / key).exists()
 

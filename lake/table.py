@@ -62,15 +62,15 @@ LOG_PROPERTIES: Final[dict[str, str]] = {
 
 
 def has_log(path: Path) -> bool:
-    """True if ``path`` is the root of a Delta table (its log has at least one entry)."""
-    log_dir = path / LOG_DIR
-    return log_dir.is_dir() and any(log_dir.glob("*.json"))
+    """True if the directory ``path`` is the root of a Delta table (its log has at least one entry)."""
+    return LocalStorage(path).has_table()
 
 
-def ensure_migrated(storage: Storage) -> None:
-    """Raise UnmigratedLakeError if the lake holds data files but no log (the previous layout)."""
+def ensure_migrated(storage: Storage) -> bool:
+    """Whether the lake has its table (one look at the log); UnmigratedLakeError if it holds data files but
+    no log (the previous layout). False: an empty lake, waiting for the pipeline to create the table."""
     if storage.has_table():
-        return
+        return True
     for zone in layout.DATA_ZONES:
         if not storage.list_files(zone):
             continue
@@ -84,6 +84,7 @@ def ensure_migrated(storage: Storage) -> None:
             f"{storage.location} holds data files but no {LOG_DIR}/: it is not a Delta table this platform "
             "wrote (and migrate converts local lakes only); point DATA_LAKE_PATH at an empty prefix or at a table"
         )
+    return False
 
 
 @contextmanager
@@ -243,8 +244,7 @@ class LakeTable(_DeltaFiles):
     @classmethod
     def open(cls, storage: Storage) -> LakeTable:
         """The lake's table; LakeError if there is none yet, UnmigratedLakeError for the previous layout."""
-        ensure_migrated(storage)
-        if not storage.has_table():
+        if not ensure_migrated(storage):
             raise LakeError(f"no table at {storage.location} yet (the pipeline creates it)")
         return cls(storage, "", _open(storage, ""))
 
@@ -254,8 +254,7 @@ class LakeTable(_DeltaFiles):
 
         Raises StreamMismatchError, before anything is written, if the table holds another stream.
         """
-        ensure_migrated(storage)
-        if storage.has_table():
+        if ensure_migrated(storage):
             table = cls(storage, "", _open(storage, ""))
             check_stream(table.identity, identity, storage.location)
             return table
@@ -399,10 +398,9 @@ def read_snapshot(storage: Storage) -> Snapshot:
 
     Raises UnmigratedLakeError for a lake in the previous layout, LakeError if the log cannot be read.
     """
-    ensure_migrated(storage)
-    if not storage.has_table():
+    if not ensure_migrated(storage):
         return Snapshot(storage, None, ())
-    return LakeTable.open(storage).snapshot(refresh=False)
+    return LakeTable(storage, "", _open(storage, "")).snapshot(refresh=False)
 
 
 class SnapshotReader:
@@ -415,10 +413,9 @@ class SnapshotReader:
     def snapshot(self) -> Snapshot:
         """The newest snapshot (empty while the lake has no table)."""
         if self._table is None:
-            ensure_migrated(self.storage)
-            if not self.storage.has_table():
+            if not ensure_migrated(self.storage):
                 return Snapshot(self.storage, None, ())
-            self._table = LakeTable.open(self.storage)
+            self._table = LakeTable(self.storage, "", _open(self.storage, ""))
             return self._table.snapshot(refresh=False)
         return self._table.snapshot()
 

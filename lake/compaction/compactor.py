@@ -107,8 +107,7 @@ class Compactor:
         Raises UnmigratedLakeError for a lake in the previous layout.
         """
         if self._table is None:
-            ensure_migrated(self.storage)
-            if not self.storage.has_table():
+            if not ensure_migrated(self.storage):
                 return None
             self._table = LakeTable.open(self.storage)
         return self._table
