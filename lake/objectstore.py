@@ -173,8 +173,12 @@ class ObjectStorage(Storage):
 
     def write_new(self, key: str, data: bytes) -> bool:
         """Create a small object with ``If-None-Match: *``; False if one was there (it stands)."""
+        return self._put_new(key, data, "written")
+
+    def _put_new(self, key: str, data: bytes | Path, what: str) -> bool:
+        """One PUT of ``data`` with ``If-None-Match: *``: True if created, False if an object was there (untouched)."""
         try:
-            with self._request(key, "written"):
+            with self._request(key, what):
                 obstore.put(self._store, key, data, mode="create")
         except LakeError as exc:
             if isinstance(exc.__cause__, AlreadyExistsError):
@@ -187,12 +191,7 @@ class ObjectStorage(Storage):
         return f"{self.url}/{key}"
 
     def exists(self, key: str) -> bool:
-        try:
-            with self._request(key, "looked up"):
-                obstore.head(self._store, key)
-        except FileNotFoundError:
-            return False
-        return True
+        return self.published(key) is not None
 
     @contextlib.contextmanager
     def _request(self, key: str, what: str) -> Iterator[None]:
@@ -264,12 +263,8 @@ class ObjectStorage(Storage):
         key = f"{zone}/{name}"
         size = tmp.stat().st_size
         try:
-            with self._request(key, "published"):
-                obstore.put(self._store, key, tmp, mode="create")
-        except LakeError as exc:
-            if isinstance(exc.__cause__, AlreadyExistsError):
-                raise CommitError(f"could not publish {self.uri(key)}: an object of that name exists") from exc
-            raise
+            if not self._put_new(key, tmp, "published"):
+                raise CommitError(f"could not publish {self.uri(key)}: an object of that name exists")
         finally:
             tmp.unlink(missing_ok=True)
         with self._request(key, "looked up"):
