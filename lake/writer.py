@@ -252,7 +252,7 @@ class BufferedWriter:
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> BufferedWriter:
-        """Start the flusher thread (idempotent)."""
+        """Start the flusher and the committer threads (idempotent)."""
         if not self._threads:
             self._threads = (
                 threading.Thread(target=self._run_flusher, name="lake-flusher", daemon=True),
@@ -565,7 +565,8 @@ class BufferedWriter:
         while True:
             with self._cond:
                 while self._committing is None:
-                    if self._abort or self._fatal is not None or (self._flusher_done and self._preparing is None):
+                    # The flusher leaves a flush behind only when stopped (abort, fatal): nothing more will come.
+                    if self._abort or self._fatal is not None or self._flusher_done:
                         return
                     self._cond.wait()
                 flush = self._committing

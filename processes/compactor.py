@@ -143,12 +143,8 @@ def run(
     hook: StepHook | None = pause_hook(pause_at) if pause_at else None
 
     storage = open_storage(settings.data_lake_path)
-
-    def opened() -> bool:
-        ensure_migrated(storage)  # before anything is written: the one line, exit status 2
-        return True
-
-    if until_reachable("opening the lake", opened, stop) is None:  # an unreachable store is waited out
+    # Before anything is written: an old lake gives the one line (exit 2); an unreachable store is waited out.
+    if until_reachable("opening the lake", lambda: ensure_migrated(storage), stop) is None:
         log.info("stopped while the lake's store was unreachable")
         return EXIT_OK
     storage.ensure_layout()

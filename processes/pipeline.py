@@ -100,12 +100,9 @@ def run(
     # first commit is refused (FencedError: the table's txn moved), so it cannot duplicate.
     lock = LakeLock(storage.root, layout.PIPELINE_LOCK, "pipeline") if isinstance(storage, LocalStorage) else None
     with lock or contextlib.nullcontext(), stop_on_signals(stop):
-        # Before waiting for the source: an old lake is refused at once; an unreachable store is waited out.
-        def opened() -> bool:
-            ensure_migrated(storage)
-            return True
-
-        if until_reachable("opening the lake", opened, stop) is None:
+        # Before waiting for the source: an old lake is refused at once; an unreachable store is waited out
+        # (None: stopped meanwhile; ensure_migrated itself answers True or False).
+        if until_reachable("opening the lake", lambda: ensure_migrated(storage), stop) is None:
             log.info("stopped while the lake's store was unreachable; nothing was written")
             return EXIT_OK
         fetch_stop = threading.Event()
