@@ -3,12 +3,19 @@
 :class:`ObjectStorage` keeps :class:`~lake.storage.LocalStorage`'s contract, in keys relative to the
 lake's prefix (``"landing/x.parquet"``), so the code above it does not change with the backend:
 
-* ``publish`` is the commit point of a data file: **one PUT to the final key with ``If-None-Match: *``**
-  (obstore's ``mode="create"``). S3 PUTs are atomic, so a reader listing a zone sees a whole object or
-  nothing, and the condition refuses to overwrite: a second publish of the same key fails with
-  :class:`~utils.errors.CommitError` and the first object stays. A conditional PUT is one request (up to
-  5 GB, far above the compactor's output size target); it is never split into a multipart upload,
-  which S3 cannot make conditional through this client.
+* ``publish`` is the commit point of a data file, and it is **conditional on the final key being free**
+  whatever the file's size: an object appears there whole or not at all, and never over another. A second
+  publish of the same key fails with :class:`~utils.errors.CommitError` and the first object stays. Two
+  paths, both atomic on S3:
+
+  - below ``multipart_threshold`` (:data:`MULTIPART_THRESHOLD`, 64 MiB): **one PUT to the final key with
+    ``If-None-Match: *``** (obstore's ``mode="create"``), which sends the whole file in one request body;
+  - at or above it: **a multipart upload completed with ``If-None-Match: *``**, through boto3 (obstore has
+    no conditional multipart upload). The parts (``part_size``, :data:`PART_SIZE`, 16 MiB) are read from
+    the local file one at a time, so memory stays bounded by one part, and a file may exceed a single PUT's
+    5 GB cap. Parts are invisible to readers; the object appears only when ``CompleteMultipartUpload``
+    succeeds, and S3 evaluates the condition there, atomically with it. Whatever goes wrong (the condition
+    refused: CommitError; a failed request: LakeError), the upload is aborted so no parts linger.
 * Files are written locally first (``staged`` yields a path in a private scratch directory of the
   machine, not in the lake: object storage has no rename, so the lake's ``temp/`` is not used), then
   uploaded by ``publish``, which removes the local copy either way.
@@ -19,20 +26,25 @@ lake's prefix (``"landing/x.parquet"``), so the code above it does not change wi
 
 Credentials, region and endpoint come from the standard variables that delta-rs, object_store and
 boto3 all read: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``,
-``AWS_ALLOW_HTTP`` (see :func:`s3_options`).
+``AWS_ALLOW_HTTP`` (see :func:`s3_options`); the boto3 client of multipart uploads is built from the same
+options (:func:`_boto3_s3`).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import logging
 import os
 import shutil
 import tempfile
+import threading
 import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import obstore
 import pyarrow as pa
@@ -51,6 +63,21 @@ if TYPE_CHECKING:
 SCRATCH_PREFIX: Final = "badge-lake-"  # local scratch directories: badge-lake-<pid>-<random>
 FOOTER_READ_BYTES: Final = 64 * 1024  # the first range read from a file's end: the footer, usually whole
 PARQUET_MAGIC: Final = b"PAR1"
+
+MiB: Final = 1024 * 1024
+MULTIPART_THRESHOLD: Final = 64 * MiB  # files this large or larger are published as a multipart upload
+PART_SIZE: Final = 16 * MiB  # the parts of a multipart upload (the last one is what remains)
+MIN_PART_SIZE: Final = 5 * MiB  # S3's smallest part (every part but the last)
+MAX_PARTS: Final = 10_000  # S3's most parts in one upload (the part size grows for a larger file)
+MAX_PUT_SIZE: Final = 5 * 1024 * MiB  # S3's largest single PUT: the threshold may not exceed it
+
+# boto3's requests as obstore's defaults: up to 10 retries (5xx, throttling, connection errors) with
+# exponential backoff, 5 s to connect, 30 s to wait for an answer.
+BOTO3_MAX_ATTEMPTS: Final = 11
+BOTO3_CONNECT_TIMEOUT_S: Final = 5
+BOTO3_READ_TIMEOUT_S: Final = 30
+
+log = logging.getLogger(__name__)
 
 # The environment variables the lake's S3 access reads, and the obstore / delta-rs option each sets.
 S3_ENV: Final[Mapping[str, str]] = {
@@ -108,6 +135,46 @@ def _arrow_s3(options: Mapping[str, str]) -> pafs.S3FileSystem:
     )
 
 
+def _boto3_s3(options: Mapping[str, str]) -> Any:
+    """A boto3 S3 client configured as obstore is (the same ``aws_*`` options), for multipart uploads.
+
+    Anything the options leave out (no keys: a role, a profile) boto3 finds in its own default chain, as
+    obstore does in its. Its own session, since boto3's default one is not safe to share across threads.
+    Checksums only where S3 requires them: each part carries its Content-MD5 instead (see
+    :meth:`ObjectStorage._put_new_in_parts`), which S3 and the S3-compatible stores check, where botocore's
+    default CRC32 checksums are not supported by some S3-compatible stores. Path-style addressing on a
+    custom endpoint, as obstore uses there.
+    """
+    import boto3
+    from botocore.config import Config
+
+    endpoint = options.get("aws_endpoint")
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": BOTO3_MAX_ATTEMPTS},
+        connect_timeout=BOTO3_CONNECT_TIMEOUT_S,
+        read_timeout=BOTO3_READ_TIMEOUT_S,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"} if endpoint else None,
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=options.get("aws_access_key_id"),
+        aws_secret_access_key=options.get("aws_secret_access_key"),
+        aws_session_token=options.get("aws_session_token"),
+        region_name=options.get("aws_region") or "us-east-1",
+        config=config,
+    )
+
+
+def _precondition_failed(response: Mapping[str, Any]) -> bool:
+    """True if boto3's error ``response`` is S3's 412 Precondition Failed (a condition did not hold)."""
+    code = response.get("Error", {}).get("Code")
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return bool(code == "PreconditionFailed" or status == 412)
+
+
 def _mtime_ns(meta: ObjectMeta) -> int:
     """An object's last-modified instant in ns (S3 keeps whole seconds)."""
     return int(meta["last_modified"].timestamp() * 1_000_000) * 1_000
@@ -124,13 +191,32 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 class ObjectStorage(Storage):
     """A lake under ``s3://bucket/prefix`` (see the module docstring for the guarantees)."""
 
-    def __init__(self, url: str, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        environ: Mapping[str, str] | None = None,
+        *,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        part_size: int = PART_SIZE,
+    ) -> None:
+        """``multipart_threshold``: the size from which ``publish`` uploads a file in parts of ``part_size``.
+
+        ValueError if S3 could not take them: a part below 5 MiB, a threshold above a single PUT's 5 GB.
+        """
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size={part_size} is below S3's smallest part ({MIN_PART_SIZE} bytes)")
+        if not 0 < multipart_threshold <= MAX_PUT_SIZE:
+            raise ValueError(f"multipart_threshold={multipart_threshold} is not in 1..{MAX_PUT_SIZE} (a PUT's limit)")
         self.bucket, self.prefix = parse_s3_url(url)
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.options = s3_options(environ)
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
         self._store = S3Store(self.bucket, prefix=self.prefix or None, config=self.options)  # type: ignore[arg-type]
         self._scratch: Path | None = None
         self._filesystem: pafs.S3FileSystem | None = None
+        self._boto3: Any = None  # built on the first multipart upload (importing boto3 takes a while)
+        self._boto3_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ObjectStorage({self.url!r})"
@@ -218,6 +304,20 @@ class ObjectStorage(Storage):
         out.sort()
         return out
 
+    def list_tree(self, zone: str, suffix: str = layout.PARQUET_SUFFIX) -> list[FileInfo]:
+        """Objects under ``zone/`` at any depth (date partitions) ending in ``suffix``, sorted by key: one
+        recursive LIST (paged by the store)."""
+        out: list[FileInfo] = []
+        with self._request(f"{zone}/", "listed"):
+            for page in obstore.list(self._store, f"{zone}/"):
+                out += [
+                    FileInfo(str(meta["path"]), int(meta["size"]), _mtime_ns(meta))
+                    for meta in page
+                    if str(meta["path"]).endswith(suffix)
+                ]
+        out.sort()
+        return out
+
     # -- metadata and reading -----------------------------------------------------------------------
     def read_bytes(self, key: str) -> bytes:
         """The whole object. FileNotFoundError if it is not there, LakeError if the request failed."""
@@ -254,22 +354,88 @@ class ObjectStorage(Storage):
         return self._scratch / f"{name}.{uuid.uuid4().hex[:8]}.tmp"
 
     def publish(self, tmp: Path, zone: str, name: str) -> FileInfo:
-        """Upload a fully written local file as ``zone/name`` in one conditional PUT (``If-None-Match: *``).
+        """Upload a fully written local file as ``zone/name``, only if no object has that name.
 
-        After it returns the object is whole and visible and the local file is gone. CommitError if an
-        object of that name exists (nothing is overwritten); LakeError if the request failed (nothing
-        was published: a PUT is atomic; the caller writes and publishes again).
+        Below ``multipart_threshold`` in one conditional PUT, at or above it in a multipart upload whose
+        completion is conditional (both ``If-None-Match: *``; see the module docstring). After it returns
+        the object is whole and visible and the local file is gone. CommitError if an object of that name
+        exists (nothing is overwritten); LakeError if a request failed (nothing was published: a PUT and a
+        multipart completion are atomic, and a multipart upload that fails is aborted; the caller writes and
+        publishes again).
         """
         key = f"{zone}/{name}"
         size = tmp.stat().st_size
         try:
-            if not self._put_new(key, tmp, "published"):
+            if size >= self.multipart_threshold:
+                created = self._put_new_in_parts(key, tmp, size)
+            else:
+                created = self._put_new(key, tmp, "published")
+            if not created:
                 raise CommitError(f"could not publish {self.uri(key)}: an object of that name exists")
         finally:
             tmp.unlink(missing_ok=True)
         with self._request(key, "looked up"):
             meta = obstore.head(self._store, key)
         return FileInfo(key, size, _mtime_ns(meta))
+
+    def _put_new_in_parts(self, key: str, path: Path, size: int) -> bool:
+        """Upload ``path`` in parts, completed with ``If-None-Match: *``: True if created, False if a key was there.
+
+        An object already at the key is untouched. The file is read one part at a time (memory: one part).
+        Any failure, the refused condition included, aborts the upload, so no parts are left behind (if the
+        abort fails too, a warning says so: the parts stay until a bucket lifecycle rule removes them). A
+        failed request is LakeError; an error reading the local file (OSError) passes through as it is.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self._s3_client()
+        target = {"Bucket": self.bucket, "Key": f"{self.prefix}/{key}" if self.prefix else key}
+        part_size = max(self.part_size, -(-size // MAX_PARTS))  # a file above 10,000 parts takes larger ones
+        upload_id: str | None = None
+        try:
+            upload_id = str(client.create_multipart_upload(**target)["UploadId"])
+            parts: list[dict[str, Any]] = []
+            with path.open("rb") as source:
+                while chunk := source.read(part_size):
+                    number = len(parts) + 1
+                    digest = base64.b64encode(hashlib.md5(chunk, usedforsecurity=False).digest()).decode()
+                    answer = client.upload_part(
+                        **target, UploadId=upload_id, PartNumber=number, Body=chunk, ContentMD5=digest
+                    )
+                    parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            client.complete_multipart_upload(
+                **target, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
+            )
+        except BaseException as exc:
+            if upload_id is not None:
+                self._abort_upload(client, target, upload_id)
+            if isinstance(exc, ClientError) and _precondition_failed(exc.response):
+                return False
+            if isinstance(exc, BotoCoreError | ClientError):
+                raise LakeError(f"{self.uri(key)}: could not be published ({one_line(exc)})") from exc
+            raise
+        return True
+
+    def _abort_upload(self, client: Any, target: Mapping[str, str], upload_id: str) -> None:
+        """Abort a multipart upload (its parts are deleted); a failure to do so is logged, never raised."""
+        try:
+            client.abort_multipart_upload(**target, UploadId=upload_id)
+        except Exception as exc:
+            log.warning(
+                "s3://%s/%s: multipart upload %s could not be aborted, its parts stay until a lifecycle rule "
+                "removes them (%s)",
+                target["Bucket"],
+                target["Key"],
+                upload_id,
+                one_line(exc),
+            )
+
+    def _s3_client(self) -> Any:
+        """The boto3 S3 client of multipart uploads, built once (see :func:`_boto3_s3`)."""
+        with self._boto3_lock:
+            if self._boto3 is None:
+                self._boto3 = _boto3_s3(self.options)
+            return self._boto3
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; returns False if it was already gone (deleting is idempotent)."""
@@ -280,7 +446,11 @@ class ObjectStorage(Storage):
         return True
 
     def close(self) -> None:
-        """Remove the local scratch directory (files staged and not published are dropped)."""
+        """Remove the local scratch directory (files staged and not published are dropped); close boto3's client."""
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
+        with self._boto3_lock:
+            client, self._boto3 = self._boto3, None
+        if client is not None:
+            client.close()
