@@ -2,6 +2,8 @@
 
 Only ``python -m lake migrate`` (:mod:`lake.migrate`) uses this module: it turns the live set of a
 lake without ``_delta_log`` into the table's first commits. Nothing else reads a lake this way any more.
+It reads through :class:`~lake.storage.Storage` alone (listings and footers), so the same rule applies
+to a lake of the previous layout on a local disk and to one copied, key for key, into a bucket.
 
 Rule: all files in ``landing/`` and ``compacted/``, minus every file named in the
 ``badge.sources`` of any file in ``compacted/``. Computed from the files' footers alone; at every
@@ -26,7 +28,7 @@ from typing import Final
 
 from lake import layout
 from lake.snapshot import FileSet
-from lake.storage import FileInfo, LocalStorage
+from lake.storage import FileInfo, Storage
 from utils.errors import CorruptFileError, LakeError
 
 log = logging.getLogger(__name__)
@@ -80,10 +82,11 @@ class Footer:
     rows: int | None  # badge.row_count if it is a number, else the footer's row count; None if unreadable
 
 
-def read_footer(storage: LocalStorage, info: FileInfo) -> Footer:
+def read_footer(storage: Storage, info: FileInfo) -> Footer:
     """Read what :class:`Footer` keeps of ``info`` from storage; raises FileNotFoundError if it is gone.
 
-    An unreadable or foreign file gives a Footer holding the error, never an exception.
+    An unreadable or foreign file gives a Footer holding the error, never an exception; a read that
+    failed (the OS, or a request to the store) raises LakeError: it says nothing about the file.
     """
     try:
         meta = storage.read_metadata(info.key)
@@ -120,7 +123,7 @@ class MetadataCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def footer(self, storage: LocalStorage, info: FileInfo) -> tuple[Footer, bool]:
+    def footer(self, storage: Storage, info: FileInfo) -> tuple[Footer, bool]:
         """The footer of ``info`` and whether it was read from storage now (False: from the cache).
 
         Raises FileNotFoundError if the file is gone (not cached: a new file may take its key).
@@ -137,7 +140,7 @@ class MetadataCache:
                 self._entries.popitem(last=False)
         return hit, True
 
-    def get(self, storage: LocalStorage, info: FileInfo) -> DataFile:
+    def get(self, storage: Storage, info: FileInfo) -> DataFile:
         """The badge metadata of ``info``; raises CorruptFileError if it has none, FileNotFoundError if gone."""
         badge = self.footer(storage, info)[0].badge
         if isinstance(badge, CorruptFileError):
@@ -153,9 +156,9 @@ FOOTER_CACHE = MetadataCache()
 class LiveSet(FileSet[DataFile]):
     """What a reader of the previous layout saw at one instant."""
 
-    storage: LocalStorage
+    storage: Storage
     files: tuple[DataFile, ...]  # sorted by first event id
-    replaced: tuple[DataFile, ...]  # still on disk, hidden by a compacted file naming them
+    replaced: tuple[DataFile, ...]  # still in storage, hidden by a compacted file naming them
     invalid: tuple[str, ...]  # keys of unreadable or foreign files, left out
 
     @property
@@ -165,7 +168,7 @@ class LiveSet(FileSet[DataFile]):
         return 0 if top is None else top + 1
 
 
-def _read_zone(storage: LocalStorage, zone: str, cache: MetadataCache) -> tuple[list[DataFile], list[str]]:
+def _read_zone(storage: Storage, zone: str, cache: MetadataCache) -> tuple[list[DataFile], list[str]]:
     good: list[DataFile] = []
     bad: list[str] = []
     for info in storage.list_files(zone):
@@ -177,7 +180,7 @@ def _read_zone(storage: LocalStorage, zone: str, cache: MetadataCache) -> tuple[
     return good, bad
 
 
-def live_set(storage: LocalStorage, cache: MetadataCache | None = None) -> LiveSet:
+def live_set(storage: Storage, cache: MetadataCache | None = None) -> LiveSet:
     """The files every query must read, computed by the contract's rule.
 
     An empty or missing lake gives an empty live set, never an error.
@@ -199,7 +202,7 @@ def live_set(storage: LocalStorage, cache: MetadataCache | None = None) -> LiveS
     raise LakeError("the lake kept changing while its live set was listed")
 
 
-def pipeline_quarantine_files(storage: LocalStorage) -> list[FileInfo]:
+def pipeline_quarantine_files(storage: Storage) -> list[FileInfo]:
     """The previous pipeline's refused-record files in ``quarantine/`` (``quarantine-*.parquet``), sorted by key.
 
     A file with a ``<name>.reason.json`` beside it was moved there as foreign or corrupt, whatever its

@@ -1,12 +1,14 @@
 """``python -m lake stats|verify|migrate [--json]``: look into a lake, prove it whole, or migrate it.
 
-``stats`` and ``verify`` read the lake's Delta table (see :mod:`lake.audit`) wherever ``DATA_LAKE_PATH``
-puts it: a local directory or ``s3://bucket/prefix``. ``verify`` exits 0 only if the lake is whole, 1
-otherwise (a file that could not be read is a failure too, reported as an I/O failure or as damage,
-whichever it is). ``migrate`` turns a lake in the previous layout into its tables in place
-(:func:`lake.migrate.migrate`); on a lake in the previous layout ``stats`` and ``verify`` exit 2 with the
-one line saying to run it. The previous layout only ever existed on a local disk, so on an ``s3://``
-lake ``migrate`` exits 2 at once, with one line saying there is nothing to migrate there.
+All three run wherever ``DATA_LAKE_PATH`` puts the lake: a local directory or ``s3://bucket/prefix``.
+``stats`` and ``verify`` read the lake's Delta table (see :mod:`lake.audit`). ``verify`` exits 0 only if the
+lake is whole, 1 otherwise (a file that could not be read is a failure too, reported as an I/O failure or
+as damage, whichever it is). ``migrate`` turns a lake in the previous layout (data files without a
+``_delta_log/``, on a local disk or copied key for key into a bucket) into its tables in place
+(:func:`lake.migrate.migrate`) and exits 0, also when the lake is migrated already; it exits 3 while
+another process holds the lake (a pipeline or compactor lock on a local disk, the compactor's lease on
+object storage). On a lake in the previous layout ``stats`` and ``verify`` exit 2 with the one line saying
+to run it.
 """
 
 from __future__ import annotations
@@ -19,17 +21,10 @@ from typing import Any
 from lake.audit import stats, verify
 from lake.location import is_object_store, open_storage
 from lake.objectstore import ObjectStorage
-from lake.storage import LOG_DIR, LocalStorage, Storage
+from lake.storage import Storage
 from processes.cli import EXIT_ERROR, EXIT_OK, run_main
 from utils.config import Settings, get_settings
-from utils.errors import ConfigError, LakeError, UnmigratedLakeError, one_line
-
-# Why ``migrate`` has nothing to do on object storage (the one line it exits with there).
-NOTHING_TO_MIGRATE = (
-    "a local directory: `python -m lake migrate` converts a lake of the previous layout (data files without "
-    f"a {LOG_DIR}/), which only ever existed on a local disk; the platform has only ever written lakes on "
-    "object storage as Delta tables, so there is nothing to migrate there"
-)
+from utils.errors import LakeError, one_line
 
 
 def _human_bytes(n: int) -> str:
@@ -82,7 +77,7 @@ def _print_verify(report: dict[str, Any]) -> None:
         print(f"  note: {note}")
 
 
-def _migrate(storage: LocalStorage, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+def _migrate(storage: Storage, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     # Imported here: only this command needs the previous layout's reader.
     from lake.migrate import legacy_identity, migrate
 
@@ -118,20 +113,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         settings = get_settings()
-        if args.command == "migrate":
-            if is_object_store(settings.data_lake_path):  # refused before any request to the store
-                raise ConfigError("DATA_LAKE_PATH", settings.data_lake_path, NOTHING_TO_MIGRATE)
-            local = LocalStorage(settings.local_lake_path("python -m lake migrate"))
-            result = _migrate(local, settings, args)
-            print(json.dumps(result, indent=2, default=str) if args.json else result["message"])
-            return EXIT_OK
         storage = open_storage(settings.data_lake_path)
         try:
+            if args.command == "migrate":
+                result = _migrate(storage, settings, args)
+                print(json.dumps(result, indent=2, default=str) if args.json else result["message"])
+                return EXIT_OK
             return _inspect(storage, settings, args)
-        except UnmigratedLakeError as exc:
-            if isinstance(storage, LocalStorage):
-                raise
-            raise UnmigratedLakeError(_not_a_table(storage)) from exc
         except LakeError as exc:
             if type(exc) is not LakeError:
                 raise
@@ -158,15 +146,6 @@ def _inspect(storage: Storage, settings: Settings, args: argparse.Namespace) -> 
     else:
         _print_verify(report.as_dict())
     return EXIT_OK if report.ok else EXIT_ERROR
-
-
-def _not_a_table(storage: Storage) -> str:
-    """Why a lake on object storage with data files and no log is refused (``migrate`` does not run there)."""
-    return (
-        f"the lake at {storage.location} holds data files but no {LOG_DIR}/, so it is not a Delta table; the "
-        "previous layout never existed on object storage and `python -m lake migrate` does not run there: if "
-        "these files were copied from a local lake of the previous layout, migrate that lake on its disk first"
-    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ records on a local disk: ``stats`` gives the same figures on both, ``verify`` pa
 that damages the lake does it to its own copy (every object copied under a new prefix: the table's paths
 are relative). Damage is done with boto3, beside the platform's code: an object the table lists deleted,
 an object's bytes replaced by garbage, its GETs failing, the endpoint gone. ``verify`` must name the file
-and tell a failed request (an I/O failure) from damage it has proven.
+and tell a failed request (an I/O failure) from damage it has proven. Data files without a log in the bucket
+send the user to ``migrate``, which makes them a table (the migration itself: ``tests/test_migrate_s3.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from lake.lease import LEASE_KEY, Lease
 from lake.objectstore import ObjectStorage
 from lake.parquet import write_file
 from lake.storage import LocalStorage
-from lake.table import quarantine_files, read_snapshot
+from lake.table import LOG_DIR, quarantine_files, read_snapshot
 from processes import compactor
 from processes.pipeline import RunOptions, run
 from testkit.fake_source import FakeSource
@@ -285,30 +286,46 @@ def test_files_past_the_grace_period_name_the_lease_holder_or_its_absence(lakes:
     storage.close()
 
 
-# -- migrate, and a lake that is not a table -------------------------------------------------------------
+# -- migrate: a lake that is not a table yet ------------------------------------------------------------
 
 
-def test_migrate_refuses_an_s3_lake_in_one_line_without_a_request() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env |= {"DATA_LAKE_PATH": "s3://badge-lake/lake", "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "1"}
-    started = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "-m", "lake", "migrate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 2 and out.stdout == ""
-    (line,) = out.stderr.strip().splitlines()
-    assert "DATA_LAKE_PATH='s3://badge-lake/lake'" in line and "python -m lake migrate" in line
-    assert "object storage" in line and "nothing to migrate there" in line
-    assert time.monotonic() - started < 30  # no request to the (closed) endpoint was waited for
-    assert not (ROOT / "s3:").exists()
-
-
-def test_data_files_without_a_log_on_s3_are_refused_without_sending_the_user_to_migrate(s3_lake: S3Lake) -> None:
+def test_data_files_without_a_log_on_s3_send_the_user_to_migrate_which_makes_them_a_table(s3_lake: S3Lake) -> None:
     storage = ObjectStorage(s3_lake.url, s3_lake.env)
-    write_file(storage, lake_table(0, 10), layout.LANDING, "landing")  # a file, and no _delta_log/
+    written = write_file(storage, lake_table(0, 10), layout.LANDING, "landing")  # a file, and no _delta_log/
     for command in ("stats", "verify"):
         out = _cli(s3_lake.url, s3_lake, command)
         assert out.returncode == 2, (command, out.stdout, out.stderr)
         (line,) = out.stderr.strip().splitlines()
-        assert "not a Delta table" in line and "does not run there" in line and s3_lake.url in line
+        assert "not a Delta table" in line and "python -m lake migrate" in line and s3_lake.url in line
+    assert s3_lake.keys(LOG_DIR) == []
+
+    migrated = _cli(s3_lake.url, s3_lake, "migrate", "--json", "--stream-start", "2025-03-03T00:00:00Z")
+    assert migrated.returncode == 0, migrated.stderr
+    report = _json(migrated)
+    assert report["migrated"] is True and report["lake"] == s3_lake.url
+    assert report["rows"] == 10 and report["committed_event_id"] == 9
+    assert s3_lake.keys(LOG_DIR) == [f"{LOG_DIR}/{0:020d}.json"]  # one commit: the table, whole
+    assert read_snapshot(storage).keys == [written.key]
+    verified = _cli(s3_lake.url, s3_lake, "verify", "--json")
+    assert verified.returncode == 0 and _json(verified)["table_rows"] == 10, verified.stdout + verified.stderr
+    again = _cli(s3_lake.url, s3_lake, "migrate", "--stream-start", "2025-03-03T00:00:00Z")
+    assert again.returncode == 0 and again.stdout.startswith("already migrated"), again.stderr
     storage.close()
+
+
+def test_migrate_on_an_s3_lake_whose_store_does_not_answer_fails_in_one_line() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env |= {"DATA_LAKE_PATH": "s3://badge-lake/lake", "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "1"}
+    env |= {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "lake", "migrate", "--stream-start", "2025-03-03T00:00:00Z"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 1 and out.stdout == ""
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "s3://badge-lake/lake" in line and "damage" not in line
+    assert not (ROOT / "s3:").exists()

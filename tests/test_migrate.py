@@ -131,12 +131,14 @@ def test_statistics_come_from_the_rows_and_the_table_is_the_one_the_pipeline_wou
         assert actions["min.event_id"][i] == expected.event_id_min
         assert actions["max.event_id"][i] == expected.event_id_max
         assert actions["max.badge_out_timestamp"][i] == expected.maximum["badge_out_timestamp"]
-    fresh = LakeTable.open_or_create(LocalStorage(tmp_path / "fresh"), IDENTITY)
+    # The previous layout's files span dates: the migrated table is the unpartitioned shape.
+    fresh = LakeTable.open_or_create(LocalStorage(tmp_path / "fresh"), IDENTITY, partitioned=False)
     migrated = DeltaTable(str(storage.root))
     created = DeltaTable(str(fresh.root))
     assert migrated.metadata().configuration == created.metadata().configuration
     assert migrated.protocol() == created.protocol()
     assert migrated.schema() == created.schema()
+    assert migrated.metadata().partition_columns == [] and not table.partitioned
     quarantine = QuarantineTable.open(storage)
     created_quarantine = QuarantineTable.open(LocalStorage(tmp_path / "fresh"), create=True)
     assert quarantine is not None and created_quarantine is not None
