@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
@@ -29,7 +27,7 @@ from lake.writer import BufferedWriter, FlushThresholds, write_landing
 from processes import compactor as compactor_process
 from processes.pipeline import RunOptions, run
 from testkit.fake_source import FakeSource
-from testkit.processes import ROOT, free_port, make_settings
+from testkit.processes import free_port, make_settings
 from testkit.records import TEST_IDENTITY, make_records
 from testkit.s3 import S3Lake, SerializedMotoServer, aws_environment, s3_client, s3_lake
 from utils.errors import ConfigError, FencedError
@@ -122,25 +120,6 @@ def test_the_service_remembers_its_stream_start_in_the_bucket(s3_lake: S3Lake) -
 def test_the_storage_of_an_s3_lake_is_object_storage(s3_lake: S3Lake) -> None:
     storage = open_storage(s3_lake.url)
     assert isinstance(storage, ObjectStorage) and storage.location == s3_lake.url
-
-
-@pytest.mark.parametrize(
-    ("command", "role"),
-    [
-        (["-m", "lake", "migrate"], "python -m lake migrate"),
-        (["-m", "processes.clean", "--yes"], "make clean"),
-    ],
-)
-def test_roles_that_do_not_run_on_s3_yet_say_so_in_one_line(command: list[str], role: str) -> None:
-    env = {**os.environ, "DATA_LAKE_PATH": "s3://badge-lake/lake", "EMPLOYEE_BADGE_LOGS_URL": "http://127.0.0.1:9/x/"}
-    out = subprocess.run(
-        [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "DATA_LAKE_PATH='s3://badge-lake/lake'" in lines[0] and role in lines[0], lines
-    assert "object storage" in lines[0]
-    assert not (ROOT / "s3:").exists()
 
 
 def test_a_lake_url_of_another_scheme_is_refused() -> None:
