@@ -1,15 +1,20 @@
 """Response bodies: the records as a JSON array or an Arrow IPC stream, built without a loop per record.
 
 Guarantee: the same records give the same bytes; JSON carries every contract field in contract order with
-timestamps as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (UTC, always six fractional digits).
+timestamps as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (UTC, always six fractional digits). Record version 2
+(``version=2``) is the version-1 body with one more field after ``access_granted``: ``"door_id":"…"``,
+or ``"door_id":null`` where access was not granted, in JSON; a nullable dictionary-encoded ``door_id``
+column in Arrow. Version 1 (the default) is byte for byte what it was before versions existed.
 
 Why it is fast (docs/measurements.md: row dicts + orjson reach ~0.35 M rec/s, the original 27,600 rec/s): a record is
 ``{"event_id":<id>`` + a cached fragment per (employee, building) with user_id, dept and building +
 one fixed-width block holding both timestamps + ``true},``/``false},``. Timestamps are written into a
 numpy structured array from lookup tables (date per distinct day, ``HH:MM:SS`` per second of the day,
 three digits per millisecond and per microsecond), and Arrow's ``binary_join_element_wise`` concatenates
-the four pieces of every record in one C++ pass. The Arrow stream dictionary-encodes the three repeated
-strings (user_id, dept, building_location): 3.0 MB instead of 8.5 MB per 100,000 records.
+the four pieces of every record in one C++ pass (version 2 only swaps the last piece for one that also
+holds the door, ``true,"door_id":"Sonic-D03"},``: one per door, granted flag and "is last"). The Arrow
+stream dictionary-encodes the three repeated strings (user_id, dept, building_location): 3.0 MB instead
+of 8.5 MB per 100,000 records.
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from api.generators import Columns, Population
-from utils.records import BUILDINGS, DEPARTMENTS, RECORD_SCHEMA
+from utils.records import (
+    BUILDINGS,
+    DEFAULT_RECORD_VERSION,
+    DEPARTMENTS,
+    DOOR_ID,
+    DOOR_IDS,
+    RECORD_SCHEMA,
+    record_schema,
+)
 
 US_PER_DAY: Final = 86_400_000_000
 _EPOCH_DATE: Final = date(1970, 1, 1)
@@ -59,6 +72,24 @@ ARROW_WIRE_SCHEMA: Final = pa.schema(
         for f in RECORD_SCHEMA
     ]
 )
+
+
+# Version 2: the door as a dictionary over every door (36 fit int8), null where access was not granted.
+ARROW_WIRE_SCHEMA_V2: Final = ARROW_WIRE_SCHEMA.append(pa.field(DOOR_ID, pa.dictionary(pa.int8(), pa.string())))
+_DOORS: Final = pa.array(DOOR_IDS, pa.string())
+
+
+@lru_cache(maxsize=1)
+def _v2_tails() -> pa.StringArray:
+    """A record's last piece in version 2, at ``door + (len(DOOR_IDS) + 1) * (granted + 2 * is_last)``.
+
+    ``door`` is the index into DOOR_IDS, or ``len(DOOR_IDS)`` for a null door.
+    """
+    doors = [orjson.dumps(d).decode() for d in DOOR_IDS] + ["null"]
+    return pa.array(
+        [f'{granted},"door_id":{door}{end}' for end in ("},", "}]") for granted in ("false", "true") for door in doors],
+        pa.string(),
+    )
 
 
 @lru_cache(maxsize=1)
@@ -102,8 +133,12 @@ def _write_stamps(out: npt.NDArray[np.void], prefix: str, us: npt.NDArray[np.int
     out[f"{prefix}_us"] = micros[fraction - ms * 1000]
 
 
-def encode_json(columns: Columns) -> memoryview:
-    """The records as a compact JSON array in contract field order (``[]`` when there are none); zero-copy view."""
+def encode_json(columns: Columns, version: int = DEFAULT_RECORD_VERSION) -> memoryview:
+    """The records as a compact JSON array in contract field order (``[]`` when there are none); zero-copy view.
+
+    ``version=2`` adds ``door_id`` after ``access_granted`` (``null`` where access was not granted).
+    """
+    record_schema(version)  # ValueError for a version there is not
     n = len(columns)
     if n == 0:
         return memoryview(b"[]")
@@ -120,20 +155,31 @@ def encode_json(columns: Columns) -> memoryview:
     # The first record opens the array and the last closes it, so the joined records are the body as is.
     first = np.zeros(n, dtype=np.int8)
     first[0] = 1
-    last = columns.granted.astype(np.int8)
-    last[-1] += 2
     heads = _HEADS.take(pa.array(first))
-    tails = _TAILS.take(pa.array(last))
+    if version == 1:
+        last = columns.granted.astype(np.int8)
+        last[-1] += 2
+        tails = _TAILS.take(pa.array(last))
+    else:
+        doors = len(DOOR_IDS) + 1
+        index = np.where(columns.door < 0, doors - 1, columns.door).astype(np.int32)
+        index += doors * columns.granted.astype(np.int32)
+        index[-1] += 2 * doors
+        tails = _v2_tails().take(pa.array(index))
     records = pc.binary_join_element_wise(heads, ids, people, fixed, tails, "")
     offsets_out = np.frombuffer(records.buffers()[1], np.int32, n + 1, records.offset * 4)
     begin, end = int(offsets_out[0]), int(offsets_out[-1])
     return memoryview(records.buffers()[2])[begin:end]
 
 
-def wire_table(columns: Columns) -> pa.Table:
-    """The records with user_id, dept and building_location dictionary-encoded (ARROW_WIRE_SCHEMA)."""
+def wire_table(columns: Columns, version: int = DEFAULT_RECORD_VERSION) -> pa.Table:
+    """The records with user_id, dept and building_location dictionary-encoded (ARROW_WIRE_SCHEMA).
+
+    ``version=2``: ARROW_WIRE_SCHEMA_V2, the same columns plus ``door_id`` (dictionary-encoded, nullable).
+    """
+    record_schema(version)  # ValueError for a version there is not
     people = columns.population
-    return pa.Table.from_arrays(
+    table = pa.Table.from_arrays(
         [
             pa.array(columns.event_id, pa.int64()),
             pa.DictionaryArray.from_arrays(pa.array(columns.employee, pa.int16()), people.user_ids),
@@ -147,11 +193,16 @@ def wire_table(columns: Columns) -> pa.Table:
         ],
         schema=ARROW_WIRE_SCHEMA,
     )
+    if version == 1:
+        return table
+    codes = columns.door
+    doors = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8(), mask=codes < 0), _DOORS)
+    return table.append_column(ARROW_WIRE_SCHEMA_V2.field(DOOR_ID), doors)
 
 
-def encode_arrow(columns: Columns) -> memoryview:
-    """The records as an Arrow IPC stream (ARROW_WIRE_SCHEMA: repeated strings dictionary-encoded)."""
-    return encode_arrow_table(wire_table(columns))
+def encode_arrow(columns: Columns, version: int = DEFAULT_RECORD_VERSION) -> memoryview:
+    """The records as an Arrow IPC stream (ARROW_WIRE_SCHEMA, or ARROW_WIRE_SCHEMA_V2 for ``version=2``)."""
+    return encode_arrow_table(wire_table(columns, version))
 
 
 def encode_arrow_table(table: pa.Table) -> memoryview:

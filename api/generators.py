@@ -42,6 +42,12 @@ per record from ``np.random.default_rng([seed, b])`` (employee and building from
 and offset from the second) and a request slices the blocks it touches. Event ids stop at
 ``MAX_EVENTS - 1`` (a trillion events).
 
+*Record versions.* Version 1 is RECORD_SCHEMA; version 2 (``version=2`` on the columns' ``to_table``,
+:func:`generate_table` and :meth:`BadgeStream.read`) is the same record plus ``door_id``, the reader
+the badge was presented to: a door of the event's building (``utils.records.DOOR_IDS``, uniform over
+the building's ``DOORS_PER_BUILDING``) drawn from a hash of (seed, event id) alone, so it never changes
+the version-1 values and is the same however a range is split; null when access was not granted.
+
 At this request rate nobody is modelled as being in one place at a time: sessions of one employee may
 overlap. The shape and proportions are what the dashboard looks at, not individual itineraries.
 """
@@ -58,7 +64,17 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from utils.records import BUILDINGS, DEPARTMENT_WEIGHTS, DEPARTMENTS, RECORD_SCHEMA
+from utils.records import (
+    BUILDINGS,
+    DEFAULT_RECORD_VERSION,
+    DEPARTMENT_WEIGHTS,
+    DEPARTMENTS,
+    DOOR_ID,
+    DOOR_IDS,
+    DOORS_PER_BUILDING,
+    RECORD_SCHEMA,
+    record_schema,
+)
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -81,6 +97,7 @@ GUIDE_SIZE: Final = 256  # guide-table buckets per row for inverse-CDF sampling
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 ANCHOR_US: Final = 4 * 86_400 * US_PER_S  # 1970-01-05 00:00 UTC, a Monday: weeks start here
 POPULATION_KEY: Final = 0xB4D6E  # spawn key that separates the population's randomness from the blocks'
+DOOR_KEY: Final = 0xD0025EED  # mixed with the seed: the door draws differ from, but follow, GENERATOR_SEED
 
 _U32: Final = np.uint64(0xFFFFFFFF)
 _SHIFT: Final = np.uint64(32)
@@ -89,6 +106,12 @@ _LOW16: Final = np.uint64(0xFFFF)
 _AWAY_16: Final = np.uint64(round((1 - HOME_SHARE) * 2**16))
 # _ROTATE[home * 4 + step]: the building ``step`` places after ``home`` (step 0 = home itself).
 _ROTATE: Final = (np.arange(len(BUILDINGS))[:, None] + np.arange(len(BUILDINGS))[None, :]).ravel() % len(BUILDINGS)
+# Per building (BUILDINGS' order): how many doors it has, and where its doors start in DOOR_IDS.
+_DOOR_COUNTS: Final = np.array([DOORS_PER_BUILDING[b] for b in BUILDINGS], dtype=np.uint64)
+_DOOR_FIRST: Final = np.concatenate([[0], np.cumsum(_DOOR_COUNTS)[:-1]]).astype(np.int16)
+_MIX1: Final = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2: Final = np.uint64(0x94D049BB133111EB)
+_GOLDEN: Final = np.uint64(0x9E3779B97F4A7C15)
 
 
 def to_us(moment: datetime) -> int:
@@ -96,6 +119,33 @@ def to_us(moment: datetime) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def _splitmix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """SplitMix64's finalizer per element: a fixed, well-mixed bijection of 64-bit words (wraps, no warnings)."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return np.asarray(z ^ (z >> np.uint64(31)), dtype=np.uint64)
+
+
+def door_codes(seed: int, event_id: I64, building: npt.NDArray[np.intp], granted: BOOL) -> npt.NDArray[np.int16]:
+    """Per record, its door as an index into ``utils.records.DOOR_IDS``; -1 where access was not granted.
+
+    A door of the record's building, uniform over its DOORS_PER_BUILDING, from a hash of (seed, event id)
+    alone: the same event always gets the same door, and no draw of the version-1 fields is touched.
+    """
+    key = _splitmix64(np.array([seed ^ DOOR_KEY], dtype=np.uint64))
+    words = _splitmix64(event_id.astype(np.uint64) ^ key)
+    counts = _DOOR_COUNTS[building]
+    within = ((words >> _SHIFT) * counts) >> _SHIFT  # < counts: multiply-shift, no modulo bias to speak of
+    codes = _DOOR_FIRST[building] + within.astype(np.int16)
+    codes[~granted] = -1
+    return np.asarray(codes, dtype=np.int16)
+
+
+def _check_version(version: int) -> None:
+    record_schema(version)  # ValueError naming the versions there are
 
 
 def _bump(hours: F64, centre: float, width: float) -> F64:
@@ -271,7 +321,8 @@ def population(seed: int) -> Population:
 class Columns:
     """A contiguous run of records as numpy columns (indices instead of strings), plus its population.
 
-    ``to_table()`` gives the RECORD_SCHEMA table; the service encodes JSON and Arrow from these directly.
+    ``to_table()`` gives the RECORD_SCHEMA table (``to_table(2)``: RECORD_V2_SCHEMA, with ``door_id``);
+    the service encodes JSON and Arrow from these directly.
     """
 
     event_id: I64
@@ -285,11 +336,22 @@ class Columns:
     def __len__(self) -> int:
         return int(self.event_id.shape[0])
 
-    def to_table(self) -> pa.Table:
-        """The records as a RECORD_SCHEMA table (plain strings)."""
+    @cached_property
+    def door(self) -> npt.NDArray[np.int16]:
+        """Each record's door (version 2) as an index into DOOR_IDS, -1 where access was not granted."""
+        return door_codes(self.population.seed, self.event_id, self.building, self.granted)
+
+    def door_ids(self) -> pa.StringArray:
+        """Each record's ``door_id`` (version 2): plain strings, null where access was not granted."""
+        codes = self.door
+        return pa.array(DOOR_IDS, pa.string()).take(pa.array(codes, pa.int16(), mask=codes < 0))
+
+    def to_table(self, version: int = DEFAULT_RECORD_VERSION) -> pa.Table:
+        """The records as a table of record ``version``: RECORD_SCHEMA (1) or RECORD_V2_SCHEMA (2), plain strings."""
+        _check_version(version)
         employee = pa.array(self.employee, pa.int32())
         buildings = pa.array(BUILDINGS, pa.string())
-        return pa.Table.from_arrays(
+        table = pa.Table.from_arrays(
             [
                 pa.array(self.event_id, pa.int64()),
                 self.population.user_ids.take(employee),
@@ -301,6 +363,9 @@ class Columns:
             ],
             schema=RECORD_SCHEMA,
         )
+        if version == 1:
+            return table
+        return table.append_column(record_schema(version).field(DOOR_ID), self.door_ids())
 
 
 def _block_words(seed: int, start: int, count: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
@@ -399,15 +464,23 @@ def _generate(seed: int, start: int, count: int, timeline: Timeline) -> Columns:
     )
 
 
-def generate_table(seed: int, start: int, count: int, *, stream_start: datetime, events_per_second: float) -> pa.Table:
-    """Records with ``event_id`` start..start+count-1 as a RECORD_SCHEMA table.
+def generate_table(
+    seed: int,
+    start: int,
+    count: int,
+    *,
+    stream_start: datetime,
+    events_per_second: float,
+    version: int = DEFAULT_RECORD_VERSION,
+) -> pa.Table:
+    """Records with ``event_id`` start..start+count-1 as a RECORD_SCHEMA table (``version=2``: RECORD_V2_SCHEMA).
 
     Pure and vectorized: byte-identical however the range is split into calls. ``events_per_second``
     0 means the firehose (timestamps at NOMINAL_EVENTS_PER_SECOND); it does not limit what is returned.
     """
     return generate_columns(
         seed, start, count, stream_start=stream_start, events_per_second=events_per_second
-    ).to_table()
+    ).to_table(version)
 
 
 class BadgeStream:
@@ -444,6 +517,6 @@ class BadgeStream:
         """Events start..start+count-1 whether or not they exist yet (the caller checked ``available``)."""
         return _generate(self.seed, start, count, self.timeline)
 
-    def read(self, cursor: int, batch: int, now: datetime) -> pa.Table:
-        """Like :meth:`read_columns`, as a RECORD_SCHEMA table."""
-        return self.read_columns(cursor, batch, now).to_table()
+    def read(self, cursor: int, batch: int, now: datetime, version: int = DEFAULT_RECORD_VERSION) -> pa.Table:
+        """Like :meth:`read_columns`, as a table of record ``version`` (RECORD_SCHEMA by default)."""
+        return self.read_columns(cursor, batch, now).to_table(version)

@@ -1,7 +1,10 @@
 """The generator service: ``GET /employee-badge-logs/``, ``GET /health/`` and ``GET /`` (README, "HTTP").
 
 ``GET /`` reports the stream's ``identity`` (seed, the timeline's events per second, stream start,
-schema version): the pipeline reads it and refuses to append another stream to a lake's table.
+schema version): the pipeline reads it and refuses to append another stream to a lake's table. It also
+reports ``record_version``, the record version sent by default (``RECORD_VERSION``), and
+``record_versions``, those a request may ask for with ``version``: 1 is RECORD_SCHEMA, 2 adds
+``door_id`` (utils.records). Either version of a cursor carries the same stream (v2 = v1 + door_id).
 
 Guarantee: the same seed and cursor give the same records, byte for byte, in either format; a live
 request never returns an event whose time has not come; deliberate faults never change what a cursor
@@ -45,7 +48,7 @@ from utils.protocol import (
     NEXT_CURSOR_HEADER,
     prefers_arrow,
 )
-from utils.records import BUILDINGS, DEPARTMENTS
+from utils.records import BUILDINGS, DEPARTMENTS, DOOR_ID, RECORD_VERSIONS
 
 log = logging.getLogger("api")
 
@@ -64,6 +67,14 @@ class Record(BaseModel):
     badge_in_timestamp: datetime = Field(description="ISO-8601 UTC, e.g. 2025-03-03T08:41:07.123456Z")
     badge_out_timestamp: datetime = Field(description="ISO-8601 UTC, >= badge_in; equal for a denied attempt")
     access_granted: bool
+
+
+class RecordV2(Record):
+    """One badge event of record version 2 as JSON: version 1's fields plus ``door_id``."""
+
+    door_id: str | None = Field(
+        description="the reader the badge was presented to, '<building>-D<nn>'; null when access was not granted"
+    )
 
 
 class Detail(BaseModel):
@@ -108,10 +119,14 @@ class Service:
                 self._position = window.next_cursor
         return window
 
-    def body(self, window: Window, arrow: bool) -> memoryview:
-        """The encoded records of ``window`` (CPU-bound: run it off the event loop)."""
+    def body(self, window: Window, arrow: bool, version: int | None = None) -> memoryview:
+        """The encoded records of ``window`` in record ``version`` (None: RECORD_VERSION).
+
+        CPU-bound: run it off the event loop.
+        """
         columns = self.stream.columns(window.start, window.count)
-        return encode_arrow(columns) if arrow else encode_json(columns)
+        version = self.settings.record_version if version is None else version
+        return encode_arrow(columns, version) if arrow else encode_json(columns, version)
 
     def identity(self) -> dict[str, Any]:
         """What makes record ``k`` what it is (lake.identity.StreamIdentity's fields).
@@ -163,12 +178,13 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
 RECORDS_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     200: {
         "description": "The records: a JSON array by default, an Arrow IPC stream for "
-        f"`Accept: {ARROW_MEDIA_TYPE}` (user_id, dept and building_location dictionary-encoded).",
-        "model": list[Record],
+        f"`Accept: {ARROW_MEDIA_TYPE}` (user_id, dept and building_location dictionary-encoded). "
+        f"Record version 2 adds `{DOOR_ID}` (null where access was not granted; dictionary-encoded in Arrow).",
+        "model": list[Record] | list[RecordV2],
         "content": {ARROW_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
         "headers": {NEXT_CURSOR_HEADER: {"description": "the cursor to ask for next", "schema": {"type": "integer"}}},
     },
-    400: {"description": "batch or cursor out of range; `detail` names the limit", "model": Detail},
+    400: {"description": "batch, cursor or version out of range; `detail` names the limit", "model": Detail},
     500: {"description": "deliberate fault (API_FAULT_RATE)", "model": Detail},
     503: {
         "description": f"overloaded (more than the limit of requests with batch > {LARGE_BATCH:,} in flight) or "
@@ -205,7 +221,9 @@ def create_app(settings: Settings | None = None, *, max_large_requests: int | No
             raise
         if max_large_requests == FROM_SETTINGS:
             app.state.shedding.limit = configured(service.settings)
-        log.info("badge stream: %s", service.describe(datetime.now(UTC)))
+        log.info(
+            "badge stream: %s; record version %d", service.describe(datetime.now(UTC)), service.settings.record_version
+        )
         yield
 
     app = FastAPI(
@@ -230,6 +248,8 @@ def create_app(settings: Settings | None = None, *, max_large_requests: int | No
             "endpoints": ["/employee-badge-logs/?batch=N&cursor=C", "/health/", "/docs"],
             "stream": service.describe(datetime.now(UTC)),
             "identity": service.identity(),
+            "record_version": service.settings.record_version,
+            "record_versions": list(RECORD_VERSIONS),
         }
 
     @app.get("/health/", summary="Liveness")
@@ -258,11 +278,20 @@ def create_app(settings: Settings | None = None, *, max_large_requests: int | No
                 json_schema_extra={"minimum": 0, "maximum": MAX_EVENTS},
             ),
         ] = None,
+        version: Annotated[
+            int | None,
+            Query(
+                description="record version: 1, or 2 (adds door_id); omitted: the service's RECORD_VERSION",
+                json_schema_extra={"enum": list(RECORD_VERSIONS)},
+            ),
+        ] = None,
     ) -> Response:
         if not 1 <= batch <= MAX_BATCH:
             return _error(400, f"batch must be between 1 and {MAX_BATCH}")
         if cursor is not None and not 0 <= cursor <= MAX_EVENTS:
             return _error(400, f"cursor must be between 0 and {MAX_EVENTS}")
+        if version is not None and version not in RECORD_VERSIONS:
+            return _error(400, f"version must be one of {', '.join(map(str, RECORD_VERSIONS))}")
         service = holder.get()
         fault = service.faults.draw()
         if fault is not None:
@@ -277,7 +306,7 @@ def create_app(settings: Settings | None = None, *, max_large_requests: int | No
                 return _error(503, "deliberate fault: too slow")
         arrow = prefers_arrow(request.headers.get("accept"))
         window = service.window(cursor, batch, datetime.now(UTC), claim=fault is not Fault.DROP)
-        body = await run_in_threadpool(service.body, window, arrow)
+        body = await run_in_threadpool(service.body, window, arrow, version)
         headers = {NEXT_CURSOR_HEADER: str(window.next_cursor)}
         media_type = ARROW_MEDIA_TYPE if arrow else JSON_MEDIA_TYPE
         if fault is Fault.DROP:

@@ -14,6 +14,10 @@ before retry ``n`` is the platform's :class:`~utils.retry.Backoff`, ``min(cap, b
 jitter" (uniformly between half and all of it), or the server's ``Retry-After`` (capped). Every failed
 attempt is logged. Other 4xx are never retried. One long-lived ``httpx.Client`` with explicit
 timeouts; Arrow is asked for first, JSON accepted (and used when the server answers JSON).
+
+Extra fields are kept: a field the contract (RECORD_SCHEMA) does not name, such as record version 2's
+``door_id``, comes back as a nullable column of ``table`` after the contract's, typed as the body has it
+(source.validation says how, and which records such a field refuses).
 """
 
 from __future__ import annotations
@@ -70,9 +74,12 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class FetchResult:
-    """One response's records: ``table`` (valid, exactly RECORD_SCHEMA) and ``invalid`` (QUARANTINE_SCHEMA).
+    """One response's records: ``table`` (valid) and ``invalid`` (refused, QUARANTINE_SCHEMA, with a reason).
 
-    ``cursor`` is what was asked (None: the service's own position); ``next_cursor`` what to ask next.
+    ``table`` has RECORD_SCHEMA's columns first, then every extra field the body carried, each nullable
+    and typed as source.validation says (record version 2: ``door_id``, string); a body without extra
+    fields gives exactly RECORD_SCHEMA. ``invalid`` keeps the contract's fields only. ``cursor`` is what
+    was asked (None: the service's own position); ``next_cursor`` what to ask next.
     """
 
     table: pa.Table

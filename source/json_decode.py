@@ -9,6 +9,9 @@ key order, no whitespace, strings without escapes or control characters, valid U
 null, a number where a string belongs, an escape, a truncated or garbled body, an empty array) gives
 None, and the caller decodes the body the general way. Values are not judged here (an unknown
 department or an unparseable timestamp is still text): that is the validator's job, on either path.
+The canonical form is record version 1's: a version-2 body (``door_id`` after ``access_granted``) or any
+other body with extra fields takes the general way, which keeps them (source.validation: "Extra fields
+are kept").
 
 Why: ``orjson.loads`` builds ~800,000 Python objects per 100,000 records and the columns are then
 rebuilt from them, all under the GIL (~220 ms per 100,000 records here, decode plus validation); this
@@ -50,6 +53,7 @@ SKELETON: Final[tuple[str, ...]] = (
     '},{"event_id":',
 )
 TAIL: Final = "}]"
+_LAST_KEY: Final = b'"access_granted":'
 _MAX_BODY: Final = 2**31 - 1  # int32 offsets
 _STRING_FIELDS: Final = FIELDS[1:6]  # user_id ... badge_out_timestamp, still text here
 # Each value's start and end as (quote index within the record, shift): event_id lies between
@@ -71,6 +75,8 @@ def canonical_columns(body: bytes | bytearray) -> dict[str, pa.Array] | None:
     data = np.frombuffer(body, dtype=np.uint8)
     if data[0] != ord("[") or data[-1] != ord("]") or data[-2] != ord("}"):
         return None  # cheap early outs: not an array of objects, or cut short
+    if not _first_record_ends(body):
+        return None  # a field after access_granted (record version 2): the general way, at once
     # No escapes and no control characters anywhere: strings are then their literal bytes, and the
     # only whitespace JSON allows (all below 0x20) is excluded too.
     if body.find(b"\\") >= 0 or (data < 0x20).any():
@@ -85,6 +91,18 @@ def canonical_columns(body: bytes | bytearray) -> dict[str, pa.Array] | None:
     if split is None or not _skeleton_ok(split[0], n):
         return None
     return _values(split[0], split[1], data)
+
+
+def _first_record_ends(body: bytes | bytearray) -> bool:
+    """Whether the first ``"access_granted":`` is followed by ``true}`` or ``false}``, as in the canonical form.
+
+    No canonical string holds a quote, so the first occurrence is the first record's key.
+    """
+    at = body.find(_LAST_KEY)
+    if at < 0:
+        return False
+    end = at + len(_LAST_KEY)
+    return body.startswith(b"true}", end) or body.startswith(b"false}", end)
 
 
 def _is_utf8(body: bytes | bytearray) -> bool:

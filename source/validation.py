@@ -1,10 +1,10 @@
 """Turning a response body into valid records plus refused ones, for the client.
 
-Guarantee: every record in the body ends up in exactly one of two tables - ``valid`` (exactly
-RECORD_SCHEMA, no nulls) or ``invalid`` (QUARANTINE_SCHEMA: the fields as text and a ``reason``) - and a
-malformed record never raises. A body that cannot be decoded at all (truncated, garbled) raises
-:class:`UndecodableBodyError` (transient: worth asking again); one that decodes to something other than
-records raises :class:`UnexpectedBodyError` (permanent).
+Guarantee: every record in the body ends up in exactly one of two tables - ``valid`` (RECORD_SCHEMA's
+columns, no nulls in them, followed by the body's extra fields) or ``invalid`` (QUARANTINE_SCHEMA: the
+contract's fields as text and a ``reason``) - and a malformed record never raises. A body that cannot be
+decoded at all (truncated, garbled) raises :class:`UndecodableBodyError` (transient: worth asking
+again); one that decodes to something other than records raises :class:`UnexpectedBodyError` (permanent).
 
 JSON bodies go through :func:`validate_json`: one in the service's canonical form is read column-wise
 (:mod:`source.json_decode`), any other through ``orjson`` and :func:`validate_rows`, with the same result.
@@ -16,17 +16,44 @@ field (``user_id``, ``dept``, ``building_location``) longer than 256 characters 
 timestamp outside 1970-01-01T00:00:00 .. 2200-01-01T00:00:00 (UTC, end excluded; ``TIMESTAMP_MIN``,
 ``TIMESTAMP_MAX``), a session longer than 2**31 - 1 seconds (``duration_s`` is an int32:
 ``DURATION_MAX_SECONDS``). Each refusal's reason names the field. So a valid record always fits
-LAKE_SCHEMA: :func:`utils.records.with_duration` cannot fail on it. Extra fields are ignored.
+LAKE_SCHEMA: :func:`utils.records.with_duration` cannot fail on it.
 Dictionary-encoded strings and other timestamp units or zones are accepted and normalized (timestamps
 to naive UTC microseconds); an Arrow timestamp that microseconds cannot hold is refused as invalid.
+
+Extra fields are kept. A field the contract does not name (record version 2's ``door_id``, or whatever
+a newer service adds) becomes a nullable column of ``valid`` after RECORD_SCHEMA's, in the order the body
+first names them; a body without any gives exactly RECORD_SCHEMA, as before. Refused records keep only
+the contract's fields (QUARANTINE_SCHEMA). The rules, each refusal per record with a reason naming the field:
+
+* Names. A field named like a lake column in any letter case (LAKE_SCHEMA: ``duration_s``, which the lake
+  derives, or ``EVENT_ID``), or like an earlier extra field in another case (Delta column names are
+  case-insensitive: delta-rs refuses such a schema), is not kept and refuses every record that carries
+  it, even as null; so does a name that is empty or holds one of `` ,;{}()`` newline, tab or ``=`` (not
+  a Delta column name without column mapping: Spark refuses them). An Arrow column is carried by every record.
+* Arrow bodies: each extra column as sent, except that dictionary-encoded ones are decoded, a column of
+  type null becomes string, and timestamps become naive UTC microseconds like the contract's (a value
+  microseconds cannot hold refuses its record). Nested types (struct, list, map) stay as they are.
+* JSON bodies (the general path: the canonical fast path reads the version-1 shape only) infer each extra
+  column's type from its non-null values: booleans bool, integers int64, numbers float64 (integers among
+  them widened: JSON does not tell ``1`` from ``1.0``, JavaScript writes 1.0 as ``1``), strings string,
+  objects and arrays string holding the value's compact JSON text (kept, not refused). A column whose
+  values are of more than one of those kinds (boolean, number, string, object/array) takes the kind most
+  of its records have (on a tie, the one that comes first in the body); a record whose value is of
+  another kind is refused ("mixed types in F: a string where most records have int64"). An integer
+  outside int64 in an int64 column refuses its record. A column without a non-null value is string.
+
+An extra column's type belongs to one body: the next body may give the same field another (int64 in one,
+float64 or all-null string in the next); whoever stores extra columns reconciles them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from functools import partial
+from itertools import chain
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +68,7 @@ from utils.records import (
     DEPARTMENTS,
     DURATION_MAX_SECONDS,
     FIELDS,
+    LAKE_SCHEMA,
     QUARANTINE_SCHEMA,
     RECORD_SCHEMA,
     TEXT_MAX_CHARS,
@@ -70,6 +98,13 @@ _TIME_MAX: Final = pa.scalar(TIMESTAMP_MAX, pa.timestamp("us"))
 _TIME_RANGE: Final = f"{TIMESTAMP_MIN:%Y-%m-%d}..{TIMESTAMP_MAX:%Y-%m-%d}"
 _DURATION_MAX_US: Final = (DURATION_MAX_SECONDS + 1) * 1_000_000  # floor(us / 1e6) <= MAX  <=>  us < this
 _US_PER: Final[dict[str, int]] = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 1}
+_FIELD_SET: Final = frozenset(FIELDS)
+_LAKE_COLUMNS: Final[dict[str, str]] = {name.casefold(): name for name in LAKE_SCHEMA.names}
+_NAME_FORBIDDEN: Final = frozenset(" ,;{}()\n\t=")
+# The kinds of JSON values an extra field's type is inferred from, and what each is called in a reason.
+_BOOL, _NUMBER, _STRING, _NESTED = "bool", "number", "string", "nested"
+_KIND_OF_TYPE: Final[dict[type, str]] = {bool: _BOOL, int: _NUMBER, float: _NUMBER, str: _STRING}
+_A_VALUE: Final = {_BOOL: "a boolean", _NUMBER: "a number", _STRING: "a string", _NESTED: "an object or array"}
 
 
 class UndecodableBodyError(TransientSourceError):
@@ -82,7 +117,11 @@ class UnexpectedBodyError(PermanentSourceError):
 
 @dataclass(frozen=True)
 class Validated:
-    """The records of one body, split: ``valid`` (RECORD_SCHEMA) and ``invalid`` (QUARANTINE_SCHEMA)."""
+    """The records of one body, split: ``valid`` and ``invalid`` (QUARANTINE_SCHEMA).
+
+    ``valid`` has RECORD_SCHEMA's columns first, then one nullable column per extra field the body
+    carried (none: exactly RECORD_SCHEMA).
+    """
 
     valid: pa.Table
     invalid: pa.Table
@@ -95,6 +134,26 @@ class _Column:
     values: pa.Array
     bad: BOOLS  # present but of the wrong type or unparseable
     originals: Callable[[npt.NDArray[np.intp]], list[Any]]  # the values as received, for the quarantine
+
+
+_Problem = tuple[BOOLS, str]  # the records refused for a reason, and the reason
+
+
+class _Candidate(NamedTuple):
+    """A field beyond the contract's: its name, the records that carry it, and how to build its column."""
+
+    name: Any  # a JSON key or an Arrow column name: text, unless validate_rows was handed other keys
+    carried: Callable[[], BOOLS]
+    build: Callable[[], tuple[pa.Field, pa.Array, list[_Problem]]]
+
+
+@dataclass(frozen=True)
+class _Extras:
+    """The extra fields kept (their fields and columns, in body order) and the records they refuse."""
+
+    fields: list[pa.Field]
+    columns: list[pa.Array]
+    problems: list[_Problem]
 
 
 def decode_arrow(body: bytes | bytearray) -> pa.Table:
@@ -121,7 +180,8 @@ def validate_json(body: bytes | bytearray) -> Validated:
 
     A body in the service's canonical form is read column-wise without a Python object per record
     (:func:`source.json_decode.canonical_columns`: ~2.4x less time, mostly outside the GIL); any other
-    body, including every malformed one, takes the general way and raises the same errors.
+    body, including every malformed one and every one with extra fields (record version 2: the
+    canonical form is version 1's), takes the general way and raises the same errors.
     """
     columns = canonical_columns(body)
     if columns is None:
@@ -130,26 +190,48 @@ def validate_json(body: bytes | bytearray) -> Validated:
 
 
 def validate_table(table: pa.Table) -> Validated:
-    """Split a decoded Arrow table into valid and refused records."""
+    """Split a decoded Arrow table into valid and refused records; extra columns are kept (module docstring)."""
     n = table.num_rows
+    first: dict[str, int] = {}
+    for i, name in enumerate(table.column_names):
+        first.setdefault(name, i)
     columns: dict[str, _Column] = {}
     for name in FIELDS:
-        if name in table.column_names:
-            columns[name] = _arrow_column(table.column(name).combine_chunks(), _KIND[name])
+        if name in first:
+            columns[name] = _arrow_column(table.column(first[name]).combine_chunks(), _KIND[name])
         else:
             columns[name] = _missing_column(name, n)
-    return _validate(columns, n, not_objects=None)
+
+    def everyone() -> BOOLS:
+        return np.ones(n, dtype=bool)
+
+    candidates = (
+        _Candidate(name, everyone, partial(_arrow_extra, name, table.column(i)))
+        for i, name in enumerate(table.column_names)
+        if name not in _FIELD_SET or i != first[name]  # a second column of a contract name is an extra one
+    )
+    return _validate(columns, n, not_objects=None, extras=_extras(candidates))
 
 
 def validate_rows(rows: Sequence[Any]) -> Validated:
-    """Split decoded JSON records (dicts) into valid and refused records; non-objects are refused too."""
+    """Split decoded JSON records (dicts) into valid and refused records; non-objects are refused too.
+
+    Keys beyond the contract's are kept as extra columns, typed from their values (module docstring).
+    """
     n = len(rows)
     objects = [row if isinstance(row, dict) else None for row in rows]
     not_objects = np.fromiter((row is None for row in objects), dtype=bool, count=n)
     columns = {
         name: _python_column([None if r is None else r.get(name) for r in objects], _KIND[name]) for name in FIELDS
     }
-    return _validate(columns, n, not_objects=not_objects if not_objects.any() else None)
+    # Every key of every record, in the order the body first names them (the iteration runs in C).
+    keys = dict.fromkeys(chain.from_iterable(r for r in objects if r))
+    candidates = (
+        _Candidate(key, partial(_carried, objects, key), partial(_json_extra, key, objects))
+        for key in keys
+        if key not in _FIELD_SET
+    )
+    return _validate(columns, n, not_objects=not_objects if not_objects.any() else None, extras=_extras(candidates))
 
 
 def _missing_column(name: str, n: int) -> _Column:
@@ -286,8 +368,8 @@ def _too_long(values: pa.Array) -> BOOLS:
     return _mask(pc.greater(pc.utf8_length(values), TEXT_MAX_CHARS))
 
 
-def _validate(columns: dict[str, _Column], n: int, not_objects: BOOLS | None) -> Validated:
-    problems: list[tuple[BOOLS, str]] = []
+def _validate(columns: dict[str, _Column], n: int, not_objects: BOOLS | None, extras: _Extras) -> Validated:
+    problems: list[_Problem] = []
     if not_objects is not None:
         problems.append((not_objects, NOT_AN_OBJECT))
         skip = not_objects
@@ -321,14 +403,17 @@ def _validate(columns: dict[str, _Column], n: int, not_objects: BOOLS | None) ->
         )
     )
 
+    problems.extend(extras.problems)
+
     refused = np.zeros(n, dtype=bool)
     for mask, _ in problems:
         refused |= mask
+    schema = pa.schema([*RECORD_SCHEMA, *extras.fields]) if extras.fields else RECORD_SCHEMA
+    arrays = [columns[name].values for name in FIELDS] + extras.columns
     if not refused.any():
-        valid = pa.Table.from_arrays([columns[name].values for name in FIELDS], schema=RECORD_SCHEMA)
-        return Validated(valid, QUARANTINE_SCHEMA.empty_table())
+        return Validated(pa.Table.from_arrays(arrays, schema=schema), QUARANTINE_SCHEMA.empty_table())
     keep = pa.array(~refused)
-    valid = pa.Table.from_arrays([columns[name].values.filter(keep) for name in FIELDS], schema=RECORD_SCHEMA)
+    valid = pa.Table.from_arrays([array.filter(keep) for array in arrays], schema=schema)
     return Validated(valid, _quarantine(columns, np.flatnonzero(refused), problems))
 
 
@@ -342,7 +427,7 @@ def _mask(result: pa.Array | pa.ChunkedArray) -> BOOLS:
     return np.asarray(pc.fill_null(result, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _quarantine(columns: dict[str, _Column], idx: npt.NDArray[np.intp], problems: list[tuple[BOOLS, str]]) -> pa.Table:
+def _quarantine(columns: dict[str, _Column], idx: npt.NDArray[np.intp], problems: list[_Problem]) -> pa.Table:
     reasons = ["; ".join(reason for mask, reason in problems if mask[i]) for i in idx]
     ids = columns["event_id"].values.take(pa.array(idx, pa.int64()))
     data: dict[str, pa.Array] = {"event_id": ids}
@@ -359,3 +444,136 @@ def _as_text(value: Any) -> str | None:
         moment = value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
         return moment.isoformat(timespec="microseconds") + "Z"
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# --- extra fields (the rules are in the module docstring) ---------------------------------------------
+
+
+def _extras(candidates: Iterable[_Candidate]) -> _Extras:
+    """The extra fields kept and the records refused for them, in body order."""
+    extras = _Extras([], [], [])
+    taken: dict[str, str] = {}  # casefolded name -> the extra field that holds it
+    for candidate in candidates:
+        refusal = _name_refusal(candidate.name, taken)
+        if refusal is not None:
+            extras.problems.append((candidate.carried(), refusal))
+            continue
+        taken[candidate.name.casefold()] = candidate.name
+        field, column, problems = candidate.build()
+        extras.fields.append(field)
+        extras.columns.append(column)
+        extras.problems.extend(problems)
+    return extras
+
+
+def _name_refusal(name: Any, taken: dict[str, str]) -> str | None:
+    """Why a field of this name cannot be a column of the lake, or None if it can."""
+    if not isinstance(name, str) or not name or not _NAME_FORBIDDEN.isdisjoint(name):
+        return f"field name {name!r} is not a column name (empty, or with a space or one of ,;{{}}()=, newline, tab)"
+    folded = name.casefold()
+    lake = _LAKE_COLUMNS.get(folded)
+    if lake is not None:
+        return f"field {name!r} collides with the lake column {lake!r}"
+    other = taken.get(folded)
+    if other is not None:
+        return f"field {name!r} collides with field {other!r} (column names are case-insensitive)"
+    return None
+
+
+def _arrow_extra(name: str, column: pa.ChunkedArray) -> tuple[pa.Field, pa.Array, list[_Problem]]:
+    """An extra Arrow column as sent, dictionary-decoded, null type as string, timestamps as naive UTC us."""
+    t = column.type
+    if pa.types.is_dictionary(t):
+        column = column.cast(t.value_type)  # chunk by chunk: chunks may have different dictionaries
+    elif pa.types.is_null(t):
+        column = column.cast(pa.string())
+    values = column.combine_chunks()
+    problems: list[_Problem] = []
+    if pa.types.is_timestamp(values.type):
+        if values.type.tz is not None:
+            values = values.cast(pa.timestamp(values.type.unit, "UTC")).cast(pa.timestamp(values.type.unit))
+        normalized = _timestamps_us(values, lambda idx: [])
+        values = normalized.values
+        problems.append((normalized.bad, f"{name} outside what timestamp[us] holds"))
+    return pa.field(name, values.type), values, problems
+
+
+def _carried(objects: list[dict[Any, Any] | None], key: Any) -> BOOLS:
+    """Which records have ``key`` (with any value, null too)."""
+    return np.fromiter((r is not None and key in r for r in objects), dtype=bool, count=len(objects))
+
+
+def _json_extra(name: str, objects: list[dict[str, Any] | None]) -> tuple[pa.Field, pa.Array, list[_Problem]]:
+    """An extra JSON field's column, typed from its non-null values; records of a minority kind refused."""
+    values = [None if r is None else r.get(name) for r in objects]
+    types = set(map(type, values))
+    types.discard(type(None))
+    fast = _one_kind(values, types)
+    if fast is not None:
+        return pa.field(name, fast.type), fast, []
+    kinds = [None if v is None else _KIND_OF_TYPE.get(type(v), _NESTED) for v in values]
+    counts: dict[str, int] = {}
+    for kind in kinds:
+        if kind is not None:
+            counts[kind] = counts.get(kind, 0) + 1  # insertion order: the order kinds first come
+    majority = max(counts, key=lambda kind: counts[kind])  # the first of the most frequent
+    problems: list[_Problem] = []
+    typed: list[Any]
+    if majority == _NUMBER:
+        floats = any(type(v) is float for v in values)
+        typed, out_of_range = [], np.zeros(len(values), dtype=bool)
+        for i, (v, kind) in enumerate(zip(values, kinds, strict=True)):
+            number = _number(v, floats) if kind == _NUMBER else None
+            out_of_range[i] = kind == _NUMBER and number is None
+            typed.append(number)
+        target: pa.DataType = pa.float64() if floats else pa.int64()
+        problems.append((out_of_range, f"{name} outside {target}"))
+        column_type = "float64" if floats else "int64"
+    else:
+        target = pa.bool_() if majority == _BOOL else pa.string()
+        keep = [kind == majority for kind in kinds]
+        typed = [
+            _nested_text(v) if k and majority == _NESTED else v if k else None
+            for v, k in zip(values, keep, strict=True)
+        ]
+        column_type = {_BOOL: "bool", _STRING: "string", _NESTED: "JSON text (objects and arrays)"}[majority]
+    for kind in counts:
+        if kind != majority:
+            mask = np.fromiter((k == kind for k in kinds), dtype=bool, count=len(kinds))
+            problems.append((mask, f"mixed types in {name}: {_A_VALUE[kind]} where most records have {column_type}"))
+    return pa.field(name, target), pa.array(typed, target), problems
+
+
+def _one_kind(values: list[Any], types: set[type]) -> pa.Array | None:
+    """The column at once when every non-null value is of one kind (numbers: int and float); else None."""
+    try:
+        if not types:
+            return pa.nulls(len(values), pa.string())
+        if types == {bool}:
+            return pa.array(values, pa.bool_())
+        if types == {str}:
+            return pa.array(values, pa.string())
+        if types == {int}:
+            return pa.array(values, pa.int64())
+        if types <= {int, float}:
+            return pa.array(values, pa.float64())
+        if types <= {dict, list}:
+            return pa.array([None if v is None else _nested_text(v) for v in values], pa.string())
+    except _CAST_ERRORS:  # an integer outside int64 (or float64): value by value
+        pass
+    return None
+
+
+def _number(value: Any, floats: bool) -> int | float | None:
+    """A JSON number as the column holds it (float64 if any value is fractional, else int64); None if it cannot."""
+    if floats:
+        try:
+            return float(value)
+        except OverflowError:
+            return None
+    return value if -(2**63) <= value < 2**63 else None
+
+
+def _nested_text(value: Any) -> str:
+    """An object or array (or anything else that is not a JSON scalar) as compact JSON text."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()

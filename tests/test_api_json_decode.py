@@ -35,9 +35,10 @@ from utils.records import FIELDS, QUARANTINE_SCHEMA, RECORD_SCHEMA
 START = datetime(2025, 3, 3, tzinfo=UTC)
 
 
-def service_body(cursor: int, count: int) -> bytes:
-    """A body exactly as the service writes it."""
-    return bytes(encode_json(generate_columns(7, cursor, count, stream_start=START, events_per_second=0)))
+def service_body(cursor: int, count: int, version: int = 1) -> bytes:
+    """A body exactly as the service writes it (record ``version``)."""
+    columns = generate_columns(7, cursor, count, stream_start=START, events_per_second=0)
+    return bytes(encode_json(columns, version))
 
 
 def row(i: int, **changes: Any) -> dict[str, Any]:
@@ -82,7 +83,12 @@ def assert_same(body: bytes) -> Outcome:
     if fast[0] == "error":
         assert fast[1] is slow[1]
     else:
-        assert fast[1].schema == slow[1].schema == RECORD_SCHEMA
+        assert fast[1].schema == slow[1].schema
+        # The contract's columns first; extra fields (kept, source.validation) only after them, and only
+        # off the fast path: a canonical body has none.
+        assert pa.schema(list(fast[1].schema)[: len(RECORD_SCHEMA)]) == RECORD_SCHEMA
+        if canonical_columns(body) is not None:
+            assert fast[1].schema == RECORD_SCHEMA
         assert fast[2].schema == slow[2].schema == QUARANTINE_SCHEMA
         assert fast[1].equals(slow[1]), (fast[1].to_pylist()[:3], slow[1].to_pylist()[:3])
         assert fast[2].equals(slow[2]), (fast[2].to_pylist(), slow[2].to_pylist())
@@ -203,6 +209,28 @@ def test_a_record_that_is_odd_as_json_sends_the_whole_body_the_general_way(odd: 
     kind, valid, invalid = assert_same(body)
     assert kind == "ok"
     assert valid.num_rows + invalid.num_rows == 12  # nothing dropped
+
+
+def test_an_extra_field_takes_the_general_way_and_is_kept() -> None:
+    rows = [row(i) for i in range(12)]
+    rows[6] = {**row(6), "extra": 1}
+    kind, valid, invalid = assert_same(body_of(rows))
+    assert (kind, invalid.num_rows) == ("ok", 0)
+    assert valid.schema == RECORD_SCHEMA.append(pa.field("extra", pa.int64()))
+    assert valid.column("extra").to_pylist() == [None] * 6 + [1] + [None] * 5
+
+
+@pytest.mark.parametrize("count", [1, 2, 1000])
+def test_a_version_2_body_is_not_canonical_and_gives_the_version_1_columns_plus_door_id(count: int) -> None:
+    v1, v2 = service_body(50, count), service_body(50, count, version=2)
+    assert canonical_columns(v1) is not None
+    assert canonical_columns(v2) is None  # refused by the first record's end, before any other work
+    kind, valid, invalid = assert_same(v2)
+    assert (kind, invalid.num_rows) == ("ok", 0)
+    _, valid_v1, _ = assert_same(v1)
+    assert valid.drop_columns(["door_id"]).equals(valid_v1)
+    assert valid.schema.field("door_id") == pa.field("door_id", pa.string())
+    assert valid.column("door_id").to_pylist() == [r["door_id"] for r in orjson.loads(v2)]
 
 
 def with_id(text: bytes) -> bytes:

@@ -336,8 +336,9 @@ def test_invalid_json_records_are_returned_with_reasons(make_client: Callable[..
     result = client.get_employee_badge_logs(cursor=0, batch=len(rows))
 
     assert result.count == len(rows)
-    assert result.table.schema == RECORD_SCHEMA
+    assert result.table.schema == RECORD_SCHEMA.append(pa.field("extra", pa.int64()))  # extra fields are kept
     assert result.table.column("event_id").to_pylist() == [0, len(rows) - 1]
+    assert result.table.column("extra").to_pylist() == [None, 1]  # absent from the first record: null
     offset = result.table.column("badge_out_timestamp")[1].as_py()
     assert offset == datetime(2025, 3, 3, 16, 30)  # +02:00 normalized to UTC
     invalid = result.invalid
@@ -413,6 +414,7 @@ def test_invalid_arrow_records_are_returned_with_reasons(make_client: Callable[.
     result = client.get_employee_badge_logs(cursor=0, batch=6)
     assert result.count == 6
     assert result.table.num_rows == 0  # building_location is missing everywhere
+    assert result.table.schema == RECORD_SCHEMA.append(pa.field("extra", pa.int64()))  # kept as sent
     reasons = result.invalid.column("reason").to_pylist()
     assert all("missing building_location" in r for r in reasons)
     assert "unknown dept" in reasons[2]

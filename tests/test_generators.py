@@ -248,6 +248,9 @@ def test_reads_never_look_ahead() -> None:
     assert got.column("event_id")[-1].as_py() == stream.available(now) - 1
     assert stream.read(stream.available(now), 10, now).num_rows == 0
     assert stream.read(0, 10, now).equals(table(seed=5, count=10, rate=100.0, at=start))
+    # Record version 2 reads the same records (plus door_id), and never further ahead.
+    v2 = stream.read(1000, 100_000, now, version=2)
+    assert v2.drop_columns(["door_id"]).equals(got)
 
 
 def test_the_live_rate_follows_the_weekly_shape() -> None:

@@ -144,7 +144,9 @@ def test_batch_bounds_are_inclusive(client: TestClient) -> None:
 
 def test_health_and_root(client: TestClient) -> None:
     assert client.get("/health/").json() == {"status": "OK"}
-    stream = client.get("/").json()["stream"]
+    root = client.get("/").json()
+    assert (root["record_version"], root["record_versions"]) == (1, [1, 2])  # RECORD_VERSION's default
+    stream = root["stream"]
     assert stream["seed"] == SEED
     assert stream["firehose"] is True
     assert stream["stream_start"] == "2025-03-03T06:30:00Z"

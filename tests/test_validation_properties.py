@@ -4,7 +4,9 @@ Property tests (Hypothesis): bodies of arbitrary JSON-ish records (any value for
 timestamps, huge and negative ids, long strings, nulls, wrong types, non-objects) and Arrow tables with
 timestamps of any unit and value go through the client's validation, the pipeline's placement and the
 writer into a real lake; each event id ends up exactly once, in the events table or in the quarantine
-table with a reason, and nothing raises. Plus the issue's poison record through the whole pipeline.
+table with a reason, and nothing raises. Records with arbitrary extra fields (any value, names that
+collide with lake columns or with each other, names no column may have) too, and every extra value a
+valid record keeps is the value it was sent. Plus the issue's poison record through the whole pipeline.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from source.validation import Validated, validate_json, validate_table
 from testkit.ids import live_ids
 from testkit.processes import make_settings
 from testkit.records import TEST_IDENTITY, make_records
-from utils.records import BUILDINGS, DEPARTMENTS, FIELDS, TEXT_MAX_CHARS
+from utils.records import BUILDINGS, DEPARTMENTS, FIELDS, LAKE_SCHEMA, RECORD_SCHEMA, TEXT_MAX_CHARS
 
 PROPERTY = settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -83,6 +85,29 @@ def records(draw: st.DrawFn) -> Any:
     return {name: value for name, value in record.items() if value is not MISSING}
 
 
+# Extra field names: ordinary ones, the version-2 field, case variants of each other and of lake columns,
+# and names no column may have.
+EXTRA_NAMES = ("door_id", "note", "Note", "score", "duration_s", "EVENT_ID", "a b", "")
+
+
+@st.composite
+def records_with_extras(draw: st.DrawFn) -> Any:
+    record = draw(records())
+    if isinstance(record, dict):
+        for name in draw(st.lists(st.sampled_from(EXTRA_NAMES), max_size=3, unique=True)):
+            record[name] = draw(json_values)
+    return record
+
+
+def kept_value(value: Any, kind: pa.DataType) -> Any:
+    """What an extra column of type ``kind`` holds for a value sent as ``value`` (source.validation's rules)."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float):
+        return float(value) if kind == pa.float64() else value
+    return orjson.dumps(value).decode()  # an object or array: its JSON text
+
+
 def body_of(batch: list[Any], cursor: int) -> bytes:
     """The JSON body a source would send: ``"position"`` ids become the record's stream position."""
     placed = [
@@ -129,6 +154,43 @@ def test_arbitrary_json_records_are_stored_or_refused_never_fatal(batches: list[
         batch = next(bodies)
         assert len(batch) == size
         return validate_json(body_of(batch, cursor))
+
+    run_batches(validated, [len(b) for b in batches], flush_at)
+
+
+@PROPERTY
+@given(
+    batches=st.lists(st.lists(records_with_extras(), max_size=12), min_size=1, max_size=3),
+    flush_at=st.sampled_from([3, 1000]),
+)
+def test_arbitrary_extra_fields_are_kept_as_sent_or_refused_never_fatal(
+    batches: list[list[Any]], flush_at: int
+) -> None:
+    bodies = iter(batches)
+    lake_names = {name.casefold() for name in LAKE_SCHEMA.names}
+
+    def validated(cursor: int, size: int) -> Validated:
+        body = body_of(next(bodies), cursor)
+        split = validate_json(body)
+        valid = split.valid
+        # The contract's columns first, then the extra fields: each with a name a lake column may have,
+        # and of a type a JSON body gives.
+        assert pa.schema(list(valid.schema)[: len(RECORD_SCHEMA)]) == RECORD_SCHEMA
+        extras = valid.schema.names[len(RECORD_SCHEMA) :]
+        folded = [name.casefold() for name in extras]
+        assert len(set(folded)) == len(folded) and not set(folded) & lake_names
+        assert all(name and " " not in name for name in extras)
+        kinds = {name: valid.schema.field(name).type for name in extras}
+        assert set(kinds.values()) <= {pa.bool_(), pa.int64(), pa.float64(), pa.string()}
+        # Every valid record keeps each extra value it was sent (its id is its position: body_of).
+        sent = orjson.loads(body)
+        for row in valid.select(["event_id", *extras]).to_pylist():
+            original = sent[row["event_id"] - cursor]
+            assert {name: row[name] for name in extras} == {
+                name: kept_value(original.get(name), kinds[name]) for name in extras
+            }
+        assert all(split.invalid.column("reason").to_pylist())
+        return split
 
     run_batches(validated, [len(b) for b in batches], flush_at)
 

@@ -88,3 +88,29 @@ def with_duration(table: pa.Table) -> pa.Table:
     end = table.column("badge_out_timestamp").cast(pa.int64())
     seconds = pc.divide(pc.subtract(end, start), 1_000_000)  # integer division: floor for x >= 0
     return table.append_column(LAKE_SCHEMA.field("duration_s"), seconds.cast(pa.int32()))
+
+
+# --- record versions ---------------------------------------------------------------------------------
+# Version 1 is RECORD_SCHEMA. Version 2 is the same record (the same values for the same event id) plus
+# DOOR_ID: the reader the badge was presented to, "<building>-D<nn>" with nn from 1 to the building's
+# DOORS_PER_BUILDING, and null when access was not granted. The service sends RECORD_VERSION (a setting)
+# unless a request asks for ``version``; the client keeps every field beyond RECORD_SCHEMA as it comes
+# (source.validation), so a version-2 body gives RECORD_SCHEMA's columns followed by door_id.
+RECORD_VERSIONS: Final[tuple[int, ...]] = (1, 2)
+DEFAULT_RECORD_VERSION: Final = 1
+DOOR_ID: Final = "door_id"
+DOORS_PER_BUILDING: Final[dict[str, int]] = {"Sonic": 12, "Re-invent": 8, "Grace": 10, "Maverick": 6}
+DOOR_IDS: Final[tuple[str, ...]] = tuple(
+    f"{building}-D{number:02d}" for building in BUILDINGS for number in range(1, DOORS_PER_BUILDING[building] + 1)
+)
+RECORD_V2_FIELDS: Final[tuple[str, ...]] = (*FIELDS, DOOR_ID)
+RECORD_V2_SCHEMA: Final[pa.Schema] = RECORD_SCHEMA.append(pa.field(DOOR_ID, pa.string(), nullable=True))
+
+
+def record_schema(version: int) -> pa.Schema:
+    """The schema of record ``version`` (RECORD_SCHEMA or RECORD_V2_SCHEMA); ValueError for another version."""
+    if version == 1:
+        return RECORD_SCHEMA
+    if version == 2:
+        return RECORD_V2_SCHEMA
+    raise ValueError(f"record version must be one of {', '.join(map(str, RECORD_VERSIONS))}, not {version!r}")
