@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, str] = {
     "compaction": "benchmarks.bench_compaction",
     "queries": "benchmarks.bench_queries",
     "log": "benchmarks.bench_log",
+    "partitions": "benchmarks.bench_partitions",
     "s3": "benchmarks.bench_s3",
 }
 LIBRARIES = (
