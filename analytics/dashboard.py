@@ -215,7 +215,7 @@ def health_panel(health: LakeHealth | None, error: str | None) -> None:
     if health is None:
         st.error(error or "lake health unavailable")
         return
-    cols = st.columns(6)
+    cols = st.columns(7)
     cols[0].metric(
         "Landing files",
         f"{health.landing_files:,} / {health.compaction_min_files:,}",
@@ -239,6 +239,13 @@ def health_panel(health: LakeHealth | None, error: str | None) -> None:
         "never read, deleted after the grace period.",
     )
     cols[5].metric("Table version", "—" if health.version is None else f"{health.version:,}")
+    oldest = health.oldest_event
+    cols[6].metric(
+        "Retained",
+        "all" if health.first_kept is None else f"since {health.first_kept:%b %d}",
+        help=f"The lake keeps {health.retained_window}; the oldest event it holds is "
+        f"{'—' if oldest is None else oldest.isoformat(sep=' ', timespec='seconds')} UTC.",
+    )
     left, right = st.columns([3, 2])
     with left:
         show_chart(

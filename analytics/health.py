@@ -9,12 +9,12 @@ the writer's machine).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pandas as pd
 
 from analytics.monitor import sql_monitoring
-from lake import layout
+from lake import layout, retention
 from lake.quarantine import count_quarantine
 from lake.snapshot import Snapshot
 from lake.storage import FileInfo
@@ -41,6 +41,17 @@ class LakeHealth:
     quarantine_files: int
     quarantined_records: int
     temp_files: int
+    retention_days: int = 0  # RETENTION_DAYS (0: kept forever)
+    first_kept: date | None = None  # the first date retention keeps (None: every date)
+    expired_through: int | None = None  # the last event id retention has expired so far
+    oldest_event: datetime | None = None  # the oldest event time the table holds (naive UTC)
+
+    @property
+    def retained_window(self) -> str:
+        """What the lake keeps, in words: ``"from 2026-11-29 (RETENTION_DAYS=1)"`` or ``"everything"``."""
+        if self.first_kept is None:
+            return "everything"
+        return f"from {self.first_kept.isoformat()} (RETENTION_DAYS={self.retention_days})"
 
     @property
     def compaction_due(self) -> bool:
@@ -87,6 +98,9 @@ class LakeHealth:
             ("quarantine files", self.quarantine_files),
             ("quarantined records", self.quarantined_records),
             ("temp files", self.temp_files),
+            ("retained", self.retained_window),
+            ("oldest event held (UTC)", self.oldest_event.isoformat() if self.oldest_event else ""),
+            ("expired through event id", "" if self.expired_through is None else self.expired_through),
         ]
         return pd.DataFrame({"measure": [k for k, _ in items], "value": [str(v) for _, v in items]})
 
@@ -98,7 +112,9 @@ def lake_health(snapshot: Snapshot, settings: Settings) -> LakeHealth:
     landing = snapshot.in_zone(layout.LANDING)
     compacted = tuple(f.info for f in snapshot.in_zone(layout.COMPACTED))
     held = set(snapshot.keys)
-    beside = tuple(info for zone in layout.DATA_ZONES for info in storage.list_all(zone) if info.key not in held)
+    beside = tuple(
+        info for zone in layout.DATA_ZONES for info in storage.list_tree(zone, suffix="") if info.key not in held
+    )
     quarantine = count_quarantine(storage)  # from the quarantine table's log
     return LakeHealth(
         version=snapshot.version,
@@ -115,4 +131,8 @@ def lake_health(snapshot: Snapshot, settings: Settings) -> LakeHealth:
         quarantine_files=quarantine.files,
         quarantined_records=quarantine.rows,
         temp_files=len(storage.list_all(layout.TEMP)),
+        retention_days=settings.retention_days,
+        first_kept=retention.horizon(settings.retention_days, datetime.now(UTC).date()),
+        expired_through=snapshot.expired_through,
+        oldest_event=min((f.badge_out_min for f in snapshot.files if f.badge_out_min is not None), default=None),
     )

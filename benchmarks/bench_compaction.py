@@ -114,7 +114,7 @@ def _fresh_copy(source: Path) -> Path:
         os.link(entry.path, run_root / "landing" / entry.name)
     actions: list[Any] = []
     last = -1
-    for info in storage.list_files(layout.LANDING):
+    for info in storage.list_tree(layout.LANDING):
         stats = FileStats.of_footer(pq.read_metadata(storage.path(info.key)))
         last = max(last, -1 if stats.event_id_max is None else stats.event_id_max)
         actions.append(AddAction(info.key, info.size, {}, info.mtime_ns // 1_000_000, True, stats.to_json()))
@@ -146,7 +146,7 @@ def _child_ours(lake: Path) -> dict[str, Any]:
     from utils.config import load_settings
 
     storage = LocalStorage(lake)
-    files = len(storage.list_files("landing"))  # every one of them committed (see _fresh_copy)
+    files = len(storage.list_tree("landing"))  # every one of them committed (see _fresh_copy)
     settings = load_settings(
         {
             "DATA_LAKE_PATH": str(lake),

@@ -169,10 +169,11 @@ def freshness(seconds: float) -> tuple[float, float, float]:
             run_pipeline(settings, RunOptions(duration=seconds, compaction=False), on_commit=commits.append)
         lags = []
         for c in commits:
-            if c.landing_key is None or not (lake / c.landing_key).exists():
-                continue
-            out = pq.read_table(lake / c.landing_key, columns=["badge_out_timestamp"])["badge_out_timestamp"]
-            lags.append(c.committed_at - out.cast("int64").to_numpy() / 1e6)
+            for key in c.landing_keys:
+                if not (lake / key).exists():
+                    continue
+                out = pq.read_table(lake / key, columns=["badge_out_timestamp"])["badge_out_timestamp"]
+                lags.append(c.committed_at - out.cast("int64").to_numpy() / 1e6)
         lag = np.concatenate(lags)
         p50, p95 = np.percentile(lag, [50, 95])
         return float(p50), float(p95), settings.flush_interval_seconds

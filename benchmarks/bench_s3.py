@@ -92,7 +92,7 @@ def ingest_then_compact(lake: str, env: dict[str, str], records: int) -> tuple[f
         first, last = commits[0], commits[-1]
         ingest = (sum(c.records for c in commits) - first.records) / max(last.committed_at - first.committed_at, 1e-9)
         storage = open_storage(lake)
-        files = len(storage.list_files("landing"))
+        files = len(storage.list_tree("landing"))
         compaction = settings.replace(compaction_min_files=max(2, files), compaction_grace_seconds=3600)
         began = time.perf_counter()
         metrics = Compactor(storage, compaction).compact()

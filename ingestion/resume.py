@@ -193,7 +193,7 @@ def recover(storage: Storage, identity: StreamIdentity) -> ResumePoint:
     table = LakeTable.open_or_create(storage, identity)
     storage.ensure_layout()
     temp = remove_own_temp(storage)
-    listed = storage.list_files(layout.LANDING)  # before the snapshot: see remove_orphan_landing
+    listed = storage.list_tree(layout.LANDING)  # before the snapshot: see remove_orphan_landing
     snapshot = table.snapshot()
     landing = remove_orphan_landing(storage, listed, snapshot)
     orphans = quarantine.remove_orphans(storage, snapshot.next_event_id)

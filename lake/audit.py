@@ -69,7 +69,7 @@ def _aware(moment: datetime | None) -> datetime | None:
 
 def _beside(storage: Storage, held: set[str]) -> list[FileInfo]:
     """Files in landing/ and compacted/ that the table does not hold (awaiting clean-up)."""
-    return [info for zone in layout.DATA_ZONES for info in storage.list_all(zone) if info.key not in held]
+    return [info for zone in layout.DATA_ZONES for info in storage.list_tree(zone, suffix="") if info.key not in held]
 
 
 def stats(storage: Storage, now: datetime | None = None) -> dict[str, Any]:
@@ -128,6 +128,7 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     version: int | None = None
     committed_event_id: int | None = None
+    expired_through: int | None = None  # retention's mark: ids at or below it are expired, not missing
     table_rows: int = 0
     quarantined_rows: int = 0
     files_checked: int = 0
@@ -145,6 +146,7 @@ class VerifyReport:
             "notes": self.notes,
             "version": self.version,
             "committed_event_id": self.committed_event_id,
+            "expired_through": self.expired_through,
             "table_rows": self.table_rows,
             "quarantined_rows": self.quarantined_rows,
             "files_checked": self.files_checked,
@@ -323,6 +325,7 @@ class _Verifier:
     def run(self) -> VerifyReport:
         report, snap = self.report, self.snap
         report.version, report.committed_event_id = snap.version, snap.committed_event_id
+        report.expired_through = expired = snap.expired_through
         top = snap.committed_event_id
         if top is None:
             if snap.files:
@@ -342,6 +345,15 @@ class _Verifier:
                 self._judge_ids(f, seen, top, quarantine=False)
         self._verify_quarantine(ledger, top)
         absent = ledger.absent()
+        if expired is not None:
+            absent = absent[absent > expired]
+            report.notes.append(f"event ids 0 to {expired} are expired by retention (RETENTION_DAYS): not missing")
+            early = [f.key for f in snap.files if f.row_count and f.event_id_min <= expired]
+            if early:
+                report.problems.append(
+                    f"retention expired the ids through {expired}, but {len(early)} file(s) of the table still hold "
+                    f"some (e.g. {early[0]}): an expiry removed only part of them"
+                )
         unchecked = self._unchecked(absent)
         if unchecked.any():
             report.notes.append(
@@ -356,7 +368,8 @@ class _Verifier:
             )
         if len(absent):
             report.problems.append(
-                f"{len(absent)} event id(s) from 0 to {top} are neither in the table nor in quarantine "
+                f"{len(absent)} event id(s) from {0 if expired is None else expired + 1} to {top} are neither in the "
+                "table nor in quarantine "
                 f"(the first: {_examples(absent)}{self._between(int(absent[0]))})"
             )
         self._note_beside()

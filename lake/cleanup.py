@@ -101,7 +101,12 @@ class GraceCleanup:
     # -- looking -----------------------------------------------------------------------------------------
     def _candidates(self) -> tuple[list[FileInfo], list[FileInfo]]:
         """Files that may be deleted, listed before the snapshots are read: (events zones, quarantine zone)."""
-        events = [f for zone in layout.DATA_ZONES for f in self.storage.list_all(zone) if not f.name.startswith(".")]
+        events = [
+            f
+            for zone in layout.DATA_ZONES
+            for f in self.storage.list_tree(zone, suffix="")
+            if not f.name.startswith(".")
+        ]
         quarantine = [f for f in self.storage.list_files(layout.QUARANTINE) if not f.name.startswith(".")]
         return events, quarantine
 

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lake import layout
 from lake.filestats import QUARANTINE_STATS_COLUMNS, FileStats
@@ -51,6 +53,15 @@ def conform(table: pa.Table) -> pa.Table:
     if table.schema.equals(QUARANTINE_SCHEMA, check_metadata=False):
         return table
     return table.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
+
+
+def from_records(records: pa.Table, reasons: Sequence[str]) -> pa.Table:
+    """Records (RECORD_SCHEMA) refused after validation, as QUARANTINE_SCHEMA: each field as text, with its reason."""
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {"event_id": records.column("event_id")}
+    for name in QUARANTINE_SCHEMA.names[1:-1]:
+        columns[name] = pc.cast(records.column(name), pa.string())
+    columns["reason"] = pa.array(list(reasons), pa.string())
+    return pa.table(columns, schema=QUARANTINE_SCHEMA)
 
 
 def refused_stats(table: pa.Table) -> FileStats:

@@ -8,7 +8,7 @@ file that no commit added (foreign, forged or orphaned) is never in it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
@@ -25,6 +25,8 @@ class DataFile:
     event_id_max: int
     row_count: int
     badge_out_max: datetime | None = None  # the newest event time in the file (naive UTC)
+    partition: date | None = None  # its date partition (lake.partitions); None in an unpartitioned table
+    badge_out_min: datetime | None = None  # the oldest event time in the file (naive UTC)
 
     @property
     def key(self) -> str:
@@ -97,6 +99,7 @@ class Snapshot(FileSet[DataFile]):
     files: tuple[DataFile, ...]
     committed_event_id: int | None = None  # the pipeline's ``txn`` version: the last event id it committed
     identity: StreamIdentity | None = None
+    expired_through: int | None = None  # retention's ``txn`` version: ids at or below it are expired (lake.retention)
 
     @property
     def next_event_id(self) -> int:

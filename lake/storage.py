@@ -117,8 +117,13 @@ class Storage(ABC):
         return bool(self.list_files(head, suffix=".json"))
 
     def list_all(self, zone: str) -> list[FileInfo]:
-        """Every file in ``zone``, whatever its name (for temp/ cleanup and foreign files)."""
+        """Every file directly in ``zone``, whatever its name (for temp/ cleanup and foreign files)."""
         return self.list_files(zone, suffix="")
+
+    @abstractmethod
+    def list_tree(self, zone: str, suffix: str = layout.PARQUET_SUFFIX) -> list[FileInfo]:
+        """Every file under ``zone`` at any depth (a data zone's date partitions: ``landing/date=…/x``) ending
+        in ``suffix``, sorted by key; a missing zone is empty."""
 
     def read_metadata(self, key: str) -> dict[str, str]:
         """The footer's key-value metadata as text (``badge.*`` and others); errors as :meth:`read_footer`."""
@@ -220,6 +225,17 @@ class LocalStorage(Storage):
         out.sort()
         return out
 
+    def list_tree(self, zone: str, suffix: str = layout.PARQUET_SUFFIX) -> list[FileInfo]:
+        out = self.list_files(zone, suffix)
+        try:
+            subdirs = [e.name for e in os.scandir(self.root / zone) if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return out
+        for name in subdirs:
+            out += self.list_tree(f"{zone}/{name}", suffix)
+        out.sort()
+        return out
+
     # -- metadata -----------------------------------------------------------------------------------
     def read_footer(self, key: str) -> pq.FileMetaData:
         """The Parquet footer of ``key`` (row counts, schema, statistics, key-value metadata).
@@ -251,14 +267,21 @@ class LocalStorage(Storage):
         published and the temp file is gone.
         """
         dest_dir = self.root / zone
-        dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / name
-        try:
-            link_new(tmp, dest)
-        except NotDurableError:
-            raise  # published: an OSError for the caller to retry, never a second copy
-        except OSError as exc:
-            raise CommitError(f"could not publish {zone}/{name}: {exc}") from exc
+        for attempt in (1, 2):
+            if not dest_dir.is_dir():  # a new date partition's directory: its entry made durable too
+                dest_dir.mkdir(parents=True, exist_ok=True)
+                fsync_dir(dest_dir.parent)
+            try:
+                link_new(tmp, dest)
+                break
+            except NotDurableError:
+                raise  # published: an OSError for the caller to retry, never a second copy
+            except FileNotFoundError as exc:  # the clean-up removed the emptied directory meanwhile
+                if attempt == 2 or not tmp.exists():
+                    raise CommitError(f"could not publish {zone}/{name}: {exc}") from exc
+            except OSError as exc:
+                raise CommitError(f"could not publish {zone}/{name}: {exc}") from exc
         st = dest.stat()
         return FileInfo(f"{zone}/{name}", st.st_size, st.st_mtime_ns)
 
@@ -284,4 +307,8 @@ class LocalStorage(Storage):
         except FileNotFoundError:
             return False
         fsync_dir(target.parent)
+        if "=" in target.parent.name and target.parent.parent != self.root:  # a date partition's directory
+            with contextlib.suppress(OSError):  # not empty (or gone): it stays
+                target.parent.rmdir()
+                fsync_dir(target.parent.parent)
         return True

@@ -30,7 +30,7 @@ from deltalake import DeltaTable, Schema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
 
-from lake import layout
+from lake import layout, partitions
 from lake.filestats import QUARANTINE_STATS_COLUMNS, STATS_COLUMNS, FileStats
 from lake.identity import StreamIdentity, check_stream
 from lake.snapshot import DataFile, Snapshot
@@ -42,6 +42,9 @@ from utils.records import LAKE_SCHEMA, QUARANTINE_SCHEMA
 log = logging.getLogger(__name__)
 
 APP_ID: Final = "badge-pipeline"  # the pipeline's application transaction: version = last event id committed
+# Retention's application transaction: version = the last event id expired (every id at or below it left the
+# tables by retention, or never was in them); it only moves forward (lake.retention).
+RETENTION_APP_ID: Final = "badge-retention"
 TABLE_NAME: Final = "badge_events"
 QUARANTINE_TABLE_NAME: Final = "badge_quarantine"
 OPERATION_KEY: Final = "badge.operation"  # in each commit's commitInfo: flush, compaction, quarantine, ...
@@ -61,6 +64,21 @@ LOG_PROPERTIES: Final[dict[str, str]] = {
 }
 
 
+def column_problem(field: pa.Field) -> str | None:
+    """Why a column of ``field``'s type cannot join the events table as it is (None: it can).
+
+    The table keeps a column's type for good, so a type must be one the Delta protocol holds and that
+    reads back as itself (no silent conversion between what a file holds and what the log says).
+    """
+    try:
+        back = pa.schema(Schema.from_arrow(pa.schema([field])).to_arrow()).field(0).type
+    except Exception as exc:  # delta-rs raises a bare Exception for a type it does not know
+        return f"type {field.type} cannot be stored in a Delta table ({str(exc).splitlines()[0]})"
+    if back != field.type:
+        return f"type {field.type} would be stored as {back}"
+    return None
+
+
 def has_log(path: Path) -> bool:
     """True if the directory ``path`` is the root of a Delta table (its log has at least one entry)."""
     return LocalStorage(path).has_table()
@@ -72,17 +90,12 @@ def ensure_migrated(storage: Storage) -> bool:
     if storage.has_table():
         return True
     for zone in layout.DATA_ZONES:
-        if not storage.list_files(zone):
+        if not storage.list_tree(zone):  # date partitions' directories included
             continue
-        if isinstance(storage, LocalStorage):
-            raise UnmigratedLakeError(
-                f"the lake at {storage.location} is in the previous layout (data files but no {LOG_DIR}/): "
-                "run `python -m lake migrate` first"
-            )
-        # The previous layout only ever existed on a local disk: these files are no lake of this platform.
         raise UnmigratedLakeError(
-            f"{storage.location} holds data files but no {LOG_DIR}/: it is not a Delta table this platform "
-            "wrote (and migrate converts local lakes only); point DATA_LAKE_PATH at an empty prefix or at a table"
+            f"the lake at {storage.location} is in the previous layout (data files but no {LOG_DIR}/, so it is "
+            "not a Delta table yet): run `python -m lake migrate` first, with every process on it stopped (files "
+            "that are no lake of this platform: point DATA_LAKE_PATH at an empty directory or prefix)"
         )
     return False
 
@@ -98,9 +111,18 @@ def _translated(what: str) -> Iterator[None]:
         raise LakeError(f"{what}: {exc}") from exc
 
 
-def add_action(path: str, info: FileInfo, stats: FileStats, *, data_change: bool) -> AddAction:
+def add_action(
+    path: str,
+    info: FileInfo,
+    stats: FileStats,
+    *,
+    data_change: bool,
+    partition_values: Mapping[str, str | None] | None = None,
+) -> AddAction:
     """The ``add`` action of the published file ``info`` at ``path`` (relative to its table's root)."""
-    return AddAction(path, info.size, {}, info.mtime_ns // 1_000_000, data_change, stats.to_json())
+    return AddAction(
+        path, info.size, dict(partition_values or {}), info.mtime_ns // 1_000_000, data_change, stats.to_json()
+    )
 
 
 def remove_action(path: str, info: FileInfo, *, data_change: bool, at_ms: int) -> RemoveAction:
@@ -120,7 +142,7 @@ class _DeltaFiles:
         self.prefix = prefix
         self._dt = dt
         self._uncertain = False  # a commit failed in a way that may or may not have landed
-        self._position_at: tuple[int, int | None] | None = None  # (version, the pipeline's position there)
+        self._transactions: dict[str, tuple[int, int | None]] = {}  # app id -> (version, its txn there)
 
     @property
     def root(self) -> str:
@@ -168,6 +190,8 @@ class _DeltaFiles:
         cols = actions.to_pydict()
         out: list[DataFile] = []
         newest = cols.get("max.badge_out_timestamp")
+        days = cols.get(f"partition.{partitions.COLUMN}")
+        oldest = cols.get("min.badge_out_timestamp")
         for i, path in enumerate(cols["path"]):
             rows = cols["num_records"][i]
             lo = cols.get("min.event_id", [None] * actions.num_rows)[i]
@@ -182,12 +206,16 @@ class _DeltaFiles:
                     -1 if hi is None else int(hi),
                     int(rows),
                     newest[i] if newest is not None else None,
+                    days[i] if days is not None else None,
+                    oldest[i] if oldest is not None else None,
                 )
             )
         out.sort(key=lambda f: (f.event_id_min, f.key))
         return tuple(out)
 
-    def commit(self, actions: list[AddAction | RemoveAction], operation: str, txn: int | None = None) -> None:
+    def commit(
+        self, actions: list[AddAction | RemoveAction], operation: str, txn: int | None = None, app: str = APP_ID
+    ) -> None:
         """Commit ``actions`` as one transaction on top of the handle's version; then refresh the handle.
 
         Raises FencedError if ``txn`` (the pipeline's new position) conflicts with a concurrent commit of
@@ -196,7 +224,7 @@ class _DeltaFiles:
         """
         properties = CommitProperties(
             custom_metadata={OPERATION_KEY: operation},
-            app_transactions=[Transaction(APP_ID, txn)] if txn is not None else None,
+            app_transactions=[Transaction(app, txn)] if txn is not None else None,
         )
         try:
             self._dt.create_write_transaction(actions, "append", self._dt.schema(), commit_properties=properties)
@@ -218,7 +246,15 @@ def _open(storage: Storage, prefix: str) -> DeltaTable:
         return DeltaTable(root, storage_options=storage.storage_options)
 
 
-def _create(storage: Storage, prefix: str, schema: pa.Schema, name: str, configuration: dict[str, str]) -> DeltaTable:
+def _create(
+    storage: Storage,
+    prefix: str,
+    schema: pa.Schema,
+    name: str,
+    configuration: dict[str, str],
+    *,
+    partition_by: list[str] | None = None,
+) -> DeltaTable:
     """Create an empty table at ``prefix`` in one commit; if another process just did, open theirs."""
     root = storage.table_uri(prefix)
     try:
@@ -226,6 +262,7 @@ def _create(storage: Storage, prefix: str, schema: pa.Schema, name: str, configu
             root,
             Schema.from_arrow(schema),
             mode="error",
+            partition_by=partition_by,
             storage_options=storage.storage_options,
             name=name,
             configuration=configuration,
@@ -249,8 +286,10 @@ class LakeTable(_DeltaFiles):
         return cls(storage, "", _open(storage, ""))
 
     @classmethod
-    def open_or_create(cls, storage: Storage, identity: StreamIdentity) -> LakeTable:
-        """The lake's table for the stream ``identity``, created (with it recorded) if the lake has none.
+    def open_or_create(cls, storage: Storage, identity: StreamIdentity, *, partitioned: bool = True) -> LakeTable:
+        """The lake's table for the stream ``identity``, created (with it recorded) if the lake has none:
+        partitioned by date (:mod:`lake.partitions`) unless ``partitioned`` is False (the shape of a table
+        created before partitions, or migrated from the previous layout, which keeps working as it is).
 
         Raises StreamMismatchError, before anything is written, if the table holds another stream.
         """
@@ -263,7 +302,13 @@ class LakeTable(_DeltaFiles):
             "delta.dataSkippingStatsColumns": ",".join(STATS_COLUMNS),
             **identity.to_config(),
         }
-        table = cls(storage, "", _create(storage, "", LAKE_SCHEMA, TABLE_NAME, configuration))
+        if partitioned:
+            created = _create(
+                storage, "", partitions.TABLE_SCHEMA, TABLE_NAME, configuration, partition_by=[partitions.COLUMN]
+            )
+        else:
+            created = _create(storage, "", LAKE_SCHEMA, TABLE_NAME, configuration)
+        table = cls(storage, "", created)
         check_stream(table.identity, identity, storage.location)
         return table
 
@@ -271,35 +316,114 @@ class LakeTable(_DeltaFiles):
     def identity(self) -> StreamIdentity | None:
         return StreamIdentity.from_config(self.configuration)
 
+    def schema(self) -> pa.Schema:
+        """The table's schema at the handle's version (Arrow), the partition column included."""
+        with _translated(f"reading the log of {self.root}"):
+            return pa.schema(self._dt.schema().to_arrow())
+
+    def extra_fields(self) -> list[pa.Field]:
+        """The columns beyond the base record (LAKE_SCHEMA) and the partition column: fields the source added
+        later (schema evolution), in the table's order."""
+        base = {*LAKE_SCHEMA.names, partitions.COLUMN}
+        return [f for f in self.schema() if f.name not in base]
+
+    def add_columns(self, fields: Sequence[pa.Field]) -> None:
+        """Evolve the schema: add ``fields`` the table lacks as nullable columns, in one metadata commit.
+
+        Idempotent (a column already there is not added again; after a failed attempt the next call reads the
+        newest version first). Files written before read the new columns as null in every engine. Raises
+        LakeError if the commit failed.
+        """
+        missing = [f for f in fields if f.name not in self.schema().names]
+        if missing:
+            self.refresh()
+            missing = [f for f in fields if f.name not in self.schema().names]
+        if not missing:
+            return
+        delta_fields = Schema.from_arrow(pa.schema([f.with_nullable(True) for f in missing])).fields
+        try:
+            self._dt.alter.add_columns(
+                delta_fields, commit_properties=CommitProperties(custom_metadata={OPERATION_KEY: "schema evolution"})
+            )
+        except (DeltaError, OSError) as exc:
+            raise LakeError(f"adding column(s) {[f.name for f in missing]} to {self.root} failed: {exc}") from exc
+        log.info("the table's schema grew: %s", ", ".join(f"{f.name} ({f.type})" for f in missing))
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether the table is partitioned by date (every table this version creates; not one created before)."""
+        return partitions.COLUMN in self._dt.metadata().partition_columns
+
+    def partition_values(self, stats: FileStats) -> dict[str, str | None]:
+        """The ``partitionValues`` of a file with ``stats``: in a partitioned table the date of its events
+        (null for a file without rows), nothing in an unpartitioned one. ValueError if its events span two
+        dates: a partitioned table takes each date in files of its own (:func:`lake.partitions.split_by_date`)."""
+        if not self.partitioned:
+            return {}
+        first, last = stats.minimum.get(partitions.SOURCE_COLUMN), stats.maximum.get(partitions.SOURCE_COLUMN)
+        if first is None or last is None:
+            return {partitions.COLUMN: None}
+        if first.date() != last.date():
+            raise ValueError(f"a file of {first.date()} to {last.date()}: a partitioned table takes one date per file")
+        return partitions.values(first.date())
+
     def committed_event_id(self) -> int | None:
         """The pipeline's position at the handle's version: the last event id it committed (None: nothing yet).
 
         Read from the log once per version of the handle (delta-rs looks it up anew on every call).
         """
+        return self._transaction(APP_ID)
+
+    def expired_through(self) -> int | None:
+        """The last event id retention expired at the handle's version (None: nothing expired yet)."""
+        return self._transaction(RETENTION_APP_ID)
+
+    def _transaction(self, app: str) -> int | None:
+        """The version of ``app``'s transaction at the handle's version, read once per version of the handle."""
         version = self.version
-        if self._position_at is None or self._position_at[0] != version:
+        cached = self._transactions.get(app)
+        if cached is None or cached[0] != version:
             with _translated(f"reading the log of {self.root}"):
-                txn = self._dt.transaction_version(APP_ID)
-            self._position_at = (version, None if txn is None else int(txn))
-        return self._position_at[1]
+                txn = self._dt.transaction_version(app)
+            cached = self._transactions[app] = (version, None if txn is None else int(txn))
+        return cached[1]
 
     def snapshot(self, *, refresh: bool = True) -> Snapshot:
         """The table's files and position, at the newest version (``refresh``) or the handle's own."""
         if refresh:
             self.refresh()
-        return Snapshot(self.storage, self.version, self.data_files(), self.committed_event_id(), self.identity)
+        return Snapshot(
+            self.storage,
+            self.version,
+            self.data_files(),
+            self.committed_event_id(),
+            self.identity,
+            self.expired_through(),
+        )
 
     def append(self, info: FileInfo, stats: FileStats, *, through_event_id: int, expected: int | None) -> None:
-        """Add the published file ``info`` and move the pipeline's position from ``expected`` to ``through_event_id``.
+        """Add the published file ``info``: :meth:`append_files` of one file."""
+        self.append_files([(info, stats)], through_event_id=through_event_id, expected=expected)
+
+    def append_files(
+        self, files: Sequence[tuple[FileInfo, FileStats]], *, through_event_id: int, expected: int | None
+    ) -> None:
+        """Add the published ``files`` (each with the statistics of its rows) and move the pipeline's position
+        from ``expected`` to ``through_event_id``, in one commit. In a partitioned table each file goes in
+        the partition of its date (:meth:`partition_values`).
 
         Idempotent across failures: after a failed attempt the next call reads the newest version first;
         if the earlier attempt landed (the position is ``through_event_id``) it returns. If the position
         is neither ``expected`` nor that, another writer moved it: FencedError, and nothing is committed.
         Raises LakeError when the commit failed for another reason (call again to retry).
         """
-        self._move_position(
-            [add_action(self.path_of(info.key), info, stats, data_change=True)], through_event_id, expected
-        )
+        actions: list[AddAction | RemoveAction] = [
+            add_action(
+                self.path_of(info.key), info, stats, data_change=True, partition_values=self.partition_values(stats)
+            )
+            for info, stats in files
+        ]
+        self._move_position(actions, through_event_id, expected)
 
     def advance(self, *, through_event_id: int, expected: int | None) -> None:
         """Move the pipeline's position from ``expected`` to ``through_event_id`` in a commit that adds no file.
@@ -357,7 +481,12 @@ class LakeTable(_DeltaFiles):
         actions: list[AddAction | RemoveAction] = [
             remove_action(self.path_of(f.key), f.info, data_change=False, at_ms=now_ms) for f in removed
         ]
-        actions += [add_action(self.path_of(info.key), info, stats, data_change=False) for info, stats in added]
+        actions += [
+            add_action(
+                self.path_of(info.key), info, stats, data_change=False, partition_values=self.partition_values(stats)
+            )
+            for info, stats in added
+        ]
         self.commit(actions, "compaction")
 
 

@@ -18,8 +18,9 @@ A flush commits in a fixed order (the lake's protocol, ``docs/lake-protocol.md``
 1. the refused records below the flush's last valid event id are published into ``quarantine/`` and
    appended to the quarantine table (:class:`~lake.table.QuarantineTable`, created on first use);
 2. the valid records are published as one landing file (LAKE_SCHEMA, rows in event_id order, Snappy,
-   staged in ``temp/`` and linked into ``landing/`` whole);
-3. one commit to the events table adds that file and moves the pipeline's position (the ``txn`` of
+   staged in ``temp/`` and linked into ``landing/`` whole), or in a table partitioned by date
+   (:mod:`lake.partitions`) one file per date they span, each in ``landing/date=YYYY-MM-DD/``;
+3. one commit to the events table adds those files and moves the pipeline's position (the ``txn`` of
    :data:`lake.table.APP_ID`) from where this writer last put it to the flush's last valid event id.
 
 Publishing (1's file, 2) happens ahead on the flusher thread; the commits (1's append, 3) follow on
@@ -61,14 +62,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake import layout, quarantine
+from lake import layout, partitions, quarantine
 from lake import parquet as lake_parquet
 from lake.filestats import FileStats
 from lake.storage import FileInfo, Storage
-from lake.table import LakeTable, QuarantineTable
+from lake.table import LakeTable, QuarantineTable, column_problem
 from utils.config import Settings
 from utils.errors import CommitError, FencedError, LakeError
-from utils.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, with_duration
+from utils.records import LAKE_SCHEMA, QUARANTINE_SCHEMA, RECORD_SCHEMA, with_duration
 from utils.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,11 @@ log = logging.getLogger(__name__)
 LANDING_KIND: Final = "landing"  # landing files and their temp files start with this
 OWN_KINDS: Final[tuple[str, ...]] = (LANDING_KIND, quarantine.KIND)
 
-FLUSH_RETRY: Final = Backoff(first=0.2, factor=2.0, cap=5.0)  # a failed flush is retried after these delays
+FLUSH_RETRY: Final = Backoff(first=0.2, factor=2.0, cap=5.0)
+# Names an extra field may not take (any letter case): the lake's own columns and the partition column.
+_RESERVED: Final = frozenset(
+    name.lower() for name in partitions.TABLE_SCHEMA.names
+)  # a failed flush is retried after these delays
 CLOSE_TIMEOUT_SECONDS: Final = 30.0
 
 
@@ -101,13 +106,15 @@ def publish_table(
     return lake_parquet.write_file(storage, table, zone, name.split("-", 1)[0], extra_metadata, name=name)
 
 
-def write_landing(storage: Storage, table: pa.Table, name: str | None = None) -> FileInfo:
-    """Publish a LAKE_SCHEMA table as one landing file (not yet part of the lake: a commit adds it).
+def write_landing(storage: Storage, table: pa.Table, name: str | None = None, day: partitions.Day = None) -> FileInfo:
+    """Publish a LAKE_SCHEMA table as one landing file (not yet part of the lake: a commit adds it), in the
+    directory of its date partition ``day`` (``landing/date=YYYY-MM-DD/``; ``landing/`` for None).
 
     Carries ``badge.event_id_min/max`` and ``badge.row_count`` (for humans: nothing reads them);
     ``name`` (default: a new one) makes a retry find the file an earlier attempt published.
     """
-    return publish_table(storage, table, layout.LANDING, name or file_name(LANDING_KIND, table))
+    zone = partitions.directory(layout.LANDING, day)
+    return publish_table(storage, table, zone, name or file_name(LANDING_KIND, table))
 
 
 def write_quarantine(storage: Storage, table: pa.Table, name: str | None = None) -> FileInfo:
@@ -141,7 +148,7 @@ class FlushThresholds:
 class Commit:
     """One finished flush: the files its commits added, and the wall-clock instant it became visible."""
 
-    landing_key: str | None
+    landing_keys: tuple[str, ...]  # one per date in a partitioned table; none for refused records only
     quarantine_key: str | None
     records: int
     refused: int
@@ -165,6 +172,17 @@ class WriterStats:
 
 
 @dataclass
+class _Piece:
+    """One landing file of a flush: its rows (LAKE_SCHEMA, one date in a partitioned table), chosen once."""
+
+    table: pa.Table
+    day: partitions.Day
+    stats: FileStats
+    name: str
+    info: FileInfo | None = None  # published into landing/
+
+
+@dataclass
 class _Flush:
     """A cut of the buffer being committed; survives failed attempts so a retry resumes where it stopped.
 
@@ -176,14 +194,11 @@ class _Flush:
     refused: pa.Table | None  # QUARANTINE_SCHEMA: ids below valid's last id, or all of them if no valid
     event_id_min: int
     event_id_max: int
-    lake_table: pa.Table | None = None
-    landing_name: str | None = None
-    landing: FileInfo | None = None  # published into landing/
-    landing_stats: FileStats | None = None
+    pieces: list[_Piece] | None = None  # its landing files: one per date (partitioned table) or one
     quarantine_name: str | None = None
     quarantine: FileInfo | None = None  # published into quarantine/
     quarantine_done: bool = False  # appended to the quarantine table
-    committed: bool = False  # the landing file is in the events table
+    committed: bool = False  # the landing files are in the events table
     attempts: int = 0
 
     @property
@@ -217,6 +232,9 @@ class BufferedWriter:
         self.storage = storage
         self.thresholds = thresholds
         self._table = table
+        self._partitioned = table.partitioned  # read here, once: the handle is the committer's from now on
+        # The extra fields' types (schema evolution): the table's columns, then each new field as first seen.
+        self._extras: dict[str, pa.DataType] = {f.name: f.type for f in table.extra_fields()}
         self._position = position  # the flusher's: the last event id this writer knows committed
         self._quarantine_table: QuarantineTable | None = None
         self._on_commit = on_commit
@@ -320,8 +338,11 @@ class BufferedWriter:
         UTC) too, so the time a record waited for the poll counts against the interval, and the
         event-to-lake latency stays near max(interval, poll interval) rather than their sum.
         """
-        valid = self._conform(valid, RECORD_SCHEMA)
         refused = self._conform(refused, QUARANTINE_SCHEMA) if refused is not None and refused.num_rows else None
+        with self._cond:
+            valid, changed = self._admit(valid)
+        if changed is not None:  # refused for a field whose type changed: with the others, in id order
+            refused = changed if refused is None else pa.concat_tables([refused, changed]).sort_by("event_id")
         first = self._check_order(valid, refused)
         with self._cond:
             while block and self._full() and not self._closing:
@@ -385,6 +406,53 @@ class BufferedWriter:
             return self._fatal
 
     # -- helpers ------------------------------------------------------------------------------------
+    def _admit(self, valid: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+        """Under the lock: ``valid`` as RECORD_SCHEMA followed by the extra fields it carries (schema
+        evolution), and the records refused for an extra field the table cannot take (QUARANTINE_SCHEMA).
+
+        An extra field keeps its type for good from the first time it is seen (the table's column, or the
+        first batch that brought it): a non-null value of another type refuses its record with a reason
+        naming the field and both types, never a silent cast; so does a value of a type no Delta column
+        holds. Nulls fit any type.
+        """
+        base = self._conform(valid.select(RECORD_SCHEMA.names), RECORD_SCHEMA)
+        extras = [f for f in valid.schema if f.name not in RECORD_SCHEMA.names]
+        if not extras:
+            return base, None
+        refused = np.zeros(valid.num_rows, dtype=bool)
+        reasons = np.full(valid.num_rows, None, dtype=object)
+        kept: list[tuple[pa.Field, pa.ChunkedArray]] = []
+        for sent in extras:
+            column = valid.column(sent.name)
+            field = sent.with_type(pa.string()) if pa.types.is_null(sent.type) else sent
+            if pa.types.is_null(sent.type):  # no value seen at all: text until a value says otherwise
+                column = column.cast(pa.string())
+            known = self._extras.get(field.name)
+            problem = None
+            if field.name.lower() in _RESERVED:
+                problem = "its name is taken by one of the table's own columns"
+            elif known is None:
+                problem = column_problem(field)
+                if problem is None:
+                    known = self._extras[field.name] = field.type
+            elif known != field.type:
+                problem = f"its type changed: {field.type} where the table holds {known}"
+            if problem is not None:
+                present = column.is_valid().to_numpy(zero_copy_only=False)
+                reasons[present & ~refused] = f"field {field.name}: {problem}"
+                refused |= present
+                if known is None:
+                    continue  # never stored: no column for it
+                column = pa.nulls(len(column), known)
+            kept.append((field.with_type(known).with_nullable(True), column))
+        for field, column in kept:
+            base = base.append_column(field, column)
+        if not refused.any():
+            return base, None
+        mask = pa.array(refused)
+        out = quarantine.from_records(valid.filter(mask).select(RECORD_SCHEMA.names), reasons[refused].tolist())
+        return base.filter(pc.invert(mask)), out
+
     @staticmethod
     def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         if table.schema.equals(schema, check_metadata=False):
@@ -465,7 +533,8 @@ class BufferedWriter:
         tail: pa.Table | None = None
         everything = pa.concat_tables(self._refused) if self._refused else None
         if self._valid_rows:
-            valid = pa.concat_tables(self._valid) if len(self._valid) > 1 else self._valid[0]
+            # Tables with and without a later field (schema evolution) concatenate with nulls where it is absent.
+            valid = pa.concat_tables(self._valid, promote_options="default") if len(self._valid) > 1 else self._valid[0]
             hi = self._last_valid_id
             assert hi is not None
             if everything is not None:
@@ -626,7 +695,7 @@ class BufferedWriter:
             self._retrying = False
             self._records_committed += commit.records
             self._refused_committed += commit.refused
-            self._files_written += 1 if commit.landing_key else 0
+            self._files_written += len(commit.landing_keys)
             self._quarantine_files += 1 if commit.quarantine_key else 0
             self._next_event_id = commit.event_id_max + 1
             if commit.newest_event_time is not None:
@@ -658,25 +727,31 @@ class BufferedWriter:
         """
         if flush.quarantine is not None and not flush.quarantine_done and not self._still_there(flush.quarantine):
             flush.quarantine = None
-        if flush.landing is not None and not flush.committed and not self._still_there(flush.landing):
-            flush.landing = None
         if flush.refused is not None and not flush.quarantine_done and flush.quarantine is None:
             flush.quarantine_name = flush.quarantine_name or file_name(quarantine.KIND, flush.refused)
             flush.quarantine = write_quarantine(self.storage, flush.refused, flush.quarantine_name)
-        if not flush.valid.num_rows:
+        if not flush.valid.num_rows or flush.committed:
             return
-        if flush.lake_table is None:
-            flush.lake_table = with_duration(flush.valid)
-            flush.landing_stats = FileStats.of_table(flush.lake_table)
-        if flush.landing is None and not flush.committed:
-            flush.landing_name = flush.landing_name or file_name(LANDING_KIND, flush.lake_table)
-            flush.landing = write_landing(self.storage, flush.lake_table, flush.landing_name)
+        if flush.pieces is None:
+            rows = with_duration(flush.valid.select(RECORD_SCHEMA.names))
+            for name in flush.valid.column_names[len(RECORD_SCHEMA) :]:  # extra fields, after the lake's own
+                rows = rows.append_column(flush.valid.schema.field(name), flush.valid.column(name))
+            parts = partitions.split_by_date(rows) if self._partitioned else [(None, rows)]
+            flush.pieces = [
+                _Piece(part, day, FileStats.of_table(part), file_name(LANDING_KIND, part)) for day, part in parts
+            ]
+        for piece in flush.pieces:
+            if piece.info is not None and not self._still_there(piece.info):
+                piece.info = None
+            if piece.info is None:
+                piece.info = write_landing(self.storage, piece.table, piece.name, piece.day)
 
     def _commit(self, flush: _Flush) -> Commit:
         """Run the flush's steps in the protocol's order, skipping those an earlier attempt finished.
 
         (1) publish the refused records and append them to the quarantine table; (2) publish the
-        landing file; (3) commit it to the events table, moving the position to the flush's last
+        landing files (one per date in a partitioned table); (3) commit them to the events table in one
+        transaction, moving the position to the flush's last
         valid event id. A flush without valid records skips (2), and (3) only moves the position (to
         its last refused event id). Raises FencedError if another writer moved the position, OSError
         or LakeError (retryable) if a step failed.
@@ -688,20 +763,24 @@ class BufferedWriter:
             flush.quarantine_done = True
         if not flush.valid.num_rows:
             return self._advance(flush)
-        assert flush.landing is not None and flush.landing_stats is not None
+        assert flush.pieces is not None
+        landed = [(piece.info, piece.stats) for piece in flush.pieces if piece.info is not None]
+        assert len(landed) == len(flush.pieces)
         if not flush.committed:
-            self._table.append(
-                flush.landing, flush.landing_stats, through_event_id=flush.event_id_max, expected=self._position
-            )
+            extras = [f for f in flush.pieces[0].table.schema if f.name not in LAKE_SCHEMA.names]
+            if extras:
+                self._table.add_columns(extras)  # the schema first: no commit adds a file with an unknown column
+            self._table.append_files(landed, through_event_id=flush.event_id_max, expected=self._position)
             flush.committed = True
             self._position = flush.event_id_max
+        newest = [p.stats.maximum.get("badge_out_timestamp") for p in flush.pieces]
         return Commit(
-            landing_key=flush.landing.key,
+            landing_keys=tuple(info.key for info, _ in landed),
             quarantine_key=flush.quarantine.key if flush.quarantine is not None else None,
             records=flush.valid.num_rows,
             refused=flush.refused.num_rows if flush.refused is not None else 0,
             event_id_max=flush.event_id_max,
-            newest_event_time=flush.landing_stats.maximum.get("badge_out_timestamp"),
+            newest_event_time=max((t for t in newest if t is not None), default=None),
             committed_at=time.time(),
         )
 
@@ -714,7 +793,7 @@ class BufferedWriter:
             self._position = flush.event_id_max
         flush.committed = True
         return Commit(
-            landing_key=None,
+            landing_keys=(),
             quarantine_key=flush.quarantine.key if flush.quarantine is not None else None,
             records=0,
             refused=flush.refused.num_rows,

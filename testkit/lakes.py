@@ -206,10 +206,11 @@ def publish(
     the way the compactor does it: three landing files committed first, then one commit replacing them
     with the compacted file. Those landing files stay on disk (out of the table, awaiting clean-up) when
     ``keep_replaced``. The rest become ``landing_files`` committed landing files. The table is created
-    for TEST_IDENTITY if the lake has none; the pipeline's position ends at the last event id.
+    for TEST_IDENTITY if the lake has none, unpartitioned (its files span dates: see
+    :func:`testkit.landing.ensure_table`); the pipeline's position ends at the last event id.
     """
     storage.ensure_layout()
-    LakeTable.open_or_create(storage, TEST_IDENTITY)
+    LakeTable.open_or_create(storage, TEST_IDENTITY, partitioned=False)
     cut = int(table.num_rows * compacted_share)
     head, tail = table.slice(0, cut), table.slice(cut)
     compacted: list[FileInfo] = []

@@ -28,14 +28,18 @@ from testkit.records import TEST_IDENTITY, lake_table
 def ensure_table(storage: LocalStorage) -> LakeTable:
     """The lake's table, created for TEST_IDENTITY if absent, even if files were published before it.
 
+    Created unpartitioned (the shape of a table from before date partitions): these files span dates, as
+    the compactor's and the clean-up's tests need. Partitioned tables have tests of their own
+    (``tests/test_partitions.py``).
+
     A lake with data files and no log is the previous layout to every process; a test that published
     files first gets its (empty) table built beside the lake and its log moved in, as if it had
     existed before those files.
     """
-    if has_log(storage.root) or not any(storage.list_all(zone) for zone in layout.DATA_ZONES):
-        return LakeTable.open_or_create(storage, TEST_IDENTITY)
+    if has_log(storage.root) or not any(storage.list_tree(zone, suffix="") for zone in layout.DATA_ZONES):
+        return LakeTable.open_or_create(storage, TEST_IDENTITY, partitioned=False)
     with tempfile.TemporaryDirectory(dir=storage.root.parent) as scratch:
-        LakeTable.open_or_create(LocalStorage(scratch), TEST_IDENTITY)
+        LakeTable.open_or_create(LocalStorage(scratch), TEST_IDENTITY, partitioned=False)
         shutil.copytree(Path(scratch) / LOG_DIR, storage.root / LOG_DIR)
     return LakeTable.open(storage)
 
@@ -83,7 +87,8 @@ def clone_lake(template: LocalStorage, storage: LocalStorage) -> None:
     and copy its table's log, so ``storage`` is the same lake at the same version."""
     storage.ensure_layout()
     for zone in layout.DATA_ZONES:
-        for info in template.list_all(zone):
+        for info in template.list_tree(zone, suffix=""):
+            storage.path(info.key).parent.mkdir(parents=True, exist_ok=True)  # a date partition's directory
             os.link(template.path(info.key), storage.path(info.key))
     log_dir = template.root / LOG_DIR
     if log_dir.is_dir():
@@ -93,9 +98,10 @@ def clone_lake(template: LocalStorage, storage: LocalStorage) -> None:
 def clone_landing(template: LocalStorage, storage: LocalStorage, limit: int | None = None) -> list[FileInfo]:
     """Hard-link the (first ``limit``) landing files of ``template`` into ``storage`` and commit them there."""
     storage.ensure_layout()
-    for info in template.list_files(layout.LANDING)[:limit]:
+    for info in template.list_tree(layout.LANDING)[:limit]:
+        storage.path(info.key).parent.mkdir(parents=True, exist_ok=True)
         os.link(template.path(info.key), storage.path(info.key))
-    infos = storage.list_files(layout.LANDING)
+    infos = storage.list_tree(layout.LANDING)
     commit_files(storage, infos)
     return infos
 
@@ -107,7 +113,7 @@ def table_keys(storage: LocalStorage) -> list[str]:
 
 def disk_keys(storage: LocalStorage) -> list[str]:
     """Every file on disk in landing/ and compacted/, in or out of the table, sorted."""
-    return sorted(f.key for zone in layout.DATA_ZONES for f in storage.list_all(zone))
+    return sorted(f.key for zone in layout.DATA_ZONES for f in storage.list_tree(zone, suffix=""))
 
 
 def commit_actions(storage: LocalStorage, version: int | None = None, prefix: str = "") -> list[dict[str, Any]]:

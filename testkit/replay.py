@@ -51,8 +51,16 @@ class LakeFiles(ABC):
         """The keys of the files directly under ``under`` (``""``: the root), sorted; none if it does not exist."""
 
     @abstractmethod
+    def directories(self, under: str) -> list[str]:
+        """The keys of the directories (common prefixes) directly under ``under``, sorted."""
+
+    @abstractmethod
     def read(self, key: str) -> bytes:
         """The whole file; FileNotFoundError if it is not there."""
+
+    def tree(self, under: str) -> list[str]:
+        """The keys of the files under ``under`` at any depth (a zone's date partitions), sorted."""
+        return sorted([*self.listing(under), *(k for d in self.directories(under) for k in self.tree(d))])
 
     def exists(self, key: str) -> bool:
         head, _, _ = key.rpartition("/")
@@ -60,7 +68,7 @@ class LakeFiles(ABC):
 
     def data_keys(self) -> list[str]:
         """Every file in the events table's zones (``landing/``, ``compacted/``), in the table or not, sorted."""
-        return sorted(k for zone in DATA_ZONES for k in self.listing(zone))
+        return sorted(k for zone in DATA_ZONES for k in self.tree(zone))
 
 
 class DirectoryFiles(LakeFiles):
@@ -80,6 +88,14 @@ class DirectoryFiles(LakeFiles):
             return []
         head = f"{under}/" if under else ""
         return sorted(f"{head}{e.name}" for e in entries if e.is_file(follow_symlinks=False))
+
+    def directories(self, under: str) -> list[str]:
+        try:
+            entries = list(os.scandir(self.root / under))
+        except FileNotFoundError:
+            return []
+        head = f"{under}/" if under else ""
+        return sorted(f"{head}{e.name}" for e in entries if e.is_dir(follow_symlinks=False))
 
     def read(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
@@ -112,6 +128,15 @@ class BucketFiles(LakeFiles):
         for page in paginator.paginate(Bucket=self.bucket, Prefix=head, Delimiter="/"):
             keys.extend(obj["Key"][len(strip) :] for obj in page.get("Contents", []))
         return sorted(keys)
+
+    def directories(self, under: str) -> list[str]:
+        head = f"{self._full(under)}/" if under else (f"{self.prefix}/" if self.prefix else "")
+        strip = f"{self.prefix}/" if self.prefix else ""
+        found: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=head, Delimiter="/"):
+            found.extend(p["Prefix"][len(strip) :].rstrip("/") for p in page.get("CommonPrefixes", []))
+        return sorted(found)
 
     def read(self, key: str) -> bytes:
         try:

@@ -347,7 +347,7 @@ def test_kill_9_pipeline_and_compactor_at_random_while_a_reader_queries(tmp_path
     live = replay(backend.files).keys
     assert backend.files.data_keys() == sorted(live), "files outside the table were left behind"
     if isinstance(backend.storage, LocalStorage):
-        on_disk = sorted(f.key for zone in layout.DATA_ZONES for f in backend.storage.list_all(zone))
+        on_disk = sorted(f.key for zone in layout.DATA_ZONES for f in backend.storage.list_tree(zone, suffix=""))
         assert on_disk == sorted(read_snapshot(backend.storage).keys)
     else:
         assert backend.files.listing(layout.TEMP) == []  # nothing is ever staged in the bucket

@@ -84,7 +84,7 @@ def test_not_due_below_min_files(storage: LocalStorage, settings: Settings) -> N
     publish_landing(storage, 100_000, 1_000, 5, commit=False)
     assert Compactor(storage, settings).compact() is None
     assert table_keys(storage) == [f.key for f in files]
-    assert storage.list_files(layout.COMPACTED) == []
+    assert storage.list_tree(layout.COMPACTED) == []
 
 
 def test_compacts_the_snapshot_into_one_sorted_snappy_file_in_one_commit(
@@ -179,7 +179,7 @@ def test_small_compacted_files_are_merged_again_with_later_inputs(storage: Local
     publish_landing(storage, 0, 1_000, 8)
     first = _only(compactor.compact())
     [small] = first.outputs
-    assert storage.list_files(layout.COMPACTED)[0].size < settings.compaction_target_min_bytes
+    assert storage.list_tree(layout.COMPACTED)[0].size < settings.compaction_target_min_bytes
 
     later = publish_landing(storage, 8_000, 1_000, 8)
     second = _only(compactor.compact())
@@ -195,7 +195,7 @@ def test_large_compacted_files_are_left_alone(storage: LocalStorage, lake_root: 
     compactor = Compactor(storage, settings)
     publish_landing(storage, 0, 20_000, 8)
     [big] = _only(compactor.compact()).outputs
-    assert storage.list_files(layout.COMPACTED)[0].size >= settings.compaction_target_min_bytes
+    assert storage.list_tree(layout.COMPACTED)[0].size >= settings.compaction_target_min_bytes
     publish_landing(storage, 160_000, 1_000, 8)
     second = _only(compactor.compact())
     assert second.compacted_in == 0
@@ -234,7 +234,7 @@ def test_the_ceiling_is_strict_even_when_the_estimate_is_badly_wrong(
     assert max(metrics.output_sizes) <= settings.compaction_target_max_bytes
     assert storage.list_all(layout.TEMP) == []
     assert sorted(disk_keys(storage)) == sorted(
-        [f.key for f in template.list_files(layout.LANDING)] + metrics.outputs
+        [f.key for f in template.list_tree(layout.LANDING)] + metrics.outputs
     )  # the discarded output left nothing behind
     assert_exactly_once(storage, range(TEMPLATE_ROWS))
 
@@ -273,7 +273,7 @@ def test_an_empty_landing_file_joins_a_run(storage: LocalStorage, settings: Sett
     # ids) yet must not become a run, and an output, of its own.
     for lo in (0, 100_000):
         _write_committed(storage, lake_table(lo, 100_000), layout.COMPACTED)
-    assert min(f.size for f in storage.list_files(layout.COMPACTED)) >= settings.compaction_target_min_bytes
+    assert min(f.size for f in storage.list_tree(layout.COMPACTED)) >= settings.compaction_target_min_bytes
     empty = _write_committed(storage, lake_table(0, 0))
     publish_landing(storage, 200_000, 1_000, 8)
     metrics = _only(Compactor(storage, settings).compact())

@@ -94,7 +94,7 @@ def test_watches_until_a_signal_and_one_compactor_per_lake(
         assert second.returncode == 3 and "another compactor" in second.stderr
 
         publish_landing(storage, 0, 1_000, 8)
-        wait_until(lambda: storage.list_files(layout.COMPACTED), 15, what="a compaction")
+        wait_until(lambda: storage.list_tree(layout.COMPACTED), 15, what="a compaction")
         began = time.monotonic()
         proc.signal(sig)
         assert proc.wait(10) == 0, proc.output()
@@ -124,7 +124,7 @@ def test_kill_9_at_a_protocol_step_then_restart(
         wait_until(lambda: f"PAUSED at {step}" in proc.output(), 30, what=f"the compactor to pause at {step}")
         proc.kill9()
     assert_exactly_once(storage, range(8_000))  # whatever the step, the table holds each event once
-    outputs = [f.key for f in storage.list_files(layout.COMPACTED)]
+    outputs = [f.key for f in storage.list_tree(layout.COMPACTED)]
     if step in ("snapshot", "writing", "written"):
         assert bool(compactor_temp(storage)) == (step != "snapshot"), "kill -9 mid-write leaves its temp file"
         assert outputs == [] and table_keys(storage) == sources

@@ -214,7 +214,7 @@ def test_a_compaction_whose_input_was_removed_concurrently_commits_nothing(
     metrics = Compactor(storage, settings, hook=meanwhile).compact()
     assert metrics is not None and metrics.stale
     assert metrics.outputs == [] and metrics.version is None
-    assert storage.list_files(layout.COMPACTED) == []  # its outputs, never committed, are gone at once
+    assert storage.list_tree(layout.COMPACTED) == []  # its outputs, never committed, are gone at once
     assert table_keys(storage) == replacement + [f.key for f in files[1:]]
     assert_exactly_once(storage, range(8_000))
 
@@ -236,7 +236,7 @@ def test_a_failed_commit_leaves_the_table_as_it_was(
             compactor.compact()
     snap = read_snapshot(storage)
     assert snap.version == version and snap.keys == [f.key for f in files]
-    [orphan] = [f.key for f in storage.list_files(layout.COMPACTED)]  # published, never committed
+    [orphan] = [f.key for f in storage.list_tree(layout.COMPACTED)]  # published, never committed
     report = compactor.run_cycle()  # tried again next cycle
     assert len(report.compactions) == 1 and orphan not in table_keys(storage)
     clock.advance(settings.compaction_grace_seconds + 1)

@@ -43,7 +43,7 @@ def zone_keys(lake: S3Lake, zone: str) -> list[str]:
 def test_a_compaction_on_s3_commits_once_and_the_clean_up_deletes_its_inputs(s3_lake: S3Lake) -> None:
     settings = filled(s3_lake)
     inputs = zone_keys(s3_lake, layout.LANDING)
-    assert len(inputs) == 12
+    assert len(inputs) >= 12 and all("/date=" in k for k in inputs)  # 12 flushes, cut at midnight
     assert compactor_process.run(settings, once=True) == 0
     ids, position = table_ids(s3_lake)
     assert sorted(ids.tolist()) == list(range(12_000)) and position == 11_999  # every event once

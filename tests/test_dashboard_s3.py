@@ -180,7 +180,8 @@ def test_a_refresh_on_s3_reads_only_files_new_to_the_snapshot(s3_lake: S3Lake) -
     s3_lake.requests.clear()
     first = engine.snapshot()
     landed = set(first.lake.keys)
-    assert len(landed) == 12 and sorted(data_reads(s3_lake)) == sorted(("GET", key) for key in landed)  # once each
+    # 12 flushes, cut at midnight into one file per date
+    assert len(landed) >= 12 and sorted(data_reads(s3_lake)) == sorted(("GET", key) for key in landed)  # once each
     s3_lake.requests.clear()
     figures(first, ALL)
     assert data_gets(s3_lake) == []  # every figure of the whole lake from the partials: no file read
@@ -190,15 +191,16 @@ def test_a_refresh_on_s3_reads_only_files_new_to_the_snapshot(s3_lake: S3Lake) -
     s3_lake.requests.clear()
     second = engine.snapshot()
     new = set(second.lake.keys) - landed
-    assert len(new) == 3 and sorted(data_reads(s3_lake)) == sorted(("GET", key) for key in new)  # not the old ones
+    assert len(new) >= 3 and sorted(data_reads(s3_lake)) == sorted(("GET", key) for key in new)  # not the old ones
     assert second.kpis().total_events == 15_000
 
-    compact(settings)  # the 15 landing files become one compacted file; the clean-up deletes them (grace 0)
+    compact(settings)  # the landing files become one compacted file per date; the clean-up deletes them (grace 0)
     s3_lake.requests.clear()
     third = engine.snapshot()
-    (output,) = third.lake.in_zone(layout.COMPACTED)
-    assert third.partials is not None and third.partials[output.key].derived  # merged from cached partials
-    assert set(data_gets(s3_lake)) == {output.key}  # its footer (the sources hint), no row of it
+    outputs = third.lake.in_zone(layout.COMPACTED)
+    assert outputs and not third.lake.in_zone(layout.LANDING)
+    assert third.partials is not None and all(third.partials[o.key].derived for o in outputs)  # merged from cache
+    assert set(data_gets(s3_lake)) == {o.key for o in outputs}  # their footers (the sources hint), no row
     assert third.kpis() == second.kpis()
     assert_same(figures(third, ALL), figures(second, ALL), "after the compaction")
 
@@ -338,7 +340,7 @@ def test_files_read_in_pieces_give_the_partials_duckdb_reads_from_disk(
 def commit_landing(storage: Storage, tables: list[pa.Table]) -> list[FileInfo]:
     """Each table as a landing file committed to the lake's table, one commit each (as the pipeline does)."""
     storage.ensure_layout()
-    lake = LakeTable.open_or_create(storage, TEST_IDENTITY)
+    lake = LakeTable.open_or_create(storage, TEST_IDENTITY, partitioned=False)  # files across dates
     infos = []
     for table in tables:
         info = write_file(storage, table, layout.LANDING, "landing")

@@ -20,12 +20,11 @@ from ingestion.placement import POSITION_NOTE, place_records
 from ingestion.progress import Progress, freshness_lag
 from ingestion.resume import NamedFile, identity_of, recover
 from lake import layout
-from lake.filestats import FileStats
 from lake.identity import StreamIdentity
 from lake.lock import LakeLock
 from lake.parquet import write_file
 from lake.quarantine import commit_refused, count_quarantine
-from lake.storage import FileInfo, LocalStorage
+from lake.storage import LocalStorage
 from lake.table import LakeTable, quarantine_files, read_snapshot
 from lake.writer import BufferedWriter, FlushThresholds
 from processes.pipeline import RunOptions, run
@@ -174,20 +173,20 @@ def test_a_crash_between_publish_and_commit_leaves_an_orphan_no_reader_sees(
     settings = make_settings(lake_root, BATCH_SIZE=50, BUFFER_RECORDS=50)
     assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
 
-    def crash_before_commit(self: LakeTable, info: FileInfo, stats: FileStats, **position: int | None) -> None:
+    def crash_before_commit(self: LakeTable, files: object, **position: int | None) -> None:
         raise Crash
 
-    real = LakeTable.append
-    monkeypatch.setattr(LakeTable, "append", crash_before_commit)
+    real = LakeTable.append_files
+    monkeypatch.setattr(LakeTable, "append_files", crash_before_commit)
     table = LakeTable.open(storage)
     writer = BufferedWriter(storage, FlushThresholds(50, 60), table=table, position=99).start()
     batch = source.get_employee_badge_logs(100, 50)
     writer.add(batch.table, batch.invalid)
-    wait_until(lambda: len(storage.list_files(layout.LANDING)) == 3, 5, what="the crashed flush's landing file")
-    orphan = [f for f in storage.list_files(layout.LANDING) if NamedFile.parse(f.name).first == 100]  # type: ignore[union-attr]
+    wait_until(lambda: len(storage.list_tree(layout.LANDING)) == 3, 5, what="the crashed flush's landing file")
+    orphan = [f for f in storage.list_tree(layout.LANDING) if NamedFile.parse(f.name).first == 100]  # type: ignore[union-attr]
     assert len(orphan) == 1
     time.sleep(0.1)
-    monkeypatch.setattr(LakeTable, "append", real)
+    monkeypatch.setattr(LakeTable, "append_files", real)
     # Invisible to every reader of the table: ours, delta-rs' own, and any engine reading the log.
     snapshot = read_snapshot(storage)
     assert orphan[0].key not in snapshot.keys and snapshot.rows == 100 and snapshot.committed_event_id == 99
@@ -196,7 +195,7 @@ def test_a_crash_between_publish_and_commit_leaves_an_orphan_no_reader_sees(
     assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
     assert not storage.exists(orphan[0].key)  # removed at the next start
     assert live_ids(storage) == list(range(200))  # every event committed once
-    assert len(storage.list_files(layout.LANDING)) == 4
+    assert len(storage.list_tree(layout.LANDING)) == 4
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the crash is on purpose
@@ -206,12 +205,12 @@ def test_a_crash_between_the_quarantine_commit_and_the_flush_commit_is_undone_on
     source = FakeSource(refuse=lambda i: i % 10 == 3)
     settings = make_settings(lake_root, BATCH_SIZE=50, BUFFER_RECORDS=50)
     assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
-    real = LakeTable.append
+    real = LakeTable.append_files
 
-    def crash_on_commit(self: LakeTable, info: FileInfo, stats: FileStats, **position: int | None) -> None:
+    def crash_on_commit(self: LakeTable, files: object, **position: int | None) -> None:
         raise Crash
 
-    monkeypatch.setattr(LakeTable, "append", crash_on_commit)
+    monkeypatch.setattr(LakeTable, "append_files", crash_on_commit)
     before = len(quarantine_files(storage))
     writer = BufferedWriter(storage, FlushThresholds(50, 60), table=LakeTable.open(storage), position=99).start()
     batch = source.get_employee_badge_logs(100, 50)
@@ -220,8 +219,8 @@ def test_a_crash_between_the_quarantine_commit_and_the_flush_commit_is_undone_on
     time.sleep(0.1)
     assert max(quarantined_ids(storage)) > 100  # the orphan entry of the crashed flush is in the quarantine table
     assert read_snapshot(storage).next_event_id == 100  # its landing file never committed
-    assert len(storage.list_files(layout.LANDING)) > len(read_snapshot(storage).files)  # published, an orphan
-    monkeypatch.setattr(LakeTable, "append", real)
+    assert len(storage.list_tree(layout.LANDING)) > len(read_snapshot(storage).files)  # published, an orphan
+    monkeypatch.setattr(LakeTable, "append_files", real)
 
     assert run(settings, RunOptions(max_records=100, compaction=False), source=source) == 0
     refused = [i for i in range(200) if i % 10 == 3]
@@ -246,7 +245,7 @@ def test_a_source_of_another_stream_is_refused_before_anything_is_written(
     assert source.calls == []  # not one record fetched
     after = read_snapshot(storage)
     assert (after.version, after.keys, after.committed_event_id) == (before.version, before.keys, 99)
-    assert len(storage.list_files(layout.LANDING)) == 1
+    assert len(storage.list_tree(layout.LANDING)) == 1
 
 
 def test_a_lake_in_the_previous_layout_is_refused_before_asking_the_source(
@@ -332,7 +331,7 @@ def test_time_based_flush_while_the_source_has_nothing_new(lake_root: Path, stor
         assert len(source.calls) >= 2  # it kept polling the empty source meanwhile
     finally:
         assert finish() == 0
-    assert len(read_snapshot(storage).files) == 1 == len(storage.list_files(layout.LANDING))
+    assert len(read_snapshot(storage).files) == 1 == len(storage.list_tree(layout.LANDING))
 
 
 def test_time_based_flush_fires_while_the_source_is_down(lake_root: Path, storage: LocalStorage) -> None:

@@ -66,7 +66,7 @@ def test_an_unmigrated_lake_exits_2_saying_to_migrate(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "python -m lake migrate" in lines[0]
-    assert not (storage.root / LOG_DIR).exists() and storage.list_files(layout.LANDING) == [old]
+    assert not (storage.root / LOG_DIR).exists() and storage.list_tree(layout.LANDING) == [old]
 
 
 @pytest.mark.integration
@@ -91,4 +91,4 @@ def test_a_service_of_another_stream_exits_2_naming_both_and_writes_nothing(tmp_
     after = read_snapshot(storage)
     assert (after.version, after.keys, after.committed_event_id) == (before.version, before.keys, 199)
     assert sorted(p.name for p in (storage.root / LOG_DIR).iterdir()) == log_before
-    assert QuarantineTable.open(storage) is None and len(storage.list_files(layout.LANDING)) == 2
+    assert QuarantineTable.open(storage) is None and len(storage.list_tree(layout.LANDING)) == 2

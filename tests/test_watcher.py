@@ -146,7 +146,7 @@ def test_a_lake_without_a_table_is_waited_for_then_compacted(storage: LocalStora
     with watch_landing(Compactor(storage, settings), settings) as watcher:
         wait_until(lambda: len(watcher.cycles) >= 3, 5, what="sweeps while the lake has no table")
         publish_landing(storage, 0, 1_000, 8)  # the pipeline creates the table and commits
-        wait_until(lambda: storage.list_files(layout.COMPACTED), 10, what="a compacted file")
+        wait_until(lambda: storage.list_tree(layout.COMPACTED), 10, what="a compacted file")
     assert watcher.failures == 0
     assert_exactly_once(storage, range(8_000))
 
@@ -170,7 +170,7 @@ def test_a_commit_alone_calls_for_a_compaction(storage: LocalStorage, lake_root:
     settings = make_settings(lake_root, COMPACTION_SWEEP_SECONDS=60, COMPACTION_DEBOUNCE_SECONDS=0.2)
     with watch_landing(Compactor(storage, settings), settings) as watcher:
         wait_until(lambda: watcher.cycles, 5, what="the start-up sweep")
-        assert storage.list_files(layout.COMPACTED) == []  # 7 files in the table: not due
+        assert storage.list_tree(layout.COMPACTED) == []  # 7 files in the table: not due
         commit_files(storage, last)  # no new file in landing/, a new entry in the log
         wait_until(lambda: _compacted_by_events(storage, watcher), 10, what="a compaction on the commit's event")
     assert_exactly_once(storage, range(8_000))
@@ -180,7 +180,7 @@ def test_the_sweep_compacts_what_was_there_and_deletes_after_grace(storage: Loca
     sources = publish_landing(storage, 0, 1_000, 8)  # landed while no compactor ran: no event will come
     settings = make_settings(lake_root, COMPACTION_SWEEP_SECONDS=0.3, COMPACTION_GRACE_SECONDS=0.5)
     with watch_landing(Compactor(storage, settings), settings) as watcher:
-        wait_until(lambda: storage.list_files(layout.COMPACTED), 10, what="a compacted file")
+        wait_until(lambda: storage.list_tree(layout.COMPACTED), 10, what="a compacted file")
         wait_until(lambda: not any(storage.exists(f.key) for f in sources), 10, what="sources deleted after grace")
     assert watcher.cycles[0] == "sweep"  # the start-up sweep compacted: no file event announced those files
     assert_exactly_once(storage, range(8_000))

@@ -56,7 +56,7 @@ def test_size_threshold_flushes_whole_files_in_event_order(storage: LocalStorage
             writer.add(make_records(start, 50))
         wait_until(lambda: writer.stats().files_written == 2, 5, what="two size-triggered flushes")
         assert writer.stats().buffered == 50  # below the threshold, and the interval is far away
-    files = storage.list_files(layout.LANDING)
+    files = storage.list_tree(layout.LANDING)
     assert len(files) == 3  # the third is close()'s flush
     snapshot = read_snapshot(storage)
     assert snapshot.keys == [f.key for f in files]  # each published file committed, once
@@ -92,13 +92,13 @@ def test_time_based_flush_without_new_data(storage: LocalStorage) -> None:
         wait_until(lambda: writer.stats().records_committed == 10, 3, interval=0.01, what="the time-based flush")
         elapsed = time.monotonic() - started
         assert 0.25 <= elapsed < 1.5
-        assert len(storage.list_files(layout.LANDING)) == 1 and writer.stats().buffered == 0
+        assert len(storage.list_tree(layout.LANDING)) == 1 and writer.stats().buffered == 0
         # The clock restarts with the next record, not with the last flush.
         time.sleep(0.4)
         writer.add(make_records(10, 5))
         time.sleep(0.1)
-        assert len(storage.list_files(layout.LANDING)) == 1
-        wait_until(lambda: len(storage.list_files(layout.LANDING)) == 2, 3, interval=0.01, what="a second flush")
+        assert len(storage.list_tree(layout.LANDING)) == 1
+        wait_until(lambda: len(storage.list_tree(layout.LANDING)) == 2, 3, interval=0.01, what="a second flush")
     assert landing_ids(storage).tolist() == list(range(15))
 
 
@@ -114,19 +114,19 @@ def test_live_records_are_due_after_their_event_time_not_only_their_arrival(stor
     with make_writer(storage, FlushThresholds(records=10_000, interval_seconds=3)) as writer:
         started = time.monotonic()
         writer.add(live_records(0, 10, event_age_s=2.8), live=True)  # waited 2.8 s for the poll already
-        wait_until(lambda: storage.list_files(layout.LANDING), 3, interval=0.01, what="the event-time flush")
+        wait_until(lambda: storage.list_tree(layout.LANDING), 3, interval=0.01, what="the event-time flush")
         assert time.monotonic() - started < 1.0
         # Not live (a full batch while catching up): only the arrival counts, whatever the event time.
         writer.add(live_records(10, 10, event_age_s=3600))
         time.sleep(0.5)
-        assert len(storage.list_files(layout.LANDING)) == 1
+        assert len(storage.list_tree(layout.LANDING)) == 1
     assert landing_ids(storage).tolist() == list(range(20))
 
 
 def test_live_records_from_the_future_still_flush_by_arrival(storage: LocalStorage) -> None:
     with make_writer(storage, FlushThresholds(records=10_000, interval_seconds=0.3)) as writer:
         writer.add(live_records(0, 10, event_age_s=-3600), live=True)  # a clock ahead of ours
-        wait_until(lambda: storage.list_files(layout.LANDING), 2, interval=0.01, what="the arrival-time flush")
+        wait_until(lambda: storage.list_tree(layout.LANDING), 2, interval=0.01, what="the arrival-time flush")
 
 
 def test_leaving_by_an_exception_does_not_flush(storage: LocalStorage) -> None:
@@ -136,7 +136,7 @@ def test_leaving_by_an_exception_does_not_flush(storage: LocalStorage) -> None:
     with pytest.raises(Boom), make_writer(storage, FlushThresholds(100, 60)) as writer:
         writer.add(make_records(0, 10))
         raise Boom
-    assert storage.list_files(layout.LANDING) == []
+    assert storage.list_tree(layout.LANDING) == []
     assert read_snapshot(storage).is_empty and read_snapshot(storage).committed_event_id is None
     with pytest.raises(WriterClosedError):
         writer.add(make_records(10, 1))
@@ -174,7 +174,7 @@ def test_reader_hammering_landing_never_opens_a_partial_file(storage: LocalStora
                 rows = pq.read_metadata(storage.path(df.key)).num_rows
                 if rows != df.row_count:
                     errors.append(f"{df.key}: {rows} rows, the log says {df.row_count}")
-            for info in storage.list_files(layout.LANDING):
+            for info in storage.list_tree(layout.LANDING):
                 try:
                     table = pq.read_table(storage.path(info.key))
                     meta = storage.read_metadata(info.key)
@@ -214,7 +214,7 @@ def test_unique_names_under_rapid_flushes_in_one_instant(
     with make_writer(storage, FlushThresholds(records=1, interval_seconds=60)) as writer:
         for i in range(300):
             writer.add(make_records(i, 1))
-    names = [f.name for f in storage.list_files(layout.LANDING)]
+    names = [f.name for f in storage.list_tree(layout.LANDING)]
     assert len(names) == 300 == len(set(names))
     assert len({n.split("-")[1] for n in names}) == 1  # all in the same microsecond, as intended
     assert sorted(landing_ids(storage).tolist()) == list(range(300))
@@ -249,9 +249,9 @@ def test_unique_names_across_two_processes(storage: LocalStorage) -> None:
         for offset in (0, 1000)
     ]
     assert [p.wait(60) for p in procs] == [0, 0]
-    names = [f.name for f in storage.list_files(layout.LANDING)]
+    names = [f.name for f in storage.list_tree(layout.LANDING)]
     assert len(names) == 300 == len(set(names))
-    ids = file_ids(storage.path(f.key) for f in storage.list_files(layout.LANDING))
+    ids = file_ids(storage.path(f.key) for f in storage.list_tree(layout.LANDING))
     assert sorted(ids.tolist()) == list(range(150)) + list(range(1000, 1150))
     assert read_snapshot(storage).is_empty  # published, never committed: not the lake
 
@@ -261,21 +261,21 @@ def test_publishing_the_next_flush_overlaps_the_commit_before_it_and_commits_sta
 ) -> None:
     events: list[tuple[str, int, float]] = []  # (what, last event id, instant)
     real_publish = LocalStorage.publish
-    real_append = LakeTable.append
+    real_append = LakeTable.append_files
 
     def spy_publish(self: LocalStorage, tmp: Path, zone: str, name: str) -> lake_storage.FileInfo:
         info = real_publish(self, tmp, zone, name)
         events.append(("published", int(name.split("-")[3]), time.monotonic()))
         return info
 
-    def slow_append(self: LakeTable, info: lake_storage.FileInfo, stats: FileStats, **position: Any) -> None:
+    def slow_append(self: LakeTable, files: list[tuple[lake_storage.FileInfo, FileStats]], **position: Any) -> None:
         events.append(("commit starts", position["through_event_id"], time.monotonic()))
         time.sleep(0.2)  # a slow log: the next flush's file is written meanwhile
-        real_append(self, info, stats, **position)
+        real_append(self, files, **position)
         events.append(("committed", position["through_event_id"], time.monotonic()))
 
     monkeypatch.setattr(LocalStorage, "publish", spy_publish)
-    monkeypatch.setattr(LakeTable, "append", slow_append)
+    monkeypatch.setattr(LakeTable, "append_files", slow_append)
     with make_writer(storage, FlushThresholds(records=100, interval_seconds=60)) as writer:
         for start in range(0, 500, 100):
             writer.add(make_records(start, 100))
@@ -294,20 +294,23 @@ def test_refused_records_commit_before_the_landing_file_that_confirms_them(
     steps: list[str] = []
     real_publish = LocalStorage.publish
     real_quarantine = QuarantineTable.append
-    real_commit = LakeTable.append
+    real_commit = LakeTable.append_files
     real_advance = LakeTable.advance
 
     def spy(self: LocalStorage, tmp: Path, zone: str, name: str) -> lake_storage.FileInfo:
-        steps.append(f"publish {zone}")
+        steps.append(f"publish {zone.split('/', maxsplit=1)[0]}")  # landing/date=...: the zone
         return real_publish(self, tmp, zone, name)
 
     def spy_quarantine(self: QuarantineTable, info: lake_storage.FileInfo, stats: FileStats) -> None:
         real_quarantine(self, info, stats)
         steps.append(f"quarantine {info.zone}")
 
-    def spy_commit(self: LakeTable, info: lake_storage.FileInfo, stats: FileStats, **position: int | None) -> None:
-        real_commit(self, info, stats, **position)  # type: ignore[arg-type]
-        steps.append(f"commit {info.zone} through {position['through_event_id']}")
+    def spy_commit(
+        self: LakeTable, files: list[tuple[lake_storage.FileInfo, FileStats]], **position: int | None
+    ) -> None:
+        real_commit(self, files, **position)  # type: ignore[arg-type]
+        for info, _ in files:
+            steps.append(f"commit {info.zone} through {position['through_event_id']}")
 
     def spy_advance(self: LakeTable, **position: int | None) -> None:
         real_advance(self, **position)  # type: ignore[arg-type]
@@ -315,7 +318,7 @@ def test_refused_records_commit_before_the_landing_file_that_confirms_them(
 
     monkeypatch.setattr(LocalStorage, "publish", spy)
     monkeypatch.setattr(QuarantineTable, "append", spy_quarantine)
-    monkeypatch.setattr(LakeTable, "append", spy_commit)
+    monkeypatch.setattr(LakeTable, "append_files", spy_commit)
     monkeypatch.setattr(LakeTable, "advance", spy_advance)
     records = make_records(0, 20)
     bad = [i in (3, 7, 18, 19) for i in range(20)]
@@ -387,7 +390,7 @@ def test_disk_full_during_a_flush_leaves_nothing_partial_and_retries(
         writer.add(make_records(0, 100))
         wait_until(lambda: writer.stats().failed_attempts >= 1, 5, interval=0.005, what="a failed flush")
         # During the failure: nothing in landing/, no partial file in temp/, records still held.
-        assert storage.list_files(layout.LANDING) == []
+        assert storage.list_tree(layout.LANDING) == []
         assert storage.list_all(layout.TEMP) == []
         assert writer.stats().buffered == 100
         writer.add(make_records(100, 50))
@@ -416,7 +419,7 @@ def test_an_error_after_the_commit_point_is_not_retried_into_a_duplicate(
     calls = {"n": 0}
 
     def flaky_fsync_dir(path: Path) -> None:
-        if Path(path).name == layout.LANDING and calls["n"] == 0:
+        if Path(path).parent.name == layout.LANDING and calls["n"] == 0:  # landing/date=...: after the link
             calls["n"] += 1
             raise OSError(errno.EIO, "Input/output error")
         real(path)
@@ -427,7 +430,7 @@ def test_an_error_after_the_commit_point_is_not_retried_into_a_duplicate(
         writer.add(make_records(10, 10))
     assert calls["n"] == 1
     assert landing_ids(storage).tolist() == list(range(20))
-    assert len(storage.list_files(layout.LANDING)) == 2  # the retry committed the file it had published: no orphan
+    assert len(storage.list_tree(layout.LANDING)) == 2  # the retry committed the file it had published: no orphan
     assert read_snapshot(storage).rows == 20
 
 
@@ -451,9 +454,9 @@ def test_a_failed_commit_is_retried_with_the_file_already_published(
         writer.add(make_records(0, 10))
         writer.add(make_records(10, 10))
     assert writer.stats().failed_attempts == 1 and writer.stats().files_written == 2
-    assert len(storage.list_files(layout.LANDING)) == 2  # no second copy of the first flush
+    assert len(storage.list_tree(layout.LANDING)) == 2  # no second copy of the first flush
     snapshot = read_snapshot(storage)
-    assert snapshot.keys == [f.key for f in storage.list_files(layout.LANDING)]
+    assert snapshot.keys == [f.key for f in storage.list_tree(layout.LANDING)]
     assert snapshot.committed_event_id == 19
     assert landing_ids(storage).tolist() == list(range(20))
 
@@ -477,7 +480,7 @@ def test_a_fenced_writer_stops_at_once_and_never_retries(storage: LocalStorage) 
     snapshot = read_snapshot(storage)
     assert snapshot.committed_event_id == 19 and len(snapshot.files) == 2
     assert landing_ids(storage).tolist() == list(range(20))
-    assert len(storage.list_files(layout.LANDING)) == 3  # the zombie's file: published, never in the table
+    assert len(storage.list_tree(layout.LANDING)) == 3  # the zombie's file: published, never in the table
 
 
 def test_back_pressure_while_flushes_fail(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -503,7 +506,7 @@ def test_close_gives_up_when_the_disk_stays_full(storage: LocalStorage, monkeypa
     writer.add(make_records(0, 50))
     with pytest.raises(CommitError, match="50 buffered records were not committed"):
         writer.close(timeout=0.3)
-    assert storage.list_files(layout.LANDING) == [] and storage.list_all(layout.TEMP) == []
+    assert storage.list_tree(layout.LANDING) == [] and storage.list_all(layout.TEMP) == []
 
 
 def refused_batch(start: int, count: int) -> tuple[pa.Table, pa.Table]:

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     compaction_debounce_seconds: float = Field(
         1.0, ge=0, le=3_600, description="quiet time after a burst of file events"
     )
+    retention_days: int = Field(
+        0, ge=0, le=36_500, description="events dated before this many days ago leave the lake; 0 = keep forever"
+    )
     generator_seed: int = Field(42, ge=0, le=2**63 - 1, description="the synthetic stream's seed")
     events_per_second: float = Field(
         200.0, ge=0, le=1e9, description="the live stream's average rate; 0 = unlimited firehose"
@@ -89,6 +92,9 @@ class Settings(BaseSettings):
     generator_stream_start: BlankIsNone = Field(
         None,
         description="ISO-8601 UTC instant the stream starts at; empty = remembered per lake (see api/generators.py)",
+    )
+    record_version: int = Field(
+        1, ge=1, le=2, description="record version the service sends unless a request asks: 2 adds door_id"
     )
     retry_max_attempts: int = Field(5, ge=1, le=100, description="client attempts per request before giving up")
     retry_backoff_base: float = Field(3.0, ge=1, le=100, description="retry delay is about base**attempt seconds")

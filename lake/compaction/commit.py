@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
-from lake import layout
+from lake import layout, partitions
 from lake.compaction.steps import STEP_COMMITTED, STEP_PUBLISHED, STEP_WRITTEN, StepHook
 from lake.compaction.writing import KIND, Output
 from lake.filestats import FileStats
@@ -38,14 +38,17 @@ class Finished:
 
 
 def publish_output(storage: Storage, out: Output, lo: int, hi: int, step: StepHook) -> FileInfo:
-    """Publish the closed output ``out`` (events ``lo..hi``) into compacted/; it is not in the table yet.
+    """Publish the closed output ``out`` (events ``lo..hi``) into compacted/, in its inputs' date partition
+    (``compacted/date=YYYY-MM-DD/``); it is not in the table yet.
 
     Atomic: after it returns the output is durable and whole in compacted/; if it raises, nothing was published.
     """
     step(STEP_WRITTEN, out.tmp.name)
     os.utime(out.tmp)  # its age is what the clean-up's mtime rule sees: from now, not from when writing began
     name = layout.new_file_name(KIND, max(lo, 0), max(hi, 0))
-    info = storage.publish(out.tmp, layout.COMPACTED, name)
+    days = {f.partition for f in out.inputs if f.row_count}
+    day = days.pop() if len(days) == 1 else None  # a run never crosses dates (planning)
+    info = storage.publish(out.tmp, partitions.directory(layout.COMPACTED, day), name)
     step(STEP_PUBLISHED, info.key)
     return info
 

@@ -10,11 +10,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import pyarrow as pa
 
-from lake import layout
+from lake import layout, retention
 from lake.cleanup import GraceCleanup
 from lake.compaction import commit, planning, recovery
 from lake.compaction.metrics import CompactionMetrics, CycleReport
@@ -28,15 +29,16 @@ from lake.compaction.reading import (
     open_native,
     read_batches,
 )
+from lake.compaction.schema import WRITE_SCHEMA, write_schema
 from lake.compaction.sizing import SizeModel, calibrate, ends_before, input_density, inputs_to_keep, sources_chars
 from lake.compaction.steps import STEP_SNAPSHOT, STEP_WRITING, CompactionStoppedError, StepHook
 from lake.compaction.writing import KIND, Output
 from lake.parquet import badge_metadata
 from lake.snapshot import DataFile, Snapshot
 from lake.storage import LocalStorage, Storage
-from lake.table import LakeTable, ensure_migrated
+from lake.table import LakeTable, QuarantineTable, ensure_migrated
 from utils.config import Settings
-from utils.errors import LakeError, StaleInputsError
+from utils.errors import LakeError, LeaseLostError, StaleInputsError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,9 @@ class Compactor:
         self.min_bytes = settings.compaction_target_min_bytes
         self.max_bytes = settings.compaction_target_max_bytes
         self.grace_seconds = settings.compaction_grace_seconds
+        self.retention_days = settings.retention_days
+        self._quarantine_expired_through: int | None = None  # the retention mark quarantine was cleared to
+        self._clock = clock
         self.stop_event = stop or threading.Event()
         self._hook = hook
         self._open_input = open_input  # on a local lake (tests hand in a failing file layer)
@@ -81,6 +86,7 @@ class Compactor:
         # learnt from every output written.
         self._model: SizeModel | None = SizeModel(bytes_per_row) if bytes_per_row is not None else None
         self._sort_keys: set[str] = set()
+        self._schema = WRITE_SCHEMA  # what outputs hold: the lake's columns and the table's extra fields
 
     # -- small helpers ---------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -154,6 +160,8 @@ class Compactor:
         if snapshot is None or not self.is_due(snapshot):
             return None
         plan = self.plan(snapshot)
+        assert self._table is not None
+        self._schema = write_schema(self._table.extra_fields())  # the table's columns at this snapshot
         metrics = CompactionMetrics(snapshot_files=len(plan.inputs))
         self._step(STEP_SNAPSHOT, f"version {snapshot.version}")
         finished: list[commit.Finished] = []
@@ -257,7 +265,7 @@ class Compactor:
                 if out is None:
                     self._check_stop()
                     hint = layout.new_file_name(KIND, max(0, f.event_id_min), max(0, run[-1].event_id_max))
-                    out = Output(self.storage, i, hint, self._size_model(f))
+                    out = Output(self.storage, i, hint, self._size_model(f), self._schema)
                 self._copy(prefetch.batches(i - start), f, out)
                 if len(out.inputs) == 1:
                     self._step(STEP_WRITING, out.tmp.name)
@@ -285,7 +293,7 @@ class Compactor:
                 out.abandon()
 
     def _read(self, f: DataFile) -> Generator[pa.RecordBatch, None, None]:
-        return read_batches(f.key, self._opener(f.key), sort=f.key in self._sort_keys)
+        return read_batches(f.key, self._opener(f.key), sort=f.key in self._sort_keys, schema=self._schema)
 
     def _opener(self, key: str) -> Callable[[], Any]:
         """How to open input ``key``: natively by its path on a local lake (or by the test's file layer)."""
@@ -338,6 +346,25 @@ class Compactor:
         log.debug("published %s: %d inputs, %d rows, %d bytes", info.key, len(sources), out.rows, info.size)
         return None
 
+    # -- retention ---------------------------------------------------------------------------------------
+    def expire(self) -> retention.Expiry | None:
+        """Remove the dates before the retention horizon from both tables (:mod:`lake.retention`); None if
+        retention is off (``RETENTION_DAYS=0``), the lake has no table, or nothing is due."""
+        table = self.table()
+        first_kept = retention.horizon(self.retention_days, datetime.fromtimestamp(self._clock(), UTC).date())
+        if table is None or first_kept is None:
+            return None
+        expiry = retention.expire(
+            table,
+            lambda: QuarantineTable.open(self.storage),
+            first_kept,
+            before_commit=self._before_commit,  # LakeError (lease lost or unverifiable): nothing expires
+            quarantine_done_through=self._quarantine_expired_through,
+        )
+        if expiry is not None:
+            self._quarantine_expired_through = expiry.expired_through
+        return expiry if expiry is not None and (expiry.files or expiry.quarantine_files) else None
+
     # -- step 5: the clean-up after grace -----------------------------------------------------------------
     def clean_up(self) -> list[str]:
         """Delete the files out of their table for the grace period (see :mod:`lake.cleanup`); ends early on stop."""
@@ -350,13 +377,19 @@ class Compactor:
 
     # -- one cycle -----------------------------------------------------------------------------------------
     def run_cycle(self) -> CycleReport:
-        """Compact while due, then clean up what is due. Stops early when asked.
+        """Expire what retention says, compact while due, then clean up what is due. Stops early when asked.
 
         Inputs that cannot be read are left out of the cycle's later compactions (the others go on)
         and tried again in the next cycle.
         """
         report = CycleReport()
         self._unreadable.clear()
+        try:
+            report.expiry = self.expire()  # first: no compaction spends time on dates about to leave
+        except LeaseLostError:
+            raise
+        except LakeError as exc:  # the compaction and the clean-up go on; retention is tried next cycle
+            log.error("retention failed (%s); tried again next cycle", exc)
         for _ in range(MAX_COMPACTIONS_PER_CYCLE):
             if self.stop_event.is_set():
                 break

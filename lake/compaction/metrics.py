@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lake import layout
+from lake.retention import Expiry
 from lake.snapshot import DataFile
 from lake.storage import FileInfo
 
@@ -76,10 +77,12 @@ class CycleReport:
     compactions: list[CompactionMetrics] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    expiry: Expiry | None = None  # what retention removed this cycle
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "compactions": [m.as_dict() for m in self.compactions],
             "unreadable": self.unreadable,
             "deleted": self.deleted,
+            "expired": None if self.expiry is None else list(self.expiry.files),
         }

@@ -1,7 +1,8 @@
 """Planning a compaction: whether one is due, and which files it may replace, as pure functions of a snapshot.
 
 A plan only holds runs of files consecutive in the table's snapshot, so no output's event-id range
-overlaps a file it does not replace; files overlapping another file of the snapshot are left out.
+overlaps a file it does not replace; files overlapping another file of the snapshot are left out. A run
+never crosses a date partition (:mod:`lake.partitions`), so no output mixes two dates.
 """
 
 from __future__ import annotations
@@ -38,12 +39,29 @@ def is_due(snapshot: Snapshot, min_files: int, skip: Collection[str] = ()) -> bo
 def plan(snapshot: Snapshot, min_bytes: int, skip: Collection[str] = ()) -> CompactionPlan:
     """The plan for ``snapshot``: its landing files and compacted files under ``min_bytes``, in runs.
 
-    A run holds files that are consecutive in the snapshot's event order, so an output's id range
-    overlaps no other file of the table. A run of one compacted file is left as it is (nothing to
-    merge). Files whose event ranges overlap another file's are left out and reported; files in
-    ``skip`` (unreadable this cycle) are left out and cut the runs around them.
+    A run holds files of one date partition that are consecutive in its event order, so an output's id
+    range overlaps no other file of its date, and no output mixes two dates. A run of one compacted file
+    is left as it is (nothing to merge). Files whose event ranges overlap another file's are left out and
+    reported; files in ``skip`` (unreadable this cycle) are left out and cut the runs around them.
     """
-    files = snapshot.files
+    groups: dict[object, list[DataFile]] = {}
+    for f in snapshot.files:  # by date partition (one group in an unpartitioned table), each in id order
+        groups.setdefault(f.partition, []).append(f)
+    overlapping: set[str] = set()
+    runs: list[list[DataFile]] = []
+    for group in groups.values():
+        group_runs, group_overlapping = _runs(group, min_bytes, skip)
+        runs += group_runs
+        overlapping |= group_overlapping
+    return CompactionPlan(snapshot.version, tuple(tuple(r) for r in runs), tuple(sorted(overlapping)))
+
+
+def _runs(files: list[DataFile], min_bytes: int, skip: Collection[str]) -> tuple[list[list[DataFile]], set[str]]:
+    """The runs of one date partition's files (sorted by first event id), and the files left out as overlapping.
+
+    Files of two dates may interleave in ids (a source whose event times are not in id order); within a
+    date they must not, or an output's range would overlap a file it does not replace.
+    """
     overlapping: set[str] = set()
     previous: DataFile | None = None
     for f in files:
@@ -77,4 +95,4 @@ def plan(snapshot: Snapshot, min_bytes: int, skip: Collection[str] = ()) -> Comp
             runs[0] = empty + runs[0]
         else:
             runs.append(empty)
-    return CompactionPlan(snapshot.version, tuple(tuple(r) for r in runs), tuple(sorted(overlapping)))
+    return runs, overlapping

@@ -59,24 +59,35 @@ class NeedsSortError(LakeError):
         self.key = key
 
 
-def _converter(schema: pa.Schema, key: str) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
-    """A function bringing batches of ``schema`` to WRITE_SCHEMA; raises UnreadableInputError if impossible."""
-    if schema.equals(WRITE_SCHEMA, check_metadata=False):
+def _converter(schema: pa.Schema, key: str, target: pa.Schema) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+    """A function bringing batches of ``schema`` to ``target`` (WRITE_SCHEMA and the table's extra fields); a
+    file written before an extra field existed gets it as nulls. Raises UnreadableInputError if impossible."""
+    if schema.equals(target, check_metadata=False):
         return lambda batch: batch
-    if sorted(schema.names) != sorted(LAKE_SCHEMA.names):
-        raise UnreadableInputError(key, f"columns {schema.names} differ from the lake's {LAKE_SCHEMA.names}")
+    names = set(schema.names)
+    if not set(LAKE_SCHEMA.names) <= names or not names <= set(target.names):
+        raise UnreadableInputError(key, f"columns {schema.names} differ from the table's {target.names}")
+    absent = [f for f in target if f.name not in names]
     try:
-        schema.empty_table().select(LAKE_SCHEMA.names).cast(LAKE_SCHEMA)
+        _with(schema.empty_table().to_batches() or [pa.RecordBatch.from_pylist([], schema=schema)], absent, target)
     except (pa.ArrowException, ValueError, TypeError, NotImplementedError) as exc:
-        raise UnreadableInputError(key, f"schema cannot be cast to the lake's ({exc})") from exc
+        raise UnreadableInputError(key, f"schema cannot be cast to the table's ({exc})") from exc
 
     def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
         try:
-            return batch.select(WRITE_SCHEMA.names).cast(WRITE_SCHEMA)
+            return _with([batch], absent, target)
         except (pa.ArrowException, ValueError, TypeError) as exc:
-            raise UnreadableInputError(key, f"values do not fit the lake's schema ({exc})") from exc
+            raise UnreadableInputError(key, f"values do not fit the table's schema ({exc})") from exc
 
     return convert
+
+
+def _with(batches: list[pa.RecordBatch], absent: list[pa.Field], target: pa.Schema) -> pa.RecordBatch:
+    """The first of ``batches`` with null columns for ``absent`` fields, as exactly ``target``."""
+    batch = batches[0]
+    for field in absent:
+        batch = batch.append_column(field, pa.nulls(batch.num_rows, field.type))
+    return batch.select(target.names).cast(target)
 
 
 def _describe(exc: BaseException) -> str:
@@ -88,9 +99,10 @@ def _describe(exc: BaseException) -> str:
 
 
 def read_batches(
-    key: str, open_source: Callable[[], Any], *, sort: bool = False
+    key: str, open_source: Callable[[], Any], *, sort: bool = False, schema: pa.Schema = WRITE_SCHEMA
 ) -> Generator[pa.RecordBatch, None, None]:
-    """The rows of one data file as WRITE_SCHEMA batches of at most ROW_GROUP_ROWS rows.
+    """The rows of one data file as ``schema`` batches (WRITE_SCHEMA and the table's extra fields) of at most
+    ROW_GROUP_ROWS rows.
 
     Streams row group by row group unless ``sort`` (then the file is read whole and sorted by event_id).
     Raises UnreadableInputError for any failure to read it (I/O error, missing file, undecodable data).
@@ -108,7 +120,7 @@ def read_batches(
         except (OSError, pa.ArrowException, ValueError) as exc:
             raise UnreadableInputError(key, _describe(exc)) from exc
         try:
-            convert = _converter(pf.schema_arrow, key)
+            convert = _converter(pf.schema_arrow, key, schema)
             if sort:
                 table = pf.read(use_threads=True).sort_by("event_id")
                 batches: Iterator[pa.RecordBatch] = iter(table.to_batches(max_chunksize=ROW_GROUP_ROWS))

@@ -1,10 +1,12 @@
 """The compacted files' format: the schema batches flow in from reader to writer, and the writer of outputs.
 
-Every reader sees a compacted file as exactly LAKE_SCHEMA (names, types, nullability), whatever flowed in.
+Every reader sees a compacted file as exactly LAKE_SCHEMA (names, types, nullability), whatever flowed in,
+followed by the table's extra fields (schema evolution: nullable, null in inputs written before them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import pyarrow as pa
@@ -32,6 +34,11 @@ def _dictionary_schema(schema: pa.Schema) -> pa.Schema:
 WRITE_SCHEMA: Final = _dictionary_schema(LAKE_SCHEMA)
 
 
-def open_output(sink: pa.NativeFile) -> pq.ParquetWriter:
-    """A ParquetWriter for a compacted file taking WRITE_SCHEMA batches (read back as LAKE_SCHEMA)."""
-    return pq.ParquetWriter(sink, WRITE_SCHEMA, store_schema=False, **writer_options(LAKE_SCHEMA))
+def write_schema(extras: Sequence[pa.Field] = ()) -> pa.Schema:
+    """WRITE_SCHEMA followed by the table's extra fields (nullable): what a compaction of that table writes."""
+    return pa.schema([*WRITE_SCHEMA, *(f.with_nullable(True) for f in extras)])
+
+
+def open_output(sink: pa.NativeFile, schema: pa.Schema = WRITE_SCHEMA) -> pq.ParquetWriter:
+    """A ParquetWriter for a compacted file taking ``schema`` batches (read back as LAKE_SCHEMA and its extras)."""
+    return pq.ParquetWriter(sink, schema, store_schema=False, **writer_options(LAKE_SCHEMA))

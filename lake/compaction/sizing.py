@@ -63,9 +63,9 @@ def input_density(f: DataFile) -> SizeModel:
 
 
 def encoded_size(table: pa.Table) -> int:
-    """Bytes ``table`` (WRITE_SCHEMA) takes as one compacted row group (written in memory)."""
+    """Bytes ``table`` (WRITE_SCHEMA, and any extra fields) takes as one compacted row group (written in memory)."""
     sink = pa.BufferOutputStream()
-    with open_output(sink) as writer:
+    with open_output(sink, table.schema) as writer:
         writer.write_table(table.unify_dictionaries(), row_group_size=max(1, table.num_rows))
     return int(sink.getvalue().size)
 
@@ -97,7 +97,7 @@ def calibrate(
         return None
     if rows < 2:
         return None
-    sample = pa.Table.from_batches(batches, schema=WRITE_SCHEMA)
+    sample = pa.Table.from_batches(batches, schema=batches[0].schema if batches else WRITE_SCHEMA)
     half = sample.slice(0, rows // 2)
     small, full = encoded_size(half), encoded_size(sample)
     per_row = max(0.01, (full - small) / (rows - half.num_rows))

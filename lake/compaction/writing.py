@@ -25,7 +25,10 @@ KIND: Final = "compacted"  # names of compacted files and of this role's temp fi
 class Output:
     """One compacted file being written into temp/: rows buffered into full row groups, size measured."""
 
-    def __init__(self, storage: Storage, first: int, name_hint: str, model: SizeModel) -> None:
+    def __init__(
+        self, storage: Storage, first: int, name_hint: str, model: SizeModel, schema: pa.Schema = WRITE_SCHEMA
+    ) -> None:
+        self.schema = schema
         self.tmp = storage.new_temp_path(name_hint)
         self.first = first  # index in the run of its first input
         self.model_at_start = SizeModel(model.bytes_per_row, model.fixed_bytes)
@@ -40,7 +43,7 @@ class Output:
         self._pending_rows = 0
         self._sink = pa.OSFile(str(self.tmp), "wb")
         try:
-            self._writer = open_output(self._sink)
+            self._writer = open_output(self._sink, schema)
         except BaseException:
             self._sink.close()
             self.tmp.unlink(missing_ok=True)
@@ -62,7 +65,7 @@ class Output:
 
     def _flush(self, rows: int) -> None:
         # one dictionary per column across the row group's batches (they come from several files)
-        table = pa.Table.from_batches(self._pending, schema=WRITE_SCHEMA).unify_dictionaries()
+        table = pa.Table.from_batches(self._pending, schema=self.schema).unify_dictionaries()
         self._writer.write_table(table.slice(0, rows), row_group_size=rows)
         rest = table.slice(rows)
         self._pending = rest.to_batches()
