@@ -393,6 +393,11 @@ def body(engine: LakeAnalytics, settings: Settings, controls: Controls) -> None:
             f,
             key="chart_repeat",
         )
+    has_doors, _ = attempt("busiest doors", lambda: snap.has_doors)
+    if has_doors:  # record version 2 onwards: a column the table gained (schema evolution)
+        tables["Busiest doors"] = chart(
+            "busiest doors", snap.busiest_doors, figures.make_doors_figure, f, key="chart_doors"
+        )
     health, health_error = attempt("lake health", lake_health, snap.lake, settings)
     refresh_ms = (time.perf_counter() - started) * 1000
     tables["KPIs"] = kpis.as_frame() if kpis is not None else None

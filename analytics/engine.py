@@ -57,7 +57,17 @@ import pyarrow as pa
 from analytics import reading
 from analytics.filters import ALL, Filters
 from analytics.monitor import note_files_scanned, sql_monitoring
-from analytics.partials import ARRIVALS, CUBE, US_PER_MINUTE, USERS, Aggregate, FilePartial, PartialCache
+from analytics.partials import (
+    ARRIVALS,
+    CUBE,
+    DOORS,
+    US_PER_MINUTE,
+    USERS,
+    Aggregate,
+    FilePartial,
+    PartialCache,
+    holds,
+)
 from analytics.results import Freshness, Kpis
 from analytics.spans import plan_spans
 from analytics.sql import (
@@ -66,6 +76,7 @@ from analytics.sql import (
     COMPLIANCE_BY_DEPT_SQL,
     COMPLIANCE_SQL,
     DENIAL_SQL,
+    DOORS_SQL,
     FRESHNESS_SQL,
     HEATMAP_SQL,
     KPIS_SQL,
@@ -192,8 +203,13 @@ class _Sources:
     def direct(self, files: list[reading.FileRef], lo: int | None, hi: int | None, tag: str, sign: int = 1) -> None:
         """Add ``files``' rows with badge-out minutes in [lo, hi) (None: unbounded), measures times ``sign``."""
         where, p = self.filters.where(raw=True, lo=lo, hi=hi, tag=tag)
-        if isinstance(self.lake.storage, LocalStorage):
-            source = f"read_parquet(${tag}files)"
+        storage = self.lake.storage
+        if isinstance(storage, LocalStorage):
+            if self.aggregate.requires is not None:  # files written before the column hold none of its rows
+                files = [ref for ref in files if holds(storage, ref.key, self.aggregate.requires)]
+                if not files:
+                    return
+            source = self.aggregate.files_source(f"${tag}files")
             self.params[f"{tag}files"] = [str(self.lake.path_of(ref.key)) for ref in files]
         else:
             span = (None if lo is None else lo * US_PER_MINUTE, None if hi is None else hi * US_PER_MINUTE)
@@ -370,6 +386,22 @@ class Snapshot:
         many employees qualify in all, before the limit).
         """
         return self._run(USERS, REPEAT_SQL, filters, {"min_premature": int(min_premature), "limit": int(limit)})
+
+    @property
+    def has_doors(self) -> bool:
+        """Whether any file of the snapshot holds door ids (record version 2 onwards)."""
+        if self.partials is None:  # direct mode: ask the files
+            return bool(not self.busiest_doors(ALL, limit=1).empty)
+        return bool(self.table(DOORS).num_rows > 0)
+
+    @sql_monitoring("busiest doors")
+    def busiest_doors(self, filters: Filters = ALL, *, limit: int = 15) -> pd.DataFrame:
+        """The doors most badged at (record version 2 onwards), most first (ties by door), at most ``limit``.
+
+        Columns ``building, door, events, doors`` (the last: how many doors were badged at in all, before the
+        limit). Events of records without a door (version 1, or access denied) are not counted.
+        """
+        return self._run(DOORS, DOORS_SQL, filters, {"limit": int(limit)})
 
     @sql_monitoring("freshness")
     def freshness(self, filters: Filters = ALL, now: datetime | None = None) -> Freshness:

@@ -208,6 +208,26 @@ def make_repeat_offenders_figure(df: pd.DataFrame) -> go.Figure:
     return _layout(fig, f"{title} (top {len(df)} of {total:,})", height=max(HEIGHT, 22 * len(df) + 80))
 
 
+def make_doors_figure(df: pd.DataFrame) -> go.Figure:
+    """Horizontal bars: events at the busiest doors (``building, door, events, doors``; record version 2 on)."""
+    title = "Busiest doors"
+    if df.empty:
+        return empty_figure(title, "No badge with a door in this selection")
+    total = int(df["doors"].iloc[0]) if "doors" in df else len(df)
+    ordered = df.iloc[::-1]
+    fig = go.Figure(
+        go.Bar(
+            x=ordered["events"],
+            y=ordered["door"],
+            orientation="h",
+            customdata=ordered[["building"]].to_numpy(),
+            hovertemplate="%{y} (%{customdata[0]}): %{x:,} events<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title="events")
+    return _layout(fig, f"{title} (top {len(df)} of {total:,})", height=max(HEIGHT, 22 * len(df) + 80))
+
+
 def make_compacted_sizes_figure(df: pd.DataFrame, target_min_mb: float, target_max_mb: float) -> go.Figure:
     """Sizes of the table's compacted files against the compaction target band (``file, mb, published``)."""
     title = "Compacted files (MB) and target band"

@@ -13,7 +13,7 @@ Arrow (:mod:`analytics.reading`), and every aggregate is computed from those row
 the same partials.
 
 The time axis is the **event time**, ``badge_out_timestamp``: the stream emits a session when it closes,
-files are in that order (tight row-group statistics), and freshness is measured on it. Three aggregates
+files are in that order (tight row-group statistics), and freshness is measured on it. Four aggregates
 (each an :class:`Aggregate`):
 
 * ``cube``: events per badge-out **minute** x department x building x access, with the premature count
@@ -22,6 +22,9 @@ files are in that order (tight row-group statistics), and freshness is measured 
 * ``arrivals``: events per badge-out **hour** x department x building x badge-in hour of day (the heatmap).
 * ``users``: granted and premature sessions per badge-out **hour** x employee x department x building,
   kept only where it is much smaller than the file (a compacted file; not a small landing file).
+* ``doors``: events per badge-out **hour** x department x building x door, from the records of version 2
+  on (``door_id``, a column the table gained by schema evolution): a file written before it has an empty
+  partial and is never read for it.
 
 The hourly aggregates answer whole hours from the cache; the minutes of a partly selected hour, and files
 without the partial, are read directly (cheap: files are sorted by badge-out, so DuckDB skips row groups).
@@ -41,13 +44,14 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from analytics import reading
 from lake import layout
 from lake.snapshot import DataFile
 from lake.storage import FileInfo, LocalStorage, Storage
 from utils.errors import LakeError
-from utils.records import COMPLIANCE_SECONDS
+from utils.records import COMPLIANCE_SECONDS, DOOR_ID
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,9 @@ class Aggregate:
     measures: tuple[Measure, ...]
     where: str = "true"  # rows it covers
     always_keep: bool = True  # False: kept only when much smaller than the file
+    # A column of a later record version it needs (schema evolution): a file without it holds none of its
+    # rows (its partial is empty, it is never read for it), and files are read with their columns by name.
+    requires: str | None = None
 
     @property
     def schema(self) -> pa.Schema:
@@ -108,17 +115,22 @@ class Aggregate:
         cols += [f"{'-' if sign < 0 else ''}({m.raw}) AS {m.name}" for m in self.measures]
         return ", ".join(cols)
 
-    def scan_sql(self, source: str = "read_parquet($files)") -> str:
+    def scan_sql(self, source: str | None = None) -> str:
         """Aggregate ``source`` per file (``file_index``) into this partial, sorted by file.
 
         The default source is the files ``$files`` (``file_index``: position in the list); another is a
         relation with the lake's columns and a ``file_index`` column (rows read through the storage).
         """
+        source = source or self.files_source("$files")
         cols = [f"{expr} AS {name}" for name, expr, _ in self.keys] + [f"{m.scan} AS {m.name}" for m in self.measures]
         return (
             f"SELECT file_index, {', '.join(cols)} FROM {source} "  # noqa: S608 (constants only)
             f"WHERE {self.where} GROUP BY ALL ORDER BY file_index"
         )
+
+    def files_source(self, files: str) -> str:
+        """DuckDB's read of the parameter ``files`` (local paths) for this aggregate."""
+        return f"read_parquet({files}, union_by_name = true)" if self.requires else f"read_parquet({files})"
 
     def merge_sql(self) -> str:
         """Re-aggregate table ``parts`` (partials of several files) into one partial."""
@@ -177,7 +189,21 @@ USERS: Final = Aggregate(
     where="access_granted",  # a denied attempt is not a session
     always_keep=False,
 )
-AGGREGATES: Final[tuple[Aggregate, ...]] = (CUBE, ARRIVALS, USERS)
+DOORS: Final = Aggregate(
+    "doors",
+    "hour",
+    US_PER_HOUR,
+    (
+        ("hour", f"{_OUT_US} // {US_PER_HOUR}", pa.int64()),
+        ("dept", "dept", pa.string()),
+        ("building", "building_location", pa.string()),
+        ("door", DOOR_ID, pa.string()),
+    ),
+    (Measure("events", "1::BIGINT", "count(*)", "sum"),),
+    where=f"{DOOR_ID} IS NOT NULL",  # record version 2 onwards: the reader the badge was presented to
+    requires=DOOR_ID,
+)
+AGGREGATES: Final[tuple[Aggregate, ...]] = (CUBE, ARRIVALS, USERS, DOORS)
 KEEP_EVERY_PARTIAL: Final = 1.0  # a users_max_share that keeps every users partial (it never outgrows its file)
 
 
@@ -200,6 +226,15 @@ class FilePartial:
         if self.minute_lo is None or self.minute_hi is None:
             return False
         return (lo is None or self.minute_hi >= lo) and (hi is None or self.minute_lo < hi)
+
+
+def holds(storage: LocalStorage, key: str, column: str) -> bool:
+    """Whether the local data file ``key`` has ``column`` (its footer's schema; files without it were written
+    before the field existed)."""
+    try:
+        return column in pq.read_schema(storage.path(key)).names
+    except OSError as exc:  # gone since the snapshot (a clean-up after grace), or unreadable: as for any read
+        raise LakeError(f"{key}: could not be read ({exc})") from exc
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -382,7 +417,10 @@ class PartialCache:
     def _scan(
         self, con: duckdb.DuckDBPyConnection, storage: LocalStorage, aggregate: Aggregate, files: Sequence[DataFile]
     ) -> dict[str, pa.Table]:
-        """This aggregate's partial of each file, read in one DuckDB query over all of them."""
+        """This aggregate's partial of each file, read in one DuckDB query over all of them (of those that hold the
+        column it requires: the others have none of its rows)."""
+        if aggregate.requires is not None:
+            files = [f for f in files if holds(storage, f.key, aggregate.requires)]
         if not files:
             return {}
         result = con.sql(

@@ -37,9 +37,11 @@ import pyarrow.parquet as pq
 from analytics.timeutil import EPOCH, to_naive_utc
 from lake.parquet import DICTIONARY_COLUMNS
 from lake.storage import Storage
-from utils.records import LAKE_SCHEMA
+from utils.records import DOOR_ID, LAKE_SCHEMA
 
 COLUMNS: Final[tuple[str, ...]] = tuple(name for name in LAKE_SCHEMA.names if name != "event_id")
+# Fields of later record versions, read where a file holds them and null where it does not (schema evolution).
+OPTIONAL: Final[tuple[str, ...]] = (DOOR_ID,)
 # The text columns the lake dictionary-encodes are read as Arrow dictionaries: decoding them into strings
 # would cost more than the whole read (and DuckDB groups dictionary columns as fast as it reads Parquet).
 DICTIONARY_TEXT: Final[tuple[str, ...]] = tuple(name for name in DICTIONARY_COLUMNS if name in COLUMNS)
@@ -50,6 +52,7 @@ SCHEMA: Final[pa.Schema] = pa.schema(
         else LAKE_SCHEMA.field(name)
         for name in COLUMNS
     ]
+    + [pa.field(name, pa.string()) for name in OPTIONAL]
 )
 TIME_COLUMN: Final = "badge_out_timestamp"
 CHUNK_ROWS: Final = 256 * 1024  # one row group of a compacted file (lake.parquet.ROW_GROUP_ROWS)
@@ -115,8 +118,17 @@ def _open(storage: Storage, ref: FileRef) -> Iterator[pq.ParquetFile]:
         yield pq.ParquetFile(source, pre_buffer=True, read_dictionary=list(DICTIONARY_TEXT))
 
 
+def _columns(parquet: pq.ParquetFile) -> list[str]:
+    """What to read of a file: :data:`COLUMNS`, and the :data:`OPTIONAL` ones it holds."""
+    names = set(parquet.schema_arrow.names)
+    return [*COLUMNS, *(name for name in OPTIONAL if name in names)]
+
+
 def _conform(table: pa.Table) -> pa.Table:
-    return table.select(list(COLUMNS)).cast(SCHEMA)
+    for name in OPTIONAL:
+        if name not in table.column_names:
+            table = table.append_column(pa.field(name, pa.string()), pa.nulls(table.num_rows, pa.string()))
+    return table.select(SCHEMA.names).cast(SCHEMA)
 
 
 def read_whole(storage: Storage, ref: FileRef, span: Span = (None, None)) -> pa.Table:
@@ -125,7 +137,7 @@ def read_whole(storage: Storage, ref: FileRef, span: Span = (None, None)) -> pa.
         groups = row_groups(parquet.metadata, span)
         if not groups:
             return SCHEMA.empty_table()
-        return _conform(parquet.read_row_groups(groups, columns=list(COLUMNS)))
+        return _conform(parquet.read_row_groups(groups, columns=_columns(parquet)))
 
 
 def read_pieces(
@@ -142,12 +154,12 @@ def read_pieces(
         for group in row_groups(metadata, span):
             count = metadata.row_group(group).num_rows
             if piece and rows + count > chunk_rows:
-                yield _conform(parquet.read_row_groups(piece, columns=list(COLUMNS)))
+                yield _conform(parquet.read_row_groups(piece, columns=_columns(parquet)))
                 piece, rows = [], 0
             piece.append(group)
             rows += count
         if piece:
-            yield _conform(parquet.read_row_groups(piece, columns=list(COLUMNS)))
+            yield _conform(parquet.read_row_groups(piece, columns=_columns(parquet)))
 
 
 def iter_tables(

@@ -70,6 +70,12 @@ FROM (
 GROUP BY user_id HAVING sum(premature) >= $min_premature
 ORDER BY premature DESC, user_id LIMIT $limit"""
 
+# over partials.DOORS; columns hour, dept, building, door, events (records with a door only)
+DOORS_SQL: Final = """
+SELECT building, door, sum(events)::BIGINT AS events, count(*) OVER ()::BIGINT AS doors
+FROM src GROUP BY building, door HAVING sum(events) <> 0
+ORDER BY events DESC, door LIMIT $limit"""
+
 
 __all__ = [
     "ACCESS_SQL",
@@ -77,6 +83,7 @@ __all__ = [
     "COMPLIANCE_BY_DEPT_SQL",
     "COMPLIANCE_SQL",
     "DENIAL_SQL",
+    "DOORS_SQL",
     "FRESHNESS_SQL",
     "HEATMAP_SQL",
     "KPIS_SQL",

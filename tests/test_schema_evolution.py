@@ -7,6 +7,7 @@ Judged by what every engine reads through the log (delta-rs, Polars), by the fil
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -14,11 +15,15 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pandas.testing import assert_frame_equal
 
+from analytics.engine import LakeAnalytics
+from analytics.filters import Filters
 from lake import layout
 from lake.audit import verify
 from lake.compaction import Compactor
-from lake.storage import LocalStorage
+from lake.location import open_storage
+from lake.storage import LocalStorage, Storage
 from lake.table import LOG_DIR, LakeTable, QuarantineTable, read_snapshot
 from lake.writer import BufferedWriter, FlushThresholds
 from processes.pipeline import RunOptions, run
@@ -26,7 +31,11 @@ from source.client import BadgeLogClient
 from testkit.ids import live_ids
 from testkit.processes import free_port, make_settings, running_service
 from testkit.records import TEST_IDENTITY, make_records
+from testkit.s3 import S3Lake, s3_lake
 from utils.config import Settings
+from utils.errors import FencedError
+
+__all__ = ["s3_lake"]  # the fixture, imported for pytest
 
 
 def with_door(table: pa.Table, doors: list[str | None]) -> pa.Table:
@@ -153,3 +162,126 @@ def test_a_service_switched_to_record_version_2_mid_stream_lands_every_record_on
     assert (door_building == granted["building_location"]).all()
     assert frame["door_id"].count() == granted.height
     assert verify(storage, grace_seconds=30).ok
+
+
+# -- the dashboard uses the new column where files hold it -----------------------------------------------
+def doors_lake(storage: Storage) -> None:
+    """Version-1 files, then version-2 files (door_id, null where access was denied), committed as flushes."""
+    table = LakeTable.open_or_create(storage, TEST_IDENTITY)
+    with BufferedWriter(storage, FlushThresholds(10_000, 60), table=table, position=None) as w:
+        for start in range(0, 6_000, 1_500):
+            records = make_records(start, 1_500)
+            if start >= 3_000:
+                granted = records.column("access_granted").to_pylist()
+                buildings = records.column("building_location").to_pylist()
+                doors = [
+                    f"{b}-D{(start + i) % 5:02d}" if g else None
+                    for i, (b, g) in enumerate(zip(buildings, granted, strict=True))
+                ]
+                records = with_door(records, doors)
+            w.add(records)
+            assert w.flush(10)
+
+
+def truth_doors(root: str, flt: Filters) -> list[tuple[str, str, int]]:
+    frame = pl.read_delta(root).filter(pl.col("door_id").is_not_null())
+    if flt.start is not None:
+        frame = frame.filter(pl.col("badge_out_timestamp") >= flt.start)
+    if flt.end is not None:
+        frame = frame.filter(pl.col("badge_out_timestamp") < flt.end)
+    if flt.departments is not None:
+        frame = frame.filter(pl.col("dept").is_in(list(flt.departments)))
+    counts = frame.group_by("building_location", "door_id").len().sort(["len", "door_id"], descending=[True, False])
+    return [(b, d, int(n)) for b, d, n in counts.iter_rows()]
+
+
+SELECTIONS = {
+    "all": Filters(),
+    "cut minutes, two departments": Filters(
+        datetime(2025, 3, 3, 5, 17), datetime(2025, 3, 3, 7, 43), departments=("Sales", "HR")
+    ),
+}
+
+
+def test_the_dashboard_counts_doors_where_files_hold_them_exactly_in_every_mode(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    doors_lake(storage)
+    engine = LakeAnalytics(storage)
+    for mode_snap in (engine.snapshot(), LakeAnalytics(storage, mode="direct").snapshot()):
+        assert mode_snap.has_doors
+        for name, flt in SELECTIONS.items():
+            got = mode_snap.busiest_doors(flt, limit=100)
+            assert list(got[["building", "door", "events"]].itertuples(index=False, name=None)) == truth_doors(
+                str(storage.root), flt
+            ), name
+    before = engine.snapshot().kpis()
+    Compactor(storage, make_settings(storage.root, COMPACTION_MIN_FILES=2)).run_cycle()
+    after = engine.snapshot()  # the compacted files' partials merged from the cached ones
+    assert after.lake.in_zone(layout.COMPACTED) and after.kpis() == before
+    for name, flt in SELECTIONS.items():
+        got = after.busiest_doors(flt, limit=100)
+        assert list(got[["building", "door", "events"]].itertuples(index=False, name=None)) == truth_doors(
+            str(storage.root), flt
+        ), name
+
+
+def test_a_lake_without_the_column_has_no_door_figure(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    with writer(storage) as w:
+        w.add(make_records(0, 500))
+    snap = LakeAnalytics(storage).snapshot()
+    assert not snap.has_doors and snap.busiest_doors().empty
+    assert not LakeAnalytics(storage, mode="direct").snapshot().has_doors
+
+
+def test_on_s3_the_door_figure_is_the_same_and_old_files_are_read_once(s3_lake: S3Lake, tmp_path: Path) -> None:
+    s3 = open_storage(s3_lake.url)
+    doors_lake(s3)
+    local = LocalStorage(tmp_path / "lake")
+    doors_lake(local)
+    remote, here = LakeAnalytics(s3).snapshot(), LakeAnalytics(local).snapshot()
+    assert remote.has_doors
+    for name, flt in SELECTIONS.items():
+        assert_frame_equal(remote.busiest_doors(flt, limit=100), here.busiest_doors(flt, limit=100), obj=name)
+
+
+def test_a_field_seen_only_as_nulls_has_no_type_yet_and_integers_fit_a_float_column(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+
+    def extra(start: int, name: str, values: list[object], kind: pa.DataType) -> pa.Table:
+        return make_records(start, len(values)).append_column(pa.field(name, kind), pa.array(values, kind))
+
+    with writer(storage) as w:
+        w.add(extra(0, "floor", [None, None], pa.string()))  # JSON with no value yet: typed as text by the client
+        w.add(extra(2, "floor", [3, None, 4], pa.int64()))  # the first values fix the type
+        w.add(extra(5, "weight", [1.5, None], pa.float64()))
+        w.add(extra(7, "weight", [2, 2**60], pa.int64()))  # JSON's 2 for 2.0 is exact; 2**60 is not in a float64
+        w.add(extra(9, "Floor", [1], pa.int64()))  # another letter case of a column: refused
+    table = LakeTable.open(storage)
+    assert table.schema().field("floor").type == pa.int64() and table.schema().field("weight").type == pa.float64()
+    quarantine = QuarantineTable.open(storage)
+    assert quarantine is not None
+    refused = pa.concat_tables(pq.read_table(storage.path(f.key)) for f in quarantine.data_files())
+    reasons = dict(zip(refused.column("event_id").to_pylist(), refused.column("reason").to_pylist(), strict=True))
+    assert reasons == {
+        8: "field weight: beyond a float64's exact integers",
+        9: "field Floor: its name differs from the column floor only in letter case",
+    }
+    frame = pl.read_delta(str(storage.root)).sort("event_id")
+    assert frame["floor"].to_list() == [None, None, 3, None, 4, None, None, None]
+    assert frame["weight"].to_list() == [None, None, None, None, None, 1.5, None, 2.0]
+    assert verify(storage, grace_seconds=30).ok
+
+
+def test_a_writer_whose_position_moved_adds_no_column(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    with writer(storage) as w:
+        w.add(make_records(0, 10))
+    zombie = LakeTable.open(storage)
+    with writer(storage) as w:  # another writer moves the position
+        w.add(make_records(10, 10))
+    with pytest.raises(FencedError):
+        zombie.add_columns([pa.field("door_id", pa.string())], expected=9)
+    assert "door_id" not in LakeTable.open(storage).schema().names
+    LakeTable.open(storage).add_columns([pa.field("door_id", pa.string())], expected=19)
+    assert LakeTable.open(storage).schema().field("door_id").nullable
