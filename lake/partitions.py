@@ -66,8 +66,3 @@ def split_by_date(table: pa.Table) -> list[tuple[date, pa.Table]]:
 
 def _day(days_since_epoch: int) -> date:
     return date.fromordinal(date(1970, 1, 1).toordinal() + days_since_epoch)
-
-
-def parse(value: str | None) -> Day:
-    """A ``partitionValues`` entry back to a date (None: no partition)."""
-    return None if value is None else date.fromisoformat(value)

@@ -266,22 +266,14 @@ class LocalStorage(Storage):
         After it returns, the file is durable and visible; if it raises CommitError, nothing was
         published and the temp file is gone.
         """
-        dest_dir = self.root / zone
-        dest = dest_dir / name
-        for attempt in (1, 2):
-            if not dest_dir.is_dir():  # a new date partition's directory: its entry made durable too
-                dest_dir.mkdir(parents=True, exist_ok=True)
-                fsync_dir(dest_dir.parent)
-            try:
-                link_new(tmp, dest)
-                break
-            except NotDurableError:
-                raise  # published: an OSError for the caller to retry, never a second copy
-            except FileNotFoundError as exc:  # the clean-up removed the emptied directory meanwhile
-                if attempt == 2 or not tmp.exists():
-                    raise CommitError(f"could not publish {zone}/{name}: {exc}") from exc
-            except OSError as exc:
-                raise CommitError(f"could not publish {zone}/{name}: {exc}") from exc
+        dest = self.root / zone / name
+        try:
+            # A new date partition's directory is created (and again if the clean-up removed it, emptied, meanwhile).
+            link_new(tmp, dest, make_parent=True)
+        except NotDurableError:
+            raise  # published: an OSError for the caller to retry, never a second copy
+        except OSError as exc:
+            raise CommitError(f"could not publish {zone}/{name}: {exc}") from exc
         st = dest.stat()
         return FileInfo(f"{zone}/{name}", st.st_size, st.st_mtime_ns)
 
@@ -306,8 +298,15 @@ class LocalStorage(Storage):
             target.unlink()
         except FileNotFoundError:
             return False
-        fsync_dir(target.parent)
-        if "=" in target.parent.name and target.parent.parent != self.root:  # a date partition's directory
+        partition = "=" in target.parent.name and target.parent.parent != self.root  # a date partition's directory
+        try:
+            fsync_dir(target.parent)
+        except FileNotFoundError:
+            if not partition:
+                raise
+            fsync_dir(target.parent.parent)  # another process removed the emptied directory meanwhile
+            return True
+        if partition:
             with contextlib.suppress(OSError):  # not empty (or gone): it stays
                 target.parent.rmdir()
                 fsync_dir(target.parent.parent)

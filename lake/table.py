@@ -327,25 +327,43 @@ class LakeTable(_DeltaFiles):
         base = {*LAKE_SCHEMA.names, partitions.COLUMN}
         return [f for f in self.schema() if f.name not in base]
 
-    def add_columns(self, fields: Sequence[pa.Field]) -> None:
-        """Evolve the schema: add ``fields`` the table lacks as nullable columns, in one metadata commit.
+    def add_columns(self, fields: Sequence[pa.Field], *, expected: int | None) -> None:
+        """Evolve the schema: add ``fields`` the table lacks as nullable columns, in one metadata commit, for
+        the pipeline whose position is ``expected``.
 
-        Idempotent (a column already there is not added again; after a failed attempt the next call reads the
-        newest version first). Files written before read the new columns as null in every engine. Raises
-        LakeError if the commit failed.
+        Idempotent (after a failed attempt the next call reads the newest version first, and a column already
+        there with the type asked for is not added again). Files written before read the new columns as null
+        in every engine. Raises FencedError (nothing committed) if another writer moved the position, LakeError
+        if a column is there with another type or the commit failed.
         """
-        missing = [f for f in fields if f.name not in self.schema().names]
-        if missing:
+        schema = self.schema()
+        if all(f.name in schema.names for f in fields):
+            missing: list[pa.Field] = []
+        else:
             self.refresh()
-            missing = [f for f in fields if f.name not in self.schema().names]
+            schema = self.schema()
+            missing = [f for f in fields if f.name not in schema.names]
+        clash = [
+            f"{f.name} ({f.type}, the table's {schema.field(f.name).type})"
+            for f in fields
+            if f.name in schema.names and schema.field(f.name).type != f.type
+        ]
+        if clash:
+            raise LakeError(f"{self.root} holds these columns with other types: {', '.join(clash)}")
         if not missing:
             return
+        position = self.committed_event_id()
+        if position != expected:
+            raise FencedError(
+                f"the pipeline's position in {self.root} is {position}, not {expected} as this writer last "
+                "committed: another pipeline writes to this lake; this one stops (its columns were not added)"
+            )
         delta_fields = Schema.from_arrow(pa.schema([f.with_nullable(True) for f in missing])).fields
         try:
             self._dt.alter.add_columns(
                 delta_fields, commit_properties=CommitProperties(custom_metadata={OPERATION_KEY: "schema evolution"})
             )
-        except (DeltaError, OSError) as exc:
+        except Exception as exc:  # delta-rs raises a bare Exception for a schema it refuses
             raise LakeError(f"adding column(s) {[f.name for f in missing]} to {self.root} failed: {exc}") from exc
         log.info("the table's schema grew: %s", ", ".join(f"{f.name} ({f.type})" for f in missing))
 

@@ -59,6 +59,7 @@ from types import TracebackType
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -77,11 +78,10 @@ log = logging.getLogger(__name__)
 LANDING_KIND: Final = "landing"  # landing files and their temp files start with this
 OWN_KINDS: Final[tuple[str, ...]] = (LANDING_KIND, quarantine.KIND)
 
-FLUSH_RETRY: Final = Backoff(first=0.2, factor=2.0, cap=5.0)
+FLUSH_RETRY: Final = Backoff(first=0.2, factor=2.0, cap=5.0)  # a failed flush is retried after these delays
 # Names an extra field may not take (any letter case): the lake's own columns and the partition column.
-_RESERVED: Final = frozenset(
-    name.lower() for name in partitions.TABLE_SCHEMA.names
-)  # a failed flush is retried after these delays
+_RESERVED: Final = frozenset(name.lower() for name in partitions.TABLE_SCHEMA.names)
+_EXACT_IN_FLOAT: Final = 2**53  # integers up to this magnitude are exact in a float64
 CLOSE_TIMEOUT_SECONDS: Final = 30.0
 
 
@@ -410,10 +410,12 @@ class BufferedWriter:
         """Under the lock: ``valid`` as RECORD_SCHEMA followed by the extra fields it carries (schema
         evolution), and the records refused for an extra field the table cannot take (QUARANTINE_SCHEMA).
 
-        An extra field keeps its type for good from the first time it is seen (the table's column, or the
-        first batch that brought it): a non-null value of another type refuses its record with a reason
-        naming the field and both types, never a silent cast; so does a value of a type no Delta column
-        holds. Nulls fit any type.
+        An extra field keeps its type for good from the first value seen (the table's column, or the first
+        batch with a value: a field with nulls only is not a column yet). A value of another type refuses its
+        record with a reason naming the field and both types, never a silent cast; the one conversion made is
+        the exact one, integers into a float64 column (JSON does not tell ``1.0`` from ``1``). So is refused a
+        value of a type no Delta column holds, and a field whose name is a table column's in another letter
+        case. Nulls fit any type.
         """
         base = self._conform(valid.select(RECORD_SCHEMA.names), RECORD_SCHEMA)
         extras = [f for f in valid.schema if f.name not in RECORD_SCHEMA.names]
@@ -421,32 +423,40 @@ class BufferedWriter:
             return base, None
         refused = np.zeros(valid.num_rows, dtype=bool)
         reasons = np.full(valid.num_rows, None, dtype=object)
-        kept: list[tuple[pa.Field, pa.ChunkedArray]] = []
-        for sent in extras:
-            column = valid.column(sent.name)
-            field = sent.with_type(pa.string()) if pa.types.is_null(sent.type) else sent
-            if pa.types.is_null(sent.type):  # no value seen at all: text until a value says otherwise
-                column = column.cast(pa.string())
+
+        def refuse(rows: npt.NDArray[np.bool_], reason: str) -> None:
+            nonlocal refused
+            reasons[rows & ~refused] = reason
+            refused = refused | rows
+
+        for field in extras:
+            column = valid.column(field.name)
             known = self._extras.get(field.name)
+            if known is None and column.null_count == len(column):
+                continue  # no value yet: no type to fix, and a missing column reads as these nulls
+            present = column.is_valid().to_numpy(zero_copy_only=False)
+            twins = [name for name in self._extras if name.lower() == field.name.lower() and name != field.name]
             problem = None
             if field.name.lower() in _RESERVED:
                 problem = "its name is taken by one of the table's own columns"
+            elif known is None and twins:
+                problem = f"its name differs from the column {twins[0]} only in letter case"
             elif known is None:
                 problem = column_problem(field)
                 if problem is None:
                     known = self._extras[field.name] = field.type
+            elif known != field.type and pa.types.is_float64(known) and pa.types.is_integer(field.type):
+                inexact = pc.fill_null(pc.greater(pc.abs(column), _EXACT_IN_FLOAT), False)
+                refuse(inexact.to_numpy(zero_copy_only=False), f"field {field.name}: beyond a float64's exact integers")
+                column = pc.if_else(inexact, pa.scalar(None, field.type), column).cast(known)
             elif known != field.type:
                 problem = f"its type changed: {field.type} where the table holds {known}"
             if problem is not None:
-                present = column.is_valid().to_numpy(zero_copy_only=False)
-                reasons[present & ~refused] = f"field {field.name}: {problem}"
-                refused |= present
+                refuse(present, f"field {field.name}: {problem}")
                 if known is None:
                     continue  # never stored: no column for it
                 column = pa.nulls(len(column), known)
-            kept.append((field.with_type(known).with_nullable(True), column))
-        for field, column in kept:
-            base = base.append_column(field, column)
+            base = base.append_column(pa.field(field.name, known, nullable=True), column)
         if not refused.any():
             return base, None
         mask = pa.array(refused)
@@ -720,7 +730,7 @@ class BufferedWriter:
         return False
 
     def _publish(self, flush: _Flush) -> None:
-        """Steps 1a and 2 of a flush: publish its quarantine file and its landing file (none yet committed).
+        """Steps 1a and 2 of a flush: publish its quarantine file and its landing files (none yet committed).
 
         Each file is published once and reused until its commit lands; one that has disappeared since
         (cleaned up as an orphan while its commit waited or failed for long) is published again.
@@ -769,7 +779,8 @@ class BufferedWriter:
         if not flush.committed:
             extras = [f for f in flush.pieces[0].table.schema if f.name not in LAKE_SCHEMA.names]
             if extras:
-                self._table.add_columns(extras)  # the schema first: no commit adds a file with an unknown column
+                # The schema first: no commit adds a file with an unknown column.
+                self._table.add_columns(extras, expected=self._position)
             self._table.append_files(landed, through_event_id=flush.event_id_max, expected=self._position)
             flush.committed = True
             self._position = flush.event_id_max

@@ -41,3 +41,29 @@ def test_a_failure_after_the_link_says_the_file_is_published(tmp_path: Path, mon
     with pytest.raises(fsio.NotDurableError, match="published but not yet durable"):
         fsio.link_new(tmp, tmp_path / "x")
     assert (tmp_path / "x").read_bytes() == b"data"
+
+
+def test_a_directory_removed_under_a_publish_is_made_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The compactor's clean-up removes an emptied date directory while the pipeline publishes into it.
+    tmp = tmp_path / "x.tmp"
+    tmp.write_bytes(b"data")
+    dest = tmp_path / "landing" / "date=2026-11-30" / "x"
+    real_link = fsio.os.link
+    removed: list[Path] = []
+
+    def link_after_removal(src: Path, dst: Path) -> None:
+        if not removed:
+            Path(dst).parent.rmdir()
+            removed.append(Path(dst).parent)
+        real_link(src, dst)
+
+    monkeypatch.setattr(fsio.os, "link", link_after_removal)
+    fsio.link_new(tmp, dest, make_parent=True)
+    assert removed and dest.read_bytes() == b"data" and not tmp.exists()
+
+    monkeypatch.undo()
+    again = tmp_path / "y.tmp"
+    again.write_bytes(b"more")
+    with pytest.raises(FileNotFoundError):  # without make_parent the missing directory is the caller's error
+        fsio.link_new(again, tmp_path / "gone" / "y")
+    assert not again.exists()

@@ -35,17 +35,27 @@ class NotDurableError(OSError):
     """The file was published (its new name exists, whole) but making that durable failed."""
 
 
-def link_new(tmp: Path, dest: Path) -> None:
+def link_new(tmp: Path, dest: Path, *, make_parent: bool = False) -> None:
     """Publish the written file ``tmp`` as ``dest``: fsync, link without overwrite, fsync, unlink ``tmp``.
 
     The link is the commit point. Before it, a failure removes ``tmp`` and raises OSError
     (FileExistsError if ``dest`` exists): nothing was published. After it, ``dest`` is in place
     whole; a failure to fsync the directories raises :class:`NotDurableError`, and the caller must
-    not publish the same data again.
+    not publish the same data again. ``make_parent``: ``dest``'s directory is created if missing (its
+    entry made durable), and created again if another process removed it, emptied, in the meantime.
     """
     try:
         fsync_file(tmp)
-        os.link(tmp, dest)  # atomic, and refuses to replace an existing file
+        for attempt in (1, 2):
+            if make_parent and not dest.parent.is_dir():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                fsync_dir(dest.parent.parent)
+            try:
+                os.link(tmp, dest)  # atomic, and refuses to replace an existing file
+                break
+            except FileNotFoundError:
+                if not make_parent or attempt == 2 or not tmp.exists():
+                    raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -47,7 +47,9 @@ def publish_output(storage: Storage, out: Output, lo: int, hi: int, step: StepHo
     os.utime(out.tmp)  # its age is what the clean-up's mtime rule sees: from now, not from when writing began
     name = layout.new_file_name(KIND, max(lo, 0), max(hi, 0))
     days = {f.partition for f in out.inputs if f.row_count}
-    day = days.pop() if len(days) == 1 else None  # a run never crosses dates (planning)
+    if len(days) > 1:  # planning keeps a run within one date
+        raise ValueError(f"an output of {len(days)} dates: {sorted(map(str, days))}")
+    day = days.pop() if days else None  # an output of empty inputs only: no date (as their partition value)
     info = storage.publish(out.tmp, partitions.directory(layout.COMPACTED, day), name)
     step(STEP_PUBLISHED, info.key)
     return info
