@@ -43,6 +43,7 @@ from lake.lease import DEFAULT_MAX_SKEW_S, LEASE_KEY, Lease
 from lake.lock import LakeLock
 from lake.objectstore import ObjectStorage
 from lake.quarantine import count_quarantine
+from lake.reads import ReadFailed, RecordedReads, read_failed
 from lake.snapshot import DataFile, Snapshot
 from lake.storage import FileInfo, LocalStorage, Storage
 from lake.table import APP_ID, LakeTable, QuarantineTable, describe_log, ensure_migrated, read_snapshot
@@ -159,70 +160,6 @@ class _Vanished(Exception):
     """A file of the snapshot left the table (and storage) while it was verified: start over on a newer one."""
 
 
-class _ReadFailed(Exception):
-    """A read of the storage itself failed (the OS, or a request to the store): an I/O failure, never damage."""
-
-
-class _RecordedReads:
-    """A file object for ``pa.PythonFile`` over a NativeFile of :meth:`Storage.open_input` that records
-    every failure of the reads themselves.
-
-    The wrapped file only hands out bytes, it decodes nothing: an exception from one of its calls is an
-    I/O failure (re-raised as :class:`_ReadFailed`, and kept in ``failure`` in case pyarrow reports it
-    otherwise). Anything the Parquet reader raises while ``failure`` is None is about bytes that did
-    arrive whole. ``read_buffer`` hands pyarrow the NativeFile's buffers (no copy).
-    """
-
-    def __init__(self, native: pa.NativeFile, key: str) -> None:
-        self._native = native
-        self.key = key
-        self.failure: BaseException | None = None
-
-    def _failed(self, exc: BaseException) -> _ReadFailed:
-        self.failure = exc
-        return _ReadFailed(f"{type(exc).__name__}: {one_line(exc)}")
-
-    def read_buffer(self, nbytes: int | None = None) -> pa.Buffer:
-        try:
-            return self._native.read_buffer(nbytes)
-        except Exception as exc:
-            raise self._failed(exc) from exc
-
-    def read(self, nbytes: int | None = None) -> bytes:
-        try:
-            return bytes(self._native.read(nbytes))
-        except Exception as exc:
-            raise self._failed(exc) from exc
-
-    def seek(self, position: int, whence: int = 0) -> int:
-        try:
-            return int(self._native.seek(position, whence))
-        except Exception as exc:
-            raise self._failed(exc) from exc
-
-    def tell(self) -> int:
-        return int(self._native.tell())
-
-    def size(self) -> int:
-        return int(self._native.size())
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._native.closed)
-
-    def close(self) -> None:
-        self._native.close()
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-
 @dataclass
 class _Opened:
     """One file opened for verification: what pyarrow reads (a local path, or recorded reads of the store)."""
@@ -230,7 +167,7 @@ class _Opened:
     source: Path | pa.NativeFile
     size: int
     inode: tuple[int, int] | None = None  # (device, inode) on a local file system
-    reads: _RecordedReads | None = None
+    reads: RecordedReads | None = None
 
     def close(self) -> None:
         if self.reads is not None:
@@ -377,11 +314,11 @@ class _Verifier:
 
     # -- reading ----------------------------------------------------------------------------------------
     def _open(self, f: DataFile) -> _Opened:
-        """``f`` ready for pyarrow, with its size: FileNotFoundError if it is not there, _ReadFailed if the OS or
+        """``f`` ready for pyarrow, with its size: FileNotFoundError if it is not there, ReadFailed if the OS or
         the store failed to say (nothing is decoded here).
 
         On a local lake pyarrow reads the path itself (natively, as fast as it reads any file); elsewhere the
-        reads go through :meth:`Storage.open_input` and a :class:`_RecordedReads`.
+        reads go through :meth:`Storage.open_input` and a :class:`RecordedReads`.
         """
         storage = self.storage
         if isinstance(storage, LocalStorage):
@@ -391,15 +328,15 @@ class _Verifier:
             except FileNotFoundError:
                 raise
             except OSError as exc:
-                raise _ReadFailed(f"{type(exc).__name__}: {one_line(exc)}") from exc
+                raise read_failed(exc) from exc
             return _Opened(path, st.st_size, inode=(st.st_dev, st.st_ino))
         try:
             native = storage.open_input(f.key)  # one request, for the object's size
         except FileNotFoundError:
             raise
         except (OSError, LakeError, pa.ArrowException) as exc:
-            raise _ReadFailed(f"{type(exc).__name__}: {one_line(exc)}") from exc
-        reads = _RecordedReads(native, f.key)
+            raise read_failed(exc) from exc
+        reads = RecordedReads(native, f.key)
         return _Opened(pa.PythonFile(reads, mode="r"), reads.size(), reads=reads)
 
     def _identify(self, f: DataFile, opened: _Opened) -> None:
@@ -448,7 +385,7 @@ class _Verifier:
                     return None
                 error, io = exc, True
                 break
-            except (_ReadFailed, OSError, ValueError, KeyError, pa.ArrowException) as exc:
+            except (ReadFailed, OSError, ValueError, KeyError, pa.ArrowException) as exc:
                 error, io = exc, _is_io(exc, opened)
                 if seen.rows:
                     break
@@ -460,7 +397,7 @@ class _Verifier:
             self.report.files_checked += 1
             return seen
         assert error is not None  # the loop ends early only after a failure
-        detail = str(error) if isinstance(error, _ReadFailed) else f"{type(error).__name__}: {one_line(error)}"
+        detail = str(error) if isinstance(error, ReadFailed) else f"{type(error).__name__}: {one_line(error)}"
         if io:
             self._io_failure(f, f"not checked: reading it failed ({detail}); an I/O failure, not damage: verify again")
         else:
@@ -649,7 +586,7 @@ class _Verifier:
 
 def _is_io(error: BaseException, opened: _Opened | None) -> bool:
     """True if ``error`` is the OS or the store failing (an I/O failure), False if it is about bytes read whole."""
-    if isinstance(error, _ReadFailed):
+    if isinstance(error, ReadFailed):
         return True
     if opened is not None and opened.reads is not None:
         return opened.reads.failure is not None

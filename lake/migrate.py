@@ -81,6 +81,7 @@ from lake.identity import StreamIdentity
 from lake.lease import DEFAULT_MAX_SKEW_S, DEFAULT_TTL_S, Lease
 from lake.lock import LakeLock
 from lake.objectstore import ObjectStorage, new_scratch_dir
+from lake.reads import ReadFailed, RecordedReads
 from lake.storage import LOG_DIR, FileInfo, LocalStorage, Storage
 from lake.table import (
     APP_ID,
@@ -166,64 +167,6 @@ def legacy_identity(
 # -- reading the old lake: every figure from the rows --------------------------------------------------
 
 
-class _ReadFailed(Exception):
-    """A read of the storage itself failed (the OS, or a request to the store): never taken for damage."""
-
-
-class _Reads:
-    """A file object for ``pa.PythonFile`` over a NativeFile of :meth:`Storage.open_input` that keeps the
-    first failure of the reads themselves: what the Parquet reader raises while ``failure`` is None is
-    about bytes that did arrive (the file is damaged), anything else is an I/O failure."""
-
-    def __init__(self, native: pa.NativeFile) -> None:
-        self._native = native
-        self.failure: BaseException | None = None
-
-    def _failed(self, exc: BaseException) -> _ReadFailed:
-        self.failure = self.failure or exc
-        return _ReadFailed(f"{type(exc).__name__}: {one_line(exc)}")
-
-    def read_buffer(self, nbytes: int | None = None) -> pa.Buffer:
-        try:
-            return self._native.read_buffer(nbytes)
-        except Exception as exc:
-            raise self._failed(exc) from exc
-
-    def read(self, nbytes: int | None = None) -> bytes:
-        try:
-            return bytes(self._native.read(nbytes))
-        except Exception as exc:
-            raise self._failed(exc) from exc
-
-    def seek(self, position: int, whence: int = 0) -> int:
-        try:
-            return int(self._native.seek(position, whence))
-        except Exception as exc:
-            raise self._failed(exc) from exc
-
-    def tell(self) -> int:
-        return int(self._native.tell())
-
-    def size(self) -> int:
-        return int(self._native.size())
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._native.closed)
-
-    def close(self) -> None:
-        self._native.close()
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-
 def _io_failure(storage: Storage, key: str, error: BaseException) -> LakeError:
     return LakeError(
         f"the lake at {storage.location} was not migrated: reading {key} failed "
@@ -248,7 +191,7 @@ def read_stats(
         raise CorruptFileError(f"{info.key}: not readable (it is gone)") from exc
     except (OSError, LakeError, pa.ArrowException) as exc:
         raise _io_failure(storage, info.key, exc) from exc
-    reads = _Reads(native)
+    reads = RecordedReads(native)
     try:
         parquet = pq.ParquetFile(pa.PythonFile(reads, mode="r"))
         found = [(f.name, f.type) for f in parquet.schema_arrow]
@@ -276,7 +219,7 @@ def read_stats(
                 previous = int(ids[-1])
     except CorruptFileError:
         raise
-    except (_ReadFailed, OSError, ValueError, KeyError, pa.ArrowException) as exc:
+    except (ReadFailed, OSError, ValueError, KeyError, pa.ArrowException) as exc:
         if reads.failure is not None:
             raise _io_failure(storage, info.key, reads.failure) from exc
         raise CorruptFileError(f"{info.key}: not readable ({exc})") from exc
