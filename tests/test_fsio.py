@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def test_a_directory_removed_under_a_publish_is_made_again(tmp_path: Path, monke
     tmp = tmp_path / "x.tmp"
     tmp.write_bytes(b"data")
     dest = tmp_path / "landing" / "date=2026-11-30" / "x"
-    real_link = fsio.os.link
+    real_link = os.link
     removed: list[Path] = []
 
     def link_after_removal(src: Path, dst: Path) -> None:
@@ -57,7 +58,7 @@ def test_a_directory_removed_under_a_publish_is_made_again(tmp_path: Path, monke
             removed.append(Path(dst).parent)
         real_link(src, dst)
 
-    monkeypatch.setattr(fsio.os, "link", link_after_removal)
+    monkeypatch.setattr(os, "link", link_after_removal)
     fsio.link_new(tmp, dest, make_parent=True)
     assert removed and dest.read_bytes() == b"data" and not tmp.exists()
 
