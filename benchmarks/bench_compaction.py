@@ -45,7 +45,7 @@ SIZES: dict[str, dict[str, int]] = {
     "quick": {"files": 8, "rows_per_file": 50_000, "runs": 1},  # ~12 MB: a smoke run
     "full": {"files": 900, "rows_per_file": 100_000, "runs": 3},  # ~1 GB, 90 M rows
 }
-INPUT_VERSION = 2  # bump when the way the input is generated changes
+INPUT_VERSION = 3  # bump when the way the input is generated changes (3: one file per date, as flushes are cut)
 # The input is regenerated whenever the generator or the landing-file writer changes.
 INPUT_SOURCES = (ROOT / "api" / "generators.py", ROOT / "lake" / "parquet.py")
 SEED = 42
@@ -62,7 +62,7 @@ Row = dict[str, Any]
 def input_lake(size: str, progress: Callable[[str], None] = lambda _t: None) -> Path:
     """The lake root holding the benchmark's landing files, generated on first use and then reused."""
     from api.generators import generate_table
-    from lake import layout
+    from lake import layout, partitions
     from lake.parquet import write_file
     from lake.storage import LocalStorage
     from utils.records import with_duration
@@ -82,7 +82,8 @@ def input_lake(size: str, progress: Callable[[str], None] = lambda _t: None) -> 
         if i % 50 == 0:
             progress(f"  generating compaction input: file {i + 1}/{cfg['files']}")
         table = generate_table(SEED, i * per, per, stream_start=STREAM_START, events_per_second=0)
-        write_file(storage, with_duration(table), layout.LANDING, "landing")
+        for day, part in partitions.split_by_date(with_duration(table)):  # as the pipeline's flushes are cut
+            write_file(storage, part, partitions.directory(layout.LANDING, day), "landing")
     marker.write_text(json.dumps({"files": cfg["files"], "rows_per_file": per, "seed": SEED}))
     return root
 
@@ -95,14 +96,13 @@ def _fresh_copy(source: Path) -> Path:
     commits would have.
     """
     import pyarrow.parquet as pq
-    from deltalake.transaction import AddAction
 
     from api.generators import NOMINAL_EVENTS_PER_SECOND
     from lake import layout
     from lake.filestats import FileStats
     from lake.identity import StreamIdentity
     from lake.storage import LocalStorage
-    from lake.table import LakeTable
+    from lake.table import LakeTable, add_action
 
     WORK.mkdir(exist_ok=True)
     run_root = Path(tempfile.mkdtemp(prefix="compaction-run-", dir=WORK)) / "lake"
@@ -110,14 +110,17 @@ def _fresh_copy(source: Path) -> Path:
     storage.ensure_layout()
     identity = StreamIdentity(SEED, NOMINAL_EVENTS_PER_SECOND, STREAM_START.strftime("%Y-%m-%dT%H:%M:%SZ"))
     table = LakeTable.open_or_create(storage, identity)
-    for entry in os.scandir(source / "landing"):
-        os.link(entry.path, run_root / "landing" / entry.name)
+    for info in LocalStorage(source).list_tree(layout.LANDING):  # the date partitions' directories too
+        storage.path(info.key).parent.mkdir(parents=True, exist_ok=True)
+        os.link(source / info.key, storage.path(info.key))
     actions: list[Any] = []
     last = -1
     for info in storage.list_tree(layout.LANDING):
         stats = FileStats.of_footer(pq.read_metadata(storage.path(info.key)))
         last = max(last, -1 if stats.event_id_max is None else stats.event_id_max)
-        actions.append(AddAction(info.key, info.size, {}, info.mtime_ns // 1_000_000, True, stats.to_json()))
+        actions.append(
+            add_action(info.key, info, stats, data_change=True, partition_values=table.partition_values(stats))
+        )
     table.commit(actions, "flush", txn=last)
     return run_root
 
@@ -168,7 +171,7 @@ def _child_reference(lake: Path) -> dict[str, Any]:
     import duckdb
     import pyarrow.parquet as pq
 
-    files = sorted(str(p) for p in (lake / "landing").glob("*.parquet"))
+    files = sorted(str(p) for p in (lake / "landing").rglob("*.parquet"))  # the date partitions' files
     out = lake / "compacted" / "reference.parquet"
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
@@ -215,7 +218,7 @@ def run(size: str = "full", progress: Callable[[str], None] = lambda _t: None) -
     """Measure both ways ``runs`` times (alternating); rows are ``figure, value, unit, reference, ratio, target``."""
     cfg = SIZES[size]
     source = input_lake(size, progress)
-    input_bytes = sum(e.stat().st_size for e in os.scandir(source / "landing"))
+    input_bytes = sum(p.stat().st_size for p in (source / "landing").rglob("*.parquet"))
     results: dict[str, list[dict[str, Any]]] = {"ours": [], "reference": []}
     for i in range(cfg["runs"]):
         for way in ("ours", "reference"):
