@@ -82,20 +82,23 @@ class DirectoryFiles(LakeFiles):
         return str(self.root)
 
     def listing(self, under: str) -> list[str]:
-        try:
-            entries = list(os.scandir(self.root / under))
-        except FileNotFoundError:
-            return []
-        head = f"{under}/" if under else ""
-        return sorted(f"{head}{e.name}" for e in entries if e.is_file(follow_symlinks=False))
+        return self._entries(under, directories=False)
 
     def directories(self, under: str) -> list[str]:
+        return self._entries(under, directories=True)
+
+    def _entries(self, under: str, *, directories: bool) -> list[str]:
+        """The keys of the files (or the directories) directly under ``under``, sorted."""
         try:
             entries = list(os.scandir(self.root / under))
         except FileNotFoundError:
             return []
         head = f"{under}/" if under else ""
-        return sorted(f"{head}{e.name}" for e in entries if e.is_dir(follow_symlinks=False))
+        return sorted(
+            f"{head}{e.name}"
+            for e in entries
+            if (e.is_dir(follow_symlinks=False) if directories else e.is_file(follow_symlinks=False))
+        )
 
     def read(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
@@ -121,22 +124,23 @@ class BucketFiles(LakeFiles):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def listing(self, under: str) -> list[str]:
-        head = f"{self._full(under)}/" if under else (f"{self.prefix}/" if self.prefix else "")
-        strip = f"{self.prefix}/" if self.prefix else ""
-        keys: list[str] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=head, Delimiter="/"):
-            keys.extend(obj["Key"][len(strip) :] for obj in page.get("Contents", []))
-        return sorted(keys)
+        return [item["Key"] for item in self._list(under, "Contents")]
 
     def directories(self, under: str) -> list[str]:
+        return [item["Prefix"].rstrip("/") for item in self._list(under, "CommonPrefixes")]
+
+    def _list(self, under: str, part: str) -> list[dict[str, str]]:
+        """One level of the bucket under ``under`` (``part``: "Contents" or "CommonPrefixes"), keys relative to the
+        lake's prefix, sorted."""
         head = f"{self._full(under)}/" if under else (f"{self.prefix}/" if self.prefix else "")
-        strip = f"{self.prefix}/" if self.prefix else ""
-        found: list[str] = []
+        strip = len(f"{self.prefix}/") if self.prefix else 0
+        found: list[dict[str, str]] = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=head, Delimiter="/"):
-            found.extend(p["Prefix"][len(strip) :].rstrip("/") for p in page.get("CommonPrefixes", []))
-        return sorted(found)
+            found.extend(
+                {k: str(v)[strip:] for k, v in item.items() if k in ("Key", "Prefix")} for item in page.get(part, [])
+            )
+        return sorted(found, key=lambda item: item.get("Key", item.get("Prefix", "")))
 
     def read(self, key: str) -> bytes:
         try:
