@@ -161,7 +161,7 @@ class LakeAnalytics:
                     return last
                 con = self.connect()
                 try:
-                    partials, read = self.cache.ensure(con, self.storage, table.files)
+                    partials, read = self.cache.ensure(con, self.storage, table.files, table.columns)
                 except (duckdb.Error, OSError, pa.ArrowException) as exc:
                     missing = self._missing(table)
                     if not missing:
@@ -206,7 +206,12 @@ class _Sources:
         storage = self.lake.storage
         if isinstance(storage, LocalStorage):
             if self.aggregate.requires is not None:  # files written before the column hold none of its rows
-                files = [ref for ref in files if holds(storage, ref.key, self.aggregate.requires)]
+                if self.aggregate.requires not in self.lake.columns:
+                    return
+                try:
+                    files = [ref for ref in files if holds(storage, ref.key, self.aggregate.requires)]
+                except OSError as exc:
+                    raise LakeError(f"{self.aggregate.name} query failed: {exc}") from exc
                 if not files:
                     return
             source = self.aggregate.files_source(f"${tag}files")

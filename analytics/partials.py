@@ -36,7 +36,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -230,11 +230,8 @@ class FilePartial:
 
 def holds(storage: LocalStorage, key: str, column: str) -> bool:
     """Whether the local data file ``key`` has ``column`` (its footer's schema; files without it were written
-    before the field existed)."""
-    try:
-        return column in pq.read_schema(storage.path(key)).names
-    except OSError as exc:  # gone since the snapshot (a clean-up after grace), or unreadable: as for any read
-        raise LakeError(f"{key}: could not be read ({exc})") from exc
+    before the field existed). OSError if it cannot be read, as for any read of it."""
+    return column in pq.read_schema(storage.path(key)).names
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -334,11 +331,17 @@ class PartialCache:
         return table if aggregate.always_keep or table.num_rows <= self.users_max_share * rows else None
 
     def ensure(
-        self, con: duckdb.DuckDBPyConnection, storage: Storage, files: Sequence[DataFile]
+        self,
+        con: duckdb.DuckDBPyConnection,
+        storage: Storage,
+        files: Sequence[DataFile],
+        columns: Collection[str] | None = None,
     ) -> tuple[dict[str, FilePartial], int]:
         """Partials for ``files`` (by key), computing the missing ones; also returns how many files were read.
 
-        Callers serialize refreshes; concurrent calls stay correct but may read a file twice.
+        ``columns``: the table's (None: not known); an aggregate requiring a column the table lacks has empty
+        partials, no file is opened for it. Callers serialize refreshes; concurrent calls stay correct but may
+        read a file twice.
         """
         out: dict[str, FilePartial] = {}
         missing: list[DataFile] = []
@@ -362,7 +365,7 @@ class PartialCache:
                 to_scan[USERS.name].append(f)  # merged from small files that had none: read it once
         wanted = {name: {f.key for f in fs} for name, fs in to_scan.items()}
         if isinstance(storage, LocalStorage):
-            scanned = {agg.name: self._scan(con, storage, agg, to_scan[agg.name]) for agg in AGGREGATES}
+            scanned = {agg.name: self._scan(con, storage, agg, to_scan[agg.name], columns) for agg in AGGREGATES}
         else:
             scanned = self._scan_objects(con, storage, [f for f in missing if any(f.key in w for w in wanted.values())])
         read = set().union(*wanted.values())
@@ -415,11 +418,18 @@ class PartialCache:
         return FilePartial(f.info, f.row_count, tables, lo, hi, derived=True)
 
     def _scan(
-        self, con: duckdb.DuckDBPyConnection, storage: LocalStorage, aggregate: Aggregate, files: Sequence[DataFile]
+        self,
+        con: duckdb.DuckDBPyConnection,
+        storage: LocalStorage,
+        aggregate: Aggregate,
+        files: Sequence[DataFile],
+        columns: Collection[str] | None,
     ) -> dict[str, pa.Table]:
         """This aggregate's partial of each file, read in one DuckDB query over all of them (of those that hold the
-        column it requires: the others have none of its rows)."""
+        column it requires: the others have none of its rows; with a table that lacks it, none does)."""
         if aggregate.requires is not None:
+            if columns is not None and aggregate.requires not in columns:
+                return {}
             files = [f for f in files if holds(storage, f.key, aggregate.requires)]
         if not files:
             return {}

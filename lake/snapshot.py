@@ -100,6 +100,7 @@ class Snapshot(FileSet[DataFile]):
     committed_event_id: int | None = None  # the pipeline's ``txn`` version: the last event id it committed
     identity: StreamIdentity | None = None
     expired_through: int | None = None  # retention's ``txn`` version: ids at or below it are expired (lake.retention)
+    columns: frozenset[str] = frozenset()  # the table's columns at this version (extra fields included)
 
     @property
     def next_event_id(self) -> int:

@@ -417,6 +417,7 @@ class LakeTable(_DeltaFiles):
             self.committed_event_id(),
             self.identity,
             self.expired_through(),
+            frozenset(self.schema().names),
         )
 
     def append(self, info: FileInfo, stats: FileStats, *, through_event_id: int, expected: int | None) -> None:

@@ -17,6 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from pandas.testing import assert_frame_equal
 
+from analytics import engine as engine_module
+from analytics import partials
 from analytics.engine import LakeAnalytics
 from analytics.filters import Filters
 from lake import layout
@@ -225,13 +227,25 @@ def test_the_dashboard_counts_doors_where_files_hold_them_exactly_in_every_mode(
         ), name
 
 
-def test_a_lake_without_the_column_has_no_door_figure(tmp_path: Path) -> None:
+def test_a_lake_without_the_column_has_no_door_figure_and_opens_no_file_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     storage = LocalStorage(tmp_path / "lake")
     with writer(storage) as w:
         w.add(make_records(0, 500))
+    looked: list[str] = []
+    real = partials.holds
+
+    def holds(storage: LocalStorage, key: str, column: str) -> bool:
+        looked.append(key)
+        return real(storage, key, column)
+
+    monkeypatch.setattr(engine_module, "holds", holds)
+    monkeypatch.setattr(partials, "holds", holds)
     snap = LakeAnalytics(storage).snapshot()
     assert not snap.has_doors and snap.busiest_doors().empty
     assert not LakeAnalytics(storage, mode="direct").snapshot().has_doors
+    assert looked == []  # the table has no door_id column: no file's footer is read for it
 
 
 def test_on_s3_the_door_figure_is_the_same_and_old_files_are_read_once(s3_lake: S3Lake, tmp_path: Path) -> None:
