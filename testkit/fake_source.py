@@ -10,19 +10,16 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lake import quarantine
 from lake.identity import StreamIdentity
 from testkit.records import TEST_IDENTITY, make_records
 from utils.errors import PermanentSourceError, TransientSourceError
-from utils.records import QUARANTINE_SCHEMA, RECORD_SCHEMA
+from utils.records import QUARANTINE_SCHEMA
 
 
 def as_refused(table: pa.Table, reason: str) -> pa.Table:
     """The QUARANTINE_SCHEMA form of ``table`` (every field as text) with ``reason``."""
-    cols: dict[str, pa.Array | pa.ChunkedArray] = {"event_id": table.column("event_id")}
-    for name in RECORD_SCHEMA.names[1:]:
-        cols[name] = pc.cast(table.column(name), pa.string())
-    cols["reason"] = pa.array([reason] * table.num_rows, pa.string())
-    return pa.table(cols, schema=QUARANTINE_SCHEMA)
+    return quarantine.from_records(table, [reason] * table.num_rows)
 
 
 @dataclass(frozen=True)
