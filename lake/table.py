@@ -18,6 +18,7 @@ Errors from delta-rs are translated here into the platform's LakeError tree, wit
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -367,9 +368,12 @@ class LakeTable(_DeltaFiles):
             raise LakeError(f"adding column(s) {[f.name for f in missing]} to {self.root} failed: {exc}") from exc
         log.info("the table's schema grew: %s", ", ".join(f"{f.name} ({f.type})" for f in missing))
 
-    @property
+    @functools.cached_property
     def partitioned(self) -> bool:
-        """Whether the table is partitioned by date (every table this version creates; not one created before)."""
+        """Whether the table is partitioned by date (every table this version creates; not one created before).
+
+        Read once: a Delta table's partitioning is fixed when it is created (every commit adds files by it).
+        """
         return partitions.COLUMN in self._dt.metadata().partition_columns
 
     def partition_values(self, stats: FileStats) -> dict[str, str | None]:
