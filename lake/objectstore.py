@@ -305,11 +305,12 @@ class ObjectStorage(Storage):
         return out
 
     def list_tree(self, zone: str, suffix: str = layout.PARQUET_SUFFIX) -> list[FileInfo]:
-        """Objects under ``zone/`` at any depth (date partitions) ending in ``suffix``, sorted by key: one
-        recursive LIST (paged by the store)."""
+        """Objects under ``zone/`` at any depth (date partitions; ``""``: the whole lake) ending in ``suffix``,
+        sorted by key: one recursive LIST (paged by the store)."""
         out: list[FileInfo] = []
-        with self._request(f"{zone}/", "listed"):
-            for page in obstore.list(self._store, f"{zone}/"):
+        prefix = f"{zone}/" if zone else None
+        with self._request(prefix or "", "listed"):
+            for page in obstore.list(self._store, prefix, chunk_size=1_000):
                 out += [
                     FileInfo(str(meta["path"]), int(meta["size"]), _mtime_ns(meta))
                     for meta in page

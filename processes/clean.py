@@ -299,11 +299,8 @@ def _store_now(storage: ObjectStorage) -> float:
 
 
 def _list_keys(storage: ObjectStorage) -> list[str]:
-    """Every key under the lake's prefix (relative to it), listed recursively."""
-    try:
-        return sorted(str(meta["path"]) for batch in obstore.list(storage.store, chunk_size=1_000) for meta in batch)
-    except BaseError as exc:
-        raise LakeError(f"{storage.location}: could not be listed ({one_line(exc)})") from exc
+    """Every key under the lake's prefix (relative to it), listed recursively, sorted."""
+    return [info.key for info in storage.list_tree("", suffix="")]
 
 
 def _delete(storage: ObjectStorage, keys: Sequence[str], lost: threading.Event) -> None:
