@@ -69,22 +69,21 @@ def _converter(schema: pa.Schema, key: str, target: pa.Schema) -> Callable[[pa.R
         raise UnreadableInputError(key, f"columns {schema.names} differ from the table's {target.names}")
     absent = [f for f in target if f.name not in names]
     try:
-        _with(schema.empty_table().to_batches() or [pa.RecordBatch.from_pylist([], schema=schema)], absent, target)
+        _with(pa.RecordBatch.from_pylist([], schema=schema), absent, target)
     except (pa.ArrowException, ValueError, TypeError, NotImplementedError) as exc:
         raise UnreadableInputError(key, f"schema cannot be cast to the table's ({exc})") from exc
 
     def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
         try:
-            return _with([batch], absent, target)
+            return _with(batch, absent, target)
         except (pa.ArrowException, ValueError, TypeError) as exc:
             raise UnreadableInputError(key, f"values do not fit the table's schema ({exc})") from exc
 
     return convert
 
 
-def _with(batches: list[pa.RecordBatch], absent: list[pa.Field], target: pa.Schema) -> pa.RecordBatch:
-    """The first of ``batches`` with null columns for ``absent`` fields, as exactly ``target``."""
-    batch = batches[0]
+def _with(batch: pa.RecordBatch, absent: list[pa.Field], target: pa.Schema) -> pa.RecordBatch:
+    """``batch`` with null columns for ``absent`` fields, as exactly ``target``."""
     for field in absent:
         batch = batch.append_column(field, pa.nulls(batch.num_rows, field.type))
     return batch.select(target.names).cast(target)
