@@ -3,9 +3,10 @@
 The callback runs only in the worker thread, one call at a time, never inside an observer callback;
 ``stop()`` leaves no thread behind.
 
-watchdog reports a file renamed or linked into the directory (how every landing file is published) as
-a *created* event, and a rename inside it as a *moved* event; both are queued. The worker waits until
-the burst has been quiet for ``debounce_seconds`` (at most ``max_delay_seconds`` under a steady
+The directory is watched with its subdirectories, those created later included (landing files are
+published into date directories). watchdog reports a file renamed or linked into it (how every landing
+file is published) as a *created* event, and a rename inside it as a *moved* event; both are queued.
+The worker waits until the burst has been quiet for ``debounce_seconds`` (at most ``max_delay_seconds`` under a steady
 stream) and runs the callback once. Independently of events, a sweep runs it every ``sweep_seconds``
 - at start too - so a restart, a missed event or a deadline running out is acted on without any new
 file. More directories can be watched the same way (``also``: the compactor adds the table's log, as
@@ -99,7 +100,8 @@ class LandingWatcher:
         """Start the observer and the worker; without file events (e.g. no inotify watch left) the sweep still runs."""
         if self.directory is not None:
             try:
-                self._observer.schedule(self._handler, str(self.directory), recursive=False)
+                # recursive: files land in date directories (landing/date=YYYY-MM-DD/), created as days begin
+                self._observer.schedule(self._handler, str(self.directory), recursive=True)
                 self._watched.add(self.directory)
                 self._observer.start()
                 self._observing = True

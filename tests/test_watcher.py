@@ -65,6 +65,18 @@ def test_renames_and_links_from_temp_arrive_and_a_burst_is_one_cycle(storage: Lo
     assert {thread for _, thread in recorder.calls} == {"watcher-worker"}  # never in an observer callback
 
 
+def test_files_in_date_directories_created_later_are_events(storage: LocalStorage) -> None:
+    # Landing files are published into landing/date=YYYY-MM-DD/, a directory created when its day begins.
+    recorder = Recorder()
+    with _watcher(storage, recorder) as watcher:
+        wait_until(lambda: recorder.reasons("sweep") == 1, 5, what="the start-up sweep")
+        for day in ("2026-11-30", "2026-12-01"):
+            table = lake_table(0, 10)
+            write_file(storage, table, f"{layout.LANDING}/date={day}", "landing")
+        wait_until(lambda: watcher.events_seen >= 2, 5, what="created events in the date directories")
+        wait_until(lambda: recorder.reasons("events") >= 1, 5, what="a cycle on those events")
+
+
 def test_a_rename_inside_landing_is_a_moved_event_and_counts(storage: LocalStorage) -> None:
     recorder = Recorder()
     _rename_in(storage, "before.parquet")
