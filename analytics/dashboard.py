@@ -68,10 +68,10 @@ class Controls:
 
 
 @st.cache_resource(show_spinner=False)
-def get_engine(lake_path: str) -> LakeAnalytics:
+def get_engine(lake_path: str, memory_limit_mb: int) -> LakeAnalytics:
     """One engine per lake (a directory or an ``s3://`` URL) for the whole server: its partial aggregates
-    survive reruns and sessions."""
-    return LakeAnalytics(open_storage(lake_path))
+    survive reruns and sessions; its DuckDB runs under ``memory_limit_mb`` (``DASHBOARD_MEMORY_MB``)."""
+    return LakeAnalytics(open_storage(lake_path), memory_limit_mb=memory_limit_mb)
 
 
 def attempt(name: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T | None, str | None]:
@@ -420,7 +420,7 @@ def main() -> None:
         st.error(f"Invalid settings: {exc}")
         return
     try:
-        engine = get_engine(str(settings.data_lake_path))
+        engine = get_engine(str(settings.data_lake_path), settings.dashboard_memory_mb)
     except (BadgeError, ValueError) as exc:  # an s3:// URL that is not a bucket and prefix
         st.error(f"Could not open the lake at `{settings.data_lake_path}`: {exc}")
         return

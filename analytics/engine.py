@@ -57,17 +57,7 @@ import pyarrow as pa
 from analytics import reading
 from analytics.filters import ALL, Filters
 from analytics.monitor import note_files_scanned, sql_monitoring
-from analytics.partials import (
-    ARRIVALS,
-    CUBE,
-    DOORS,
-    US_PER_MINUTE,
-    USERS,
-    Aggregate,
-    FilePartial,
-    PartialCache,
-    holds,
-)
+from analytics.partials import FilePartial, PartialCache, holds
 from analytics.results import Freshness, Kpis
 from analytics.spans import plan_spans
 from analytics.sql import (
@@ -85,14 +75,18 @@ from analytics.sql import (
     TRAFFIC_SQL,
 )
 from analytics.timeutil import MINUTES_PER_DAY, moment_of_minute, moment_of_us
+from lake.aggregates import ARRIVALS, BUCKET, CUBE, DOORS, DOORS_DAY, FAMILIES, LEVEL, US_PER_MINUTE, USERS, Aggregate
 from lake.snapshot import Snapshot as TableSnapshot
 from lake.storage import LocalStorage, Storage
-from lake.table import SnapshotReader
+from lake.table import AggregatesReader, SnapshotReader
 from utils.errors import LakeError
 
 log = logging.getLogger(__name__)
 
 _REFRESH_ATTEMPTS: Final = 3
+# DuckDB's memory limit in the dashboard (its buffers, hash tables and caches; beyond it, it spills to disk
+# or fails the query): with what the engine holds per file, the process stays within about a gigabyte.
+MEMORY_LIMIT_MB: Final = 512
 Mode = Literal["cached", "direct"]
 Bucket = Literal["auto", "minute", "hour", "day"]
 BUCKET_MINUTES: Final[dict[str, int]] = {"minute": 1, "hour": 60, "day": MINUTES_PER_DAY}
@@ -113,15 +107,20 @@ class LakeAnalytics:
         mode: Mode = "cached",
         threads: int | None = None,
         cache: PartialCache | None = None,
+        memory_limit_mb: int = MEMORY_LIMIT_MB,
+        persisted: bool = True,
     ) -> None:
         self.storage = storage
         self.mode: Mode = mode
         self.threads = threads or os.cpu_count() or 1
         self.cache = cache or PartialCache.for_storage(storage)
-        self._db = duckdb.connect(config={"threads": self.threads})
+        self.memory_limit_mb = memory_limit_mb
+        self._db = duckdb.connect(config={"threads": self.threads, "memory_limit": f"{memory_limit_mb}MB"})
         self._db_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._reader = SnapshotReader(storage)
+        # The aggregates table (lake.aggregates); persisted=False ignores it (the benchmark's reference).
+        self._aggregates = AggregatesReader(storage) if persisted else None
         self._last: Snapshot | None = None
 
     def connect(self) -> duckdb.DuckDBPyConnection:
@@ -161,7 +160,8 @@ class LakeAnalytics:
                     return last
                 con = self.connect()
                 try:
-                    partials, read = self.cache.ensure(con, self.storage, table.files, table.columns)
+                    stored = self._aggregates.persisted() if self._aggregates is not None else {}
+                    partials, read = self.cache.ensure(con, self.storage, table.files, table.columns, stored)
                 except (duckdb.Error, OSError, pa.ArrowException) as exc:
                     missing = self._missing(table)
                     if not missing:
@@ -228,6 +228,35 @@ class _Sources:
         self.params.update(p)
         self.read.update(ref.key for ref in files)
 
+    def held(
+        self, level: Aggregate, tables: list[pa.Table], lo: int | None, hi: int | None, *, tag: str, sign: int
+    ) -> None:
+        """Add the rows of ``level``'s partials ``tables`` (held in memory) in buckets [lo, hi), in base columns."""
+        where, p = self.filters.where(raw=False, time_column=level.time_column, lo=lo, hi=hi, tag=tag)
+        if not tables:
+            return
+        name = f"{tag}held"
+        self.con.register(name, tables[0] if len(tables) == 1 else pa.concat_tables(tables))
+        self.sources.append(f"SELECT {level.as_base(sign)} FROM {name} WHERE {where}")  # noqa: S608 (constants only)
+        self.params.update(p)
+
+    def stored(
+        self, level: Aggregate, partials: list[FilePartial], lo: int | None, hi: int | None, *, tag: str, sign: int
+    ) -> None:
+        """Add ``level``'s rows in buckets [lo, hi) from the aggregates files of ``partials`` (local paths:
+        DuckDB reads only the row groups of that level and span), in the base's columns."""
+        where, p = self.filters.where(raw=False, time_column=BUCKET, lo=lo, hi=hi, tag=tag)
+        storage = self.lake.storage
+        assert isinstance(storage, LocalStorage)
+        self.params[f"{tag}files"] = [str(storage.path(f.persisted.info.key)) for f in partials if f.persisted]
+        self.params[f"{tag}level"] = level.name
+        self.sources.append(
+            f"SELECT {level.as_base(sign, BUCKET)} FROM read_parquet(${tag}files) "  # noqa: S608 (constants only)
+            f"WHERE {LEVEL} = ${tag}level AND {where}"
+        )
+        self.params.update(p)
+        self.read.update(f.persisted.info.key for f in partials if f.persisted)
+
     def close(self) -> None:
         for stream in self.streams:
             stream.close()
@@ -273,9 +302,18 @@ class Snapshot:
 
     # -- plumbing -----------------------------------------------------------------------------------
     def _run(
-        self, aggregate: Aggregate, body: str, filters: Filters, params: dict[str, Any] | None = None
+        self,
+        aggregate: Aggregate,
+        body: str,
+        filters: Filters,
+        params: dict[str, Any] | None = None,
+        grain: int | None = None,
     ) -> pd.DataFrame:
-        """``body`` over ``src``: the selected rows in ``aggregate``'s columns, however they are obtained."""
+        """``body`` over ``src``: the selected rows in ``aggregate``'s columns, however they are obtained.
+
+        ``grain``: the query groups time by buckets of this many minutes (None: not by time); a level whose
+        buckets do not divide it is not used.
+        """
         con = self.engine.connect()
         q = _Sources(con, self.lake, aggregate, filters, params=dict(params or {}))
         try:
@@ -285,25 +323,9 @@ class Snapshot:
             elif self.partials is None:
                 q.direct([reading.FileRef(f.key, f.row_count, f.info.size) for f in self.lake.files], lo, hi, "d_")
             else:
-                size = aggregate.minutes_per_bucket
-                how = plan_spans(lo, hi, size, subtract=aggregate.additive and size > 1)
-                cached = [p for p in self._ordered() if p.table(aggregate) is not None]
-                if cached and how.cached:
-                    con.register(aggregate.name, self.table(aggregate))
-                for i, (b_lo, b_hi) in enumerate(how.cached if cached else []):
-                    where, p = filters.where(
-                        raw=False, time_column=aggregate.time_column, lo=b_lo, hi=b_hi, tag=f"c{i}_"
-                    )
-                    q.sources.append(f"SELECT * FROM {aggregate.name} WHERE {where}")  # noqa: S608 (constants only)
-                    q.params.update(p)
-                for sign, spans, tag in ((1, how.plus, "p"), (-1, how.minus, "m")):
-                    for i, (s_lo, s_hi) in enumerate(spans):
-                        files = [_ref(p) for p in cached if p.overlaps(s_lo, s_hi)]
-                        if files:
-                            q.direct(files, s_lo, s_hi, f"{tag}{i}_", sign)
-                without = [_ref(p) for p in self._ordered() if p.table(aggregate) is None and p.overlaps(lo, hi)]
-                if without:
-                    q.direct(without, lo, hi, "w_")
+                levels = [lv for lv in FAMILIES[aggregate.name] if grain is None or grain % lv.minutes_per_bucket == 0]
+                files = [p for p in self._ordered() if p.overlaps(lo, hi)]
+                self._plan(q, levels, files, (lo, hi), sign=1, tag="q")
             if not q.sources:
                 con.register(f"{aggregate.name}_empty", aggregate.schema.empty_table())
                 q.sources.append(f"SELECT * FROM {aggregate.name}_empty")  # noqa: S608 (constants only)
@@ -317,6 +339,52 @@ class Snapshot:
         finally:
             q.close()
             con.close()
+
+    def _plan(
+        self,
+        q: _Sources,
+        levels: list[Aggregate],
+        files: list[FilePartial],
+        span: tuple[int | None, int | None],
+        *,
+        sign: int,
+        tag: str,
+    ) -> None:
+        """Add sources answering minutes [lo, hi) of ``files`` exactly, coarsest level first.
+
+        Each file's whole buckets of ``levels[0]`` come from where it holds that level (in memory, or its
+        aggregates file for a base level kept there); the partly selected buckets go one level down (or are
+        subtracted from the whole bucket, when most of it is selected and the measures are sums), and below
+        the last level the data files' rows are read. Every selected minute of every file is counted once
+        (:func:`analytics.spans.plan_spans` per level), whatever mix of sources the files have.
+        """
+        if not files:
+            return
+        lo, hi = span
+        if not levels:
+            q.direct([_ref(p) for p in files], lo, hi, f"{tag}r_", sign)
+            return
+        level, finer = levels[0], levels[1:]
+        local = isinstance(self.lake.storage, LocalStorage)
+        held = [p for p in files if p.table(level) is not None]
+        stored = [p for p in files if p.table(level) is None and p.persisted is not None and local and not finer]
+        rest = [p for p in files if p.table(level) is None and not (p.persisted is not None and local and not finer)]
+        self._plan(q, finer, rest, span, sign=sign, tag=f"{tag}n")
+        size = level.minutes_per_bucket
+        for g, group in enumerate((held, stored)):
+            if not group:
+                continue
+            how = plan_spans(lo, hi, size, subtract=level.additive)
+            for i, (b_lo, b_hi) in enumerate(how.cached):
+                if g == 0:
+                    tables = [t for p in group if (t := p.table(level)) is not None and t.num_rows]
+                    q.held(level, tables, b_lo, b_hi, tag=f"{tag}{g}c{i}_", sign=sign)
+                else:
+                    q.stored(level, group, b_lo, b_hi, tag=f"{tag}{g}c{i}_", sign=sign)
+            for s_sign, spans, kind in ((sign, how.plus, "p"), (-sign, how.minus, "m")):
+                for i, (s_lo, s_hi) in enumerate(spans):
+                    inside = [p for p in group if p.overlaps(s_lo, s_hi)]
+                    self._plan(q, finer, inside, (s_lo, s_hi), sign=s_sign, tag=f"{tag}{g}{kind}{i}")
 
     # -- the queries --------------------------------------------------------------------------------
     @sql_monitoring("kpis")
@@ -357,7 +425,7 @@ class Snapshot:
             minutes = self._auto_bucket(filters)
         else:
             minutes = BUCKET_MINUTES[bucket] if isinstance(bucket, str) else int(bucket)
-        df = self._run(CUBE, TRAFFIC_SQL, filters, {"bucket": minutes})
+        df = self._run(CUBE, TRAFFIC_SQL, filters, {"bucket": minutes}, grain=minutes)
         df.insert(0, "time", pd.to_datetime(df["minute"].to_numpy(dtype="int64") * 60, unit="s"))
         df = df.drop(columns=["minute"])
         df.attrs["bucket_minutes"] = minutes
@@ -397,7 +465,7 @@ class Snapshot:
         """Whether any file of the snapshot holds door ids (record version 2 onwards)."""
         if self.partials is None:  # direct mode: ask the files
             return bool(not self.busiest_doors(ALL, limit=1).empty)
-        return bool(self.table(DOORS).num_rows > 0)
+        return bool(self.table(DOORS_DAY).num_rows > 0)
 
     @sql_monitoring("busiest doors")
     def busiest_doors(self, filters: Filters = ALL, *, limit: int = 15) -> pd.DataFrame:
@@ -433,7 +501,7 @@ class Snapshot:
             return moment_of_minute(min(s[0] for s in spans if s[0] is not None)), moment_of_minute(
                 max(s[1] for s in spans if s[1] is not None)
             )
-        row = self._run(CUBE, BOUNDS_SQL, filters).iloc[0]
+        row = self._run(CUBE, BOUNDS_SQL, filters, grain=1).iloc[0]
         if pd.isna(row["lo"]):
             return None, None
         return moment_of_minute(int(row["lo"])), moment_of_minute(int(row["hi"]))

@@ -1,33 +1,30 @@
-"""Per-file partial aggregates: the dashboard's figures are sums over small tables cached per data file.
+"""Per-file partial aggregates: the dashboard's figures are sums over small tables held per data file.
 
-Data files are immutable (published once, never rewritten), so a file's aggregates, keyed by its key,
-size and modification time (from its ``add`` action in the table's log), never go stale. A refresh
-scans only files it has not seen. A compacted file whose sources are all cached gets its aggregates by
-merging theirs: the file is in the table's snapshot (the log says it exists), its footer's
-``badge.sources`` is read only as a hint naming the files it replaced, and the merge is used only if
-their row counts add up to the file's ``numRecords`` in the log; otherwise the file is scanned.
+The aggregates and their roll-ups are defined in :mod:`lake.aggregates` (minute, hour and day buckets of
+badge-out time). Data files are immutable (published once, never rewritten), so a file's partials, keyed by
+its key, size and modification time (from its ``add`` action in the table's log), never go stale. A refresh
+obtains partials only for files it has not seen, the cheapest way that is exact:
+
+* **persisted** (a compacted file): its aggregates file in the aggregates table, committed by the compactor
+  and matching the file's key and ``numRecords`` (:class:`lake.table.Persisted`). Only the coarse levels are
+  held in memory (:data:`HELD_WHEN_PERSISTED`: hour and day cubes, hourly and daily arrivals, daily users and
+  doors); the fine ones (the minute cube, hourly users and doors) stay in the file, which a query over a
+  partly selected day reads with DuckDB (only the row groups of that level and span), or, on object
+  storage, the rows of the data file itself;
+* **derived**: a compacted file whose sources are all held gets its partials by merging theirs: the file is
+  in the table's snapshot (the log says it exists), its footer's ``badge.sources`` is read only as a hint
+  naming the files it replaced, and the merge is used only if their row counts add up to the file's
+  ``numRecords`` in the log;
+* **scanned**: otherwise the file is read once (a landing file, mostly; the compactor's backlog bounds them).
 
 How a file is scanned depends on where the lake lives: on a local disk DuckDB reads the files by path,
 one query per aggregate; on object storage (no paths) each file is read once through the storage, as
 Arrow (:mod:`analytics.reading`), and every aggregate is computed from those rows in DuckDB. Both give
-the same partials.
+the same partials. A scanned or derived file holds every level (its ``users`` only where it is much smaller
+than the file); the roll-ups are computed from the bases.
 
-The time axis is the **event time**, ``badge_out_timestamp``: the stream emits a session when it closes,
-files are in that order (tight row-group statistics), and freshness is measured on it. Four aggregates
-(each an :class:`Aggregate`):
-
-* ``cube``: events per badge-out **minute** x department x building x access, with the premature count
-  (granted and ``duration_s < 14400``) and the newest badge-out. At most 48 cells a minute, whatever
-  the rows; most figures are filtered sums over it, exact for time bounds in whole minutes.
-* ``arrivals``: events per badge-out **hour** x department x building x badge-in hour of day (the heatmap).
-* ``users``: granted and premature sessions per badge-out **hour** x employee x department x building,
-  kept only where it is much smaller than the file (a compacted file; not a small landing file).
-* ``doors``: events per badge-out **hour** x department x building x door, from the records of version 2
-  on (``door_id``, a column the table gained by schema evolution): a file written before it has an empty
-  partial and is never read for it.
-
-The hourly aggregates answer whole hours from the cache; the minutes of a partly selected hour, and files
-without the partial, are read directly (cheap: files are sorted by badge-out, so DuckDB skips row groups).
+Memory: what is held per file is bounded by its time span (per day: 48 cube cells a minute for a scanned
+file, per hour for a persisted one, and one row per employee and day), never by its rows.
 """
 
 from __future__ import annotations
@@ -37,7 +34,8 @@ import json
 import logging
 import threading
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Final
 
 import duckdb
@@ -48,163 +46,37 @@ import pyarrow.parquet as pq
 
 from analytics import reading
 from lake import layout
+from lake.aggregates import (
+    AGGREGATES,
+    ARRIVALS,
+    ARRIVALS_DAY,
+    CUBE,
+    CUBE_DAY,
+    CUBE_HOUR,
+    DOORS_DAY,
+    LEVEL,
+    LEVELS,
+    US_PER_MINUTE,
+    USERS,
+    USERS_DAY,
+    Aggregate,
+    conform,
+    from_persisted,
+    merge_tables,
+    with_rollups,
+)
 from lake.snapshot import DataFile
 from lake.storage import FileInfo, LocalStorage, Storage
+from lake.table import Persisted
 from utils.errors import LakeError
-from utils.records import COMPLIANCE_SECONDS, DOOR_ID
 
 log = logging.getLogger(__name__)
 
-US_PER_MINUTE: Final = 60_000_000
-US_PER_HOUR: Final = 3_600_000_000
 MINUTES_PER_HOUR: Final = 60
-
-_OUT_US: Final = "epoch_us(badge_out_timestamp)"
-_PREMATURE: Final = f"duration_s < {COMPLIANCE_SECONDS}"
-
-
-@dataclass(frozen=True)
-class Measure:
-    """An aggregated column: its value per raw row, its aggregate over raw rows, and how partials merge."""
-
-    name: str
-    raw: str  # one source row's contribution
-    scan: str  # the aggregate over source rows
-    merge: str  # "sum" or "max": how two partials of the same cell combine
-    type: pa.DataType = field(default_factory=pa.int64)
-
-
-@dataclass(frozen=True)
-class Aggregate:
-    """One per-file partial aggregate: grouping keys over the raw columns, measures, and which rows it covers.
-
-    Its SQL holds only constant expressions and identifiers, never a value; every partial of it has :attr:`schema`.
-    """
-
-    name: str
-    time_column: str  # "minute" or "hour": badge-out time bucket
-    time_us: int
-    keys: tuple[tuple[str, str, pa.DataType], ...]  # (name, expression over lake columns, type); time first
-    measures: tuple[Measure, ...]
-    where: str = "true"  # rows it covers
-    always_keep: bool = True  # False: kept only when much smaller than the file
-    # A column of a later record version it needs (schema evolution): a file without it holds none of its
-    # rows (its partial is empty, it is never read for it), and files are read with their columns by name.
-    requires: str | None = None
-
-    @property
-    def schema(self) -> pa.Schema:
-        return pa.schema([(n, t) for n, _, t in self.keys] + [(m.name, m.type) for m in self.measures])
-
-    @property
-    def minutes_per_bucket(self) -> int:
-        return self.time_us // US_PER_MINUTE
-
-    @property
-    def additive(self) -> bool:
-        """Whether every measure is a sum (so a partly selected bucket may be the bucket minus the rest)."""
-        return all(m.merge == "sum" for m in self.measures)
-
-    def raw_select(self, sign: int = 1) -> str:
-        """Projection of source rows onto this aggregate's columns (one row each), for direct reads.
-
-        ``sign=-1`` negates the (additive) measures: rows to subtract from a cached bucket.
-        """
-        assert sign == 1 or self.additive
-        cols = [f"{expr} AS {name}" for name, expr, _ in self.keys]
-        cols += [f"{'-' if sign < 0 else ''}({m.raw}) AS {m.name}" for m in self.measures]
-        return ", ".join(cols)
-
-    def scan_sql(self, source: str | None = None) -> str:
-        """Aggregate ``source`` per file (``file_index``) into this partial, sorted by file.
-
-        The default source is the files ``$files`` (``file_index``: position in the list); another is a
-        relation with the lake's columns and a ``file_index`` column (rows read through the storage).
-        """
-        source = source or self.files_source("$files")
-        cols = [f"{expr} AS {name}" for name, expr, _ in self.keys] + [f"{m.scan} AS {m.name}" for m in self.measures]
-        return (
-            f"SELECT file_index, {', '.join(cols)} FROM {source} "  # noqa: S608 (constants only)
-            f"WHERE {self.where} GROUP BY ALL ORDER BY file_index"
-        )
-
-    def files_source(self, files: str) -> str:
-        """DuckDB's read of the parameter ``files`` (local paths) for this aggregate."""
-        return f"read_parquet({files}, union_by_name = true)" if self.requires else f"read_parquet({files})"
-
-    def merge_sql(self) -> str:
-        """Re-aggregate table ``parts`` (partials of several files) into one partial."""
-        keys = ", ".join(n for n, _, _ in self.keys)
-        aggs = ", ".join(f"{m.merge}({m.name}) AS {m.name}" for m in self.measures)
-        return f"SELECT {keys}, {aggs} FROM parts GROUP BY ALL"  # noqa: S608 (constant identifiers only)
-
-
-CUBE: Final = Aggregate(
-    "cube",
-    "minute",
-    US_PER_MINUTE,
-    (
-        ("minute", f"{_OUT_US} // {US_PER_MINUTE}", pa.int64()),
-        ("dept", "dept", pa.string()),
-        ("building", "building_location", pa.string()),
-        ("granted", "access_granted", pa.bool_()),
-    ),
-    (
-        Measure("events", "1::BIGINT", "count(*)", "sum"),
-        Measure(
-            "premature",
-            f"(access_granted AND {_PREMATURE})::BIGINT",
-            f"count(*) FILTER (WHERE access_granted AND {_PREMATURE})",
-            "sum",
-        ),
-        Measure("last_out_us", _OUT_US, f"max({_OUT_US})", "max"),
-    ),
-)
-ARRIVALS: Final = Aggregate(
-    "arrivals",
-    "hour",
-    US_PER_HOUR,
-    (
-        ("hour", f"{_OUT_US} // {US_PER_HOUR}", pa.int64()),
-        ("dept", "dept", pa.string()),
-        ("building", "building_location", pa.string()),
-        ("in_hour", f"((epoch_us(badge_in_timestamp) // {US_PER_HOUR}) % 24)::INTEGER", pa.int32()),
-    ),
-    (Measure("events", "1::BIGINT", "count(*)", "sum"),),
-)
-USERS: Final = Aggregate(
-    "users",
-    "hour",
-    US_PER_HOUR,
-    (
-        ("hour", f"{_OUT_US} // {US_PER_HOUR}", pa.int64()),
-        ("user_id", "user_id", pa.string()),
-        ("dept", "dept", pa.string()),
-        ("building", "building_location", pa.string()),
-    ),
-    (
-        Measure("sessions", "1::BIGINT", "count(*)", "sum"),
-        Measure("premature", f"({_PREMATURE})::BIGINT", f"count(*) FILTER (WHERE {_PREMATURE})", "sum"),
-    ),
-    where="access_granted",  # a denied attempt is not a session
-    always_keep=False,
-)
-DOORS: Final = Aggregate(
-    "doors",
-    "hour",
-    US_PER_HOUR,
-    (
-        ("hour", f"{_OUT_US} // {US_PER_HOUR}", pa.int64()),
-        ("dept", "dept", pa.string()),
-        ("building", "building_location", pa.string()),
-        ("door", DOOR_ID, pa.string()),
-    ),
-    (Measure("events", "1::BIGINT", "count(*)", "sum"),),
-    where=f"{DOOR_ID} IS NOT NULL",  # record version 2 onwards: the reader the badge was presented to
-    requires=DOOR_ID,
-)
-AGGREGATES: Final[tuple[Aggregate, ...]] = (CUBE, ARRIVALS, USERS, DOORS)
 KEEP_EVERY_PARTIAL: Final = 1.0  # a users_max_share that keeps every users partial (it never outgrows its file)
+# The levels held in memory for a file whose aggregates are persisted; the others are read from the file.
+HELD_WHEN_PERSISTED: Final[tuple[Aggregate, ...]] = (CUBE_HOUR, CUBE_DAY, ARRIVALS, ARRIVALS_DAY, USERS_DAY, DOORS_DAY)
+LOAD_THREADS: Final = 4  # aggregates files read at once on a cold refresh (I/O bound)
 
 
 @dataclass(frozen=True)
@@ -217,6 +89,7 @@ class FilePartial:
     minute_lo: int | None  # badge-out minutes the file covers, inclusive; None for an empty file
     minute_hi: int | None
     derived: bool = False  # merged from the partials of the files a compaction replaced
+    persisted: Persisted | None = None  # its aggregates file (its fine levels are read from there)
 
     def table(self, aggregate: Aggregate) -> pa.Table | None:
         return self.tables.get(aggregate.name)
@@ -232,10 +105,6 @@ def holds(storage: LocalStorage, key: str, column: str) -> bool:
     """Whether the local data file ``key`` has ``column`` (its footer's schema; files without it were written
     before the field existed). OSError if it cannot be read, as for any read of it."""
     return column in pq.read_schema(storage.path(key)).names
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    return table.select(schema.names).cast(schema).combine_chunks()
 
 
 def _split_by_file(table: pa.Table) -> dict[int, pa.Table]:
@@ -256,17 +125,19 @@ def _minute_range(cube: pa.Table) -> tuple[int | None, int | None]:
     return int(mm["min"].as_py()), int(mm["max"].as_py())
 
 
-def merge_tables(con: duckdb.DuckDBPyConnection, aggregate: Aggregate, tables: Sequence[pa.Table]) -> pa.Table:
-    """One partial from several of the same aggregate (cells summed, newest kept)."""
-    filled = [t for t in tables if t.num_rows]
-    if not filled:
-        return aggregate.schema.empty_table()
-    cur = con.cursor()
-    try:
-        cur.register("parts", pa.concat_tables(filled))
-        return _conform(cur.sql(aggregate.merge_sql()).to_arrow_table(), aggregate.schema)
-    finally:
-        cur.close()
+def _stat_minutes(f: DataFile, cube_hour: pa.Table | None) -> tuple[int | None, int | None]:
+    """The badge-out minutes a file covers, from its statistics in the log (else its hourly cube's hours)."""
+    if f.row_count == 0:
+        return None, None
+    if f.badge_out_min is not None and f.badge_out_max is not None:
+        epoch = np.datetime64(0, "us")
+        first = (np.datetime64(f.badge_out_min, "us") - epoch).astype(np.int64) // US_PER_MINUTE
+        last = (np.datetime64(f.badge_out_max, "us") - epoch).astype(np.int64) // US_PER_MINUTE
+        return int(first), int(last)
+    if cube_hour is None or cube_hour.num_rows == 0:
+        return None, None
+    hours = pc.min_max(cube_hour.column("hour"))
+    return int(hours["min"].as_py()) * MINUTES_PER_HOUR, (int(hours["max"].as_py()) + 1) * MINUTES_PER_HOUR - 1
 
 
 def sources_hint(storage: Storage, f: DataFile) -> tuple[str, ...]:
@@ -336,12 +207,14 @@ class PartialCache:
         storage: Storage,
         files: Sequence[DataFile],
         columns: Collection[str] | None = None,
+        persisted: Mapping[str, Persisted] | None = None,
     ) -> tuple[dict[str, FilePartial], int]:
-        """Partials for ``files`` (by key), computing the missing ones; also returns how many files were read.
+        """Partials for ``files`` (by key), obtaining the missing ones; also returns how many data files were read.
 
         ``columns``: the table's (None: not known); an aggregate requiring a column the table lacks has empty
-        partials, no file is opened for it. Callers serialize refreshes; concurrent calls stay correct but may
-        read a file twice.
+        partials, no file is opened for it. ``persisted``: the aggregates table's files by data file; one is
+        used only if its row count is the data file's. Callers serialize refreshes; concurrent calls stay
+        correct but may read a file twice.
         """
         out: dict[str, FilePartial] = {}
         missing: list[DataFile] = []
@@ -351,6 +224,12 @@ class PartialCache:
                 out[f.key] = hit
             else:
                 missing.append(f)
+        stored = persisted or {}
+        usable = [f for f in missing if (p := stored.get(f.key)) is not None and p.source_rows == f.row_count]
+        for f, partial in zip(usable, self._load(storage, usable, stored), strict=True):
+            out[f.key] = partial
+        loaded = {f.key for f in usable}
+        missing = [f for f in missing if f.key not in loaded]
         to_scan: dict[str, list[DataFile]] = {agg.name: [] for agg in AGGREGATES}
         derived: dict[str, FilePartial] = {}
         current = {f.key for f in files}
@@ -370,21 +249,58 @@ class PartialCache:
             scanned = self._scan_objects(con, storage, [f for f in missing if any(f.key in w for w in wanted.values())])
         read = set().union(*wanted.values())
         for f in missing:
-            tables: dict[str, pa.Table | None] = dict(derived[f.key].tables) if f.key in derived else {}
-            for agg in AGGREGATES:
-                if f.key in wanted[agg.name]:
-                    table = scanned[agg.name].get(f.key, agg.schema.empty_table())
-                    tables[agg.name] = self._kept(agg, table, f.row_count)
+            if f.key in derived and f.key not in wanted[USERS.name]:
+                out[f.key] = derived[f.key]
+                continue
+            bases = {
+                agg.name: scanned[agg.name].get(f.key, agg.schema.empty_table())
+                for agg in AGGREGATES
+                if f.key in wanted[agg.name]
+            }
+            if f.key in derived:  # only its users were read: the rest is merged
+                tables = dict(derived[f.key].tables)
+                users = with_rollups(con, {a.name: bases.get(a.name, a.schema.empty_table()) for a in AGGREGATES})
+                tables[USERS.name] = self._kept(USERS, users[USERS.name], f.row_count)
+                tables[USERS_DAY.name] = users[USERS_DAY.name]
+            else:
+                levels = with_rollups(con, bases)
+                tables = {level.name: self._kept(level, levels[level.name], f.row_count) for level in LEVELS}
             cube = tables[CUBE.name]
             assert cube is not None
             lo, hi = _minute_range(cube)
             out[f.key] = FilePartial(f.info, f.row_count, tables, lo, hi, derived=f.key in derived)
+        new = loaded | {f.key for f in missing}
         with self._lock:
-            for f in missing:
-                self._by_key[f.key] = out[f.key]
+            for key in new:
+                self._by_key[key] = out[key]
         if read:
             log.debug("read %d files for partial aggregates", len(read))
         return out, len(read)
+
+    def _load(self, storage: Storage, files: Sequence[DataFile], stored: Mapping[str, Persisted]) -> list[FilePartial]:
+        """The partials of ``files`` from their aggregates files (the levels held in memory only), read in parallel.
+
+        OSError / ArrowException / LakeError if one cannot be read (nothing of the refresh is kept then).
+        """
+        if not files:
+            return []
+        names = [level.name for level in HELD_WHEN_PERSISTED]
+
+        def load(f: DataFile) -> FilePartial:
+            p = stored[f.key]
+            if isinstance(storage, LocalStorage):
+                rows = pq.read_table(storage.path(p.info.key), filters=[(LEVEL, "in", names)])
+            else:
+                rows = pq.read_table(pa.BufferReader(storage.read_bytes(p.info.key)), filters=[(LEVEL, "in", names)])
+            held = HELD_WHEN_PERSISTED
+            tables: dict[str, pa.Table | None] = {level.name: from_persisted(rows, level) for level in held}
+            lo, hi = _stat_minutes(f, tables[CUBE_HOUR.name])
+            return FilePartial(f.info, f.row_count, tables, lo, hi, persisted=p)
+
+        if len(files) == 1:
+            return [load(files[0])]
+        with ThreadPoolExecutor(min(LOAD_THREADS, len(files))) as pool:
+            return list(pool.map(load, files))
 
     def _derive(
         self, con: duckdb.DuckDBPyConnection, storage: Storage, f: DataFile, current: set[str]
@@ -392,7 +308,9 @@ class PartialCache:
         """Merge the cached partials of the files ``f`` replaced, if all are cached and the rows add up.
 
         Which files it replaced comes from its footer's hint; it is used only if none of them is still in
-        the snapshot (``current``) and their rows add up to ``f``'s ``numRecords`` in the log.
+        the snapshot (``current``) and their rows add up to ``f``'s ``numRecords`` in the log. Every level
+        is merged; a level some source lacks (its users, or the fine levels of a persisted source) is
+        missing in the result too, and a missing cube makes the file scanned instead.
         """
         hint = sources_hint(storage, f)
         if not hint or len(set(hint)) != len(hint) or current.intersection(hint):
@@ -403,16 +321,15 @@ class PartialCache:
         if len(sources) != len(parts) or sum(p.rows for p in sources) != f.row_count:
             return None
         tables: dict[str, pa.Table | None] = {}
-        for agg in AGGREGATES:
-            pieces = [p.table(agg) for p in sources]
+        for level in LEVELS:
+            pieces = [p.table(level) for p in sources]
             if any(t is None for t in pieces):
-                tables[agg.name] = None
+                tables[level.name] = None
                 continue
-            tables[agg.name] = self._kept(
-                agg, merge_tables(con, agg, [t for t in pieces if t is not None]), f.row_count
-            )
+            merged = merge_tables(con, level, [t for t in pieces if t is not None])
+            tables[level.name] = self._kept(level, merged, f.row_count)
         cube = tables[CUBE.name]
-        if cube is None:
+        if cube is None or any(tables[level.name] is None for level in HELD_WHEN_PERSISTED):
             return None
         lo, hi = _minute_range(cube)
         return FilePartial(f.info, f.row_count, tables, lo, hi, derived=True)
@@ -436,7 +353,7 @@ class PartialCache:
         result = con.sql(
             aggregate.scan_sql(), params={"files": [str(storage.path(f.key)) for f in files]}
         ).to_arrow_table()
-        return {files[i].key: _conform(t, aggregate.schema) for i, t in _split_by_file(result).items()}
+        return {files[i].key: conform(t, aggregate.schema) for i, t in _split_by_file(result).items()}
 
     def _scan_objects(
         self, con: duckdb.DuckDBPyConnection, storage: Storage, files: Sequence[DataFile]
@@ -463,7 +380,7 @@ class PartialCache:
                 for agg in AGGREGATES:
                     result = cur.sql(agg.scan_sql("file_rows")).to_arrow_table()
                     for index, table in _split_by_file(result).items():
-                        pieces[agg.name].setdefault(index, []).append(_conform(table, agg.schema))
+                        pieces[agg.name].setdefault(index, []).append(conform(table, agg.schema))
             finally:
                 cur.close()
             batch, batch_rows = [], 0

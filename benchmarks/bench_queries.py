@@ -41,7 +41,6 @@ import pyarrow.parquet as pq
 from analytics.engine import LakeAnalytics, Snapshot
 from analytics.filters import ALL, Filters
 from analytics.health import lake_health
-from analytics.partials import ARRIVALS, CUBE, USERS, Aggregate
 from analytics.sql import (
     COMPLIANCE_BY_DEPT_SQL,
     DENIAL_SQL,
@@ -52,6 +51,7 @@ from analytics.sql import (
     TRAFFIC_SQL,
 )
 from lake import layout
+from lake.aggregates import ARRIVALS, CUBE, USERS, Aggregate
 from lake.filestats import FileStats
 from lake.identity import StreamIdentity
 from lake.parquet import ROW_GROUP_ROWS, badge_metadata, open_writer, write_file

@@ -1,7 +1,8 @@
 """The clean-up after grace: deleting the files of the lake's zones that no table holds, once no reader can need them.
 
-Rule. A file in ``landing/`` or ``compacted/`` that is not in the events table's current snapshot, or a
-``quarantine/*.parquet`` file that is not in the quarantine table's, is deleted once both hold:
+Rule. A file in ``landing/`` or ``compacted/`` that is not in the events table's current snapshot, a
+``quarantine/*.parquet`` file that is not in the quarantine table's, or a file under ``aggregates/`` (its
+data zones) that is not in the aggregates table's (:mod:`lake.aggregates`), is deleted once both hold:
 
 * this process has observed it absent from its table continuously for at least the grace period
   (``COMPACTION_GRACE_SECONDS``), and
@@ -35,9 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from lake import layout
+from lake import aggregates, layout
 from lake.storage import FileInfo, Storage
-from lake.table import LakeTable, QuarantineTable, ensure_migrated
+from lake.table import AggregatesTable, LakeTable, QuarantineTable, ensure_migrated
 from utils.errors import LakeError
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,8 @@ def _noop(_step: str, _key: str) -> None:
 class _Watched:
     """One table as the cleaner follows it: its handle and the version of the last look."""
 
-    zone_prefix: str  # "" for the events table, "quarantine" for the quarantine table
-    handle: LakeTable | QuarantineTable | None = None
+    zone_prefix: str  # "" for the events table, "quarantine" or "aggregates" for the others
+    handle: LakeTable | QuarantineTable | AggregatesTable | None = None
     version: int | None = None  # None: never looked at; NO_TABLE: there was no table then
 
 
@@ -96,11 +97,13 @@ class GraceCleanup:
         self._hook = hook or _noop
         self._events = _Watched("")
         self._quarantine = _Watched(layout.QUARANTINE)
+        self._aggregates = _Watched(aggregates.ZONE)
         self.absent_since: dict[str, float] = {}  # key -> when it was first seen absent (continuously since)
 
     # -- looking -----------------------------------------------------------------------------------------
-    def _candidates(self) -> tuple[list[FileInfo], list[FileInfo]]:
-        """Files that may be deleted, listed before the snapshots are read: (events zones, quarantine zone)."""
+    def _candidates(self) -> tuple[list[FileInfo], list[FileInfo], list[FileInfo]]:
+        """Files that may be deleted, listed before the snapshots are read: (events zones, quarantine zone,
+        the aggregates table's data zones)."""
         events = [
             f
             for zone in layout.DATA_ZONES
@@ -108,11 +111,19 @@ class GraceCleanup:
             if not f.name.startswith(".")
         ]
         quarantine = [f for f in self.storage.list_files(layout.QUARANTINE) if not f.name.startswith(".")]
-        return events, quarantine
+        summaries = [
+            f
+            for zone in layout.DATA_ZONES
+            for f in self.storage.list_tree(f"{aggregates.ZONE}/{zone}", suffix="")
+            if not f.name.startswith(".")
+        ]
+        return events, quarantine, summaries
 
-    def _open(self, watched: _Watched) -> LakeTable | QuarantineTable | None:
+    def _open(self, watched: _Watched) -> LakeTable | QuarantineTable | AggregatesTable | None:
         if watched.handle is None:
-            if watched.zone_prefix:
+            if watched.zone_prefix == aggregates.ZONE:
+                watched.handle = AggregatesTable.open(self.storage)
+            elif watched.zone_prefix:
                 watched.handle = QuarantineTable.open(self.storage)
             elif self.storage.has_table():
                 watched.handle = LakeTable.open(self.storage)
@@ -149,7 +160,7 @@ class GraceCleanup:
         watched.version = version
         return look
 
-    def _commit_paths(self, table: LakeTable | QuarantineTable, version: int) -> set[str] | None:
+    def _commit_paths(self, table: LakeTable | QuarantineTable | AggregatesTable, version: int) -> set[str] | None:
         """Keys added or removed by commit ``version`` (read from its JSON entry); None if it is gone."""
         entry = table.log_key(version)
         try:
@@ -198,10 +209,14 @@ class GraceCleanup:
         """
         if not ensure_migrated(self.storage):
             return []  # no table yet: nothing is the lake, so nothing can be judged
-        events_files, quarantine_files = self._candidates()  # before the snapshots: see _due
+        events_files, quarantine_files, aggregates_files = self._candidates()  # before the snapshots: see _due
         now = self._clock()
         due: list[FileInfo] = []
-        for watched, files in ((self._events, events_files), (self._quarantine, quarantine_files)):
+        for watched, files in (
+            (self._events, events_files),
+            (self._quarantine, quarantine_files),
+            (self._aggregates, aggregates_files),
+        ):
             try:
                 look = self._look(watched)
             except LakeError as exc:
@@ -209,7 +224,7 @@ class GraceCleanup:
                 log.warning("clean-up: the log of %s cannot be read (%s); nothing of it is deleted", table, exc)
                 continue
             due += self._due(files, look, now)
-        listed = {f.key for f in (*events_files, *quarantine_files)}
+        listed = {f.key for f in (*events_files, *quarantine_files, *aggregates_files)}
         for key in [k for k in self.absent_since if k not in listed]:
             del self.absent_since[key]  # gone from disk (deleted by its writer, or by us)
         deleted: list[str] = []

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,7 +32,7 @@ from deltalake import DeltaTable, Schema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
 
-from lake import layout, partitions
+from lake import aggregates, layout, partitions
 from lake.filestats import QUARANTINE_STATS_COLUMNS, STATS_COLUMNS, FileStats
 from lake.identity import StreamIdentity, check_stream
 from lake.snapshot import DataFile, Snapshot
@@ -543,6 +544,83 @@ class QuarantineTable(_DeltaFiles):
             remove_action(self.path_of(f.key), f.info, data_change=True, at_ms=now_ms) for f in files
         ]
         self.commit(actions, reason)
+
+
+@dataclass(frozen=True)
+class Persisted:
+    """An aggregates file of the aggregates table (:mod:`lake.aggregates`): where it is and what it describes."""
+
+    info: FileInfo  # the aggregates file (key under aggregates/, size, mtime)
+    source: str  # the data file it holds the aggregates of (its key in the events table)
+    source_rows: int  # the rows they were computed from: usable only if the data file has exactly these
+
+
+class AggregatesTable(_DeltaFiles):
+    """The aggregates table at ``<lake>/aggregates``: persisted pre-aggregates of the events table's data files.
+
+    Each file sits at the data file's own path under ``aggregates/`` and is used only while a commit of this
+    table adds it and its data file is in the events table with the rows it was computed from.
+    """
+
+    @classmethod
+    def open(cls, storage: Storage, *, create: bool = False) -> AggregatesTable | None:
+        """The lake's aggregates table; None if it does not exist (and ``create`` is False)."""
+        if storage.has_table(aggregates.ZONE):
+            return cls(storage, aggregates.ZONE, _open(storage, aggregates.ZONE))
+        if not create:
+            return None
+        configuration = {**LOG_PROPERTIES, "delta.dataSkippingStatsColumns": ",".join(aggregates.STATS_COLUMNS)}
+        table = _create(storage, aggregates.ZONE, aggregates.PERSISTED_SCHEMA, aggregates.TABLE_NAME, configuration)
+        return cls(storage, aggregates.ZONE, table)
+
+    def key_for(self, source: str) -> str:
+        """Where the aggregates of the data file ``source`` are kept."""
+        return self.key_of(source)
+
+    def persisted(self) -> dict[str, Persisted]:
+        """The aggregates files of the handle's version, by the data file they describe."""
+        actions = self.add_actions()
+        if actions.num_rows == 0:
+            return {}
+        cols = actions.to_pydict()
+        rows = cols.get(f"min.{aggregates.SOURCE_ROWS}", [None] * actions.num_rows)
+        top = cols.get(f"max.{aggregates.SOURCE_ROWS}", [None] * actions.num_rows)
+        out: dict[str, Persisted] = {}
+        for i, path in enumerate(cols["path"]):
+            if rows[i] is None or rows[i] != top[i]:
+                continue  # not one of ours: no single row count
+            info = FileInfo(self.key_of(path), int(cols["size_bytes"][i]), int(cols["modification_time"][i]) * 10**6)
+            out[str(path)] = Persisted(info, str(path), int(rows[i]))
+        return out
+
+    def update(self, added: Sequence[tuple[FileInfo, FileStats]], removed: Sequence[Persisted]) -> None:
+        """One commit: add the published aggregates files ``added``, remove ``removed`` (their data files left)."""
+        if not added and not removed:
+            return
+        now_ms = int(time.time() * 1000)
+        actions: list[AddAction | RemoveAction] = [
+            add_action(self.path_of(info.key), info, stats, data_change=True) for info, stats in added
+        ]
+        actions += [remove_action(self.path_of(p.info.key), p.info, data_change=True, at_ms=now_ms) for p in removed]
+        self.commit(actions, "aggregates")
+
+
+class AggregatesReader:
+    """A long-lived reader of the aggregates table (the dashboard's): one handle, refreshed incrementally."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._table: AggregatesTable | None = None
+
+    def persisted(self) -> dict[str, Persisted]:
+        """The newest version's aggregates files by data file (none while the table does not exist)."""
+        if self._table is None:
+            self._table = AggregatesTable.open(self.storage)
+            if self._table is None:
+                return {}
+        else:
+            self._table.refresh()
+        return self._table.persisted()
 
 
 def read_snapshot(storage: Storage) -> Snapshot:

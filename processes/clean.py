@@ -74,7 +74,7 @@ from typing import Final
 import obstore
 from obstore.exceptions import BaseError
 
-from lake import layout
+from lake import aggregates, layout
 from lake.lease import LEASE_KEY, Lease
 from lake.location import is_object_store, open_storage
 from lake.lock import LakeLock
@@ -90,7 +90,11 @@ ROLES = ((layout.PIPELINE_LOCK, "pipeline"), (layout.COMPACTOR_LOCK, "compactor"
 PIPELINE_MARGIN_SECONDS: Final = 30.0
 DELETE_BATCH: Final = 1_000  # keys per DeleteObjects request (S3's maximum)
 RELIST_ROUNDS: Final = 3  # listings after the deletion that may still find objects written meanwhile
-LOG_HEADS: Final[tuple[str, ...]] = (f"{LOG_DIR}/", f"{layout.QUARANTINE}/{LOG_DIR}/")  # events table first
+LOG_HEADS: Final[tuple[str, ...]] = (  # events table first
+    f"{LOG_DIR}/",
+    f"{layout.QUARANTINE}/{LOG_DIR}/",
+    f"{aggregates.ZONE}/{LOG_DIR}/",
+)
 _COMMIT = re.compile(r"\d{20}\.json")  # a commit of a Delta log (not a checkpoint, not _last_checkpoint)
 
 
@@ -167,7 +171,7 @@ def _remove(lake: Path, locks: set[str]) -> None:
     ``rmdir`` then leaves it alone.
     """
     # The logs first: an interrupted clean then leaves inert files, never a table missing its files.
-    for log_dir in (lake / LOG_DIR, lake / layout.QUARANTINE / LOG_DIR):
+    for log_dir in (lake / LOG_DIR, lake / layout.QUARANTINE / LOG_DIR, lake / aggregates.ZONE / LOG_DIR):
         shutil.rmtree(log_dir, ignore_errors=True)
     for child in lake.iterdir():
         if child.name in locks:

@@ -26,11 +26,12 @@ import pytest
 from analytics.engine import LakeAnalytics, Snapshot
 from analytics.filters import ALL, Filters
 from analytics.monitor import QUERY_HISTORY
-from analytics.partials import USERS, PartialCache
+from analytics.partials import PartialCache
 from analytics.presentation import freshness_status
 from analytics.spans import plan_spans
 from analytics.timeutil import minute_of
 from lake import layout
+from lake.aggregates import USERS
 from lake.filestats import FileStats
 from lake.parquet import write_file
 from lake.storage import LocalStorage

@@ -27,10 +27,11 @@ from analytics import reading
 from analytics.engine import LakeAnalytics, Snapshot
 from analytics.filters import ALL, Filters
 from analytics.health import lake_health
-from analytics.partials import AGGREGATES, PartialCache
+from analytics.partials import PartialCache
 from analytics.timeutil import minute_of, moment_of_minute
-from lake import layout
+from lake import aggregates, layout
 from lake import parquet as lake_parquet
+from lake.aggregates import AGGREGATES
 from lake.filestats import FileStats
 from lake.location import open_storage
 from lake.objectstore import ObjectStorage
@@ -199,8 +200,9 @@ def test_a_refresh_on_s3_reads_only_files_new_to_the_snapshot(s3_lake: S3Lake) -
     third = engine.snapshot()
     outputs = third.lake.in_zone(layout.COMPACTED)
     assert outputs and not third.lake.in_zone(layout.LANDING)
-    assert third.partials is not None and all(third.partials[o.key].derived for o in outputs)  # merged from cache
-    assert set(data_gets(s3_lake)) == {o.key for o in outputs}  # their footers (the sources hint), no row
+    # the compactor persisted their aggregates: each is read from its aggregates file (one GET), no data file
+    assert third.partials is not None and all(third.partials[o.key].persisted is not None for o in outputs)
+    assert set(data_gets(s3_lake)) == {f"{aggregates.ZONE}/{o.key}" for o in outputs}
     assert third.kpis() == second.kpis()
     assert_same(figures(third, ALL), figures(second, ALL), "after the compaction")
 

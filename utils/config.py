@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="interface the generator service binds")
     api_port: int = Field(8000, ge=1, le=65_535, description="port of the generator service")
     dashboard_port: int = Field(8501, ge=1, le=65_535, description="port of the Streamlit dashboard")
+    dashboard_memory_mb: int = Field(
+        512, ge=64, le=1_048_576, description="memory limit of the dashboard's DuckDB (MB); the rest is the page's"
+    )
     progress_interval_seconds: float = Field(
         5.0, ge=0.1, le=3_600, description="pipeline progress line every this long"
     )

@@ -18,6 +18,7 @@ import pyarrow as pa
 from lake import layout, retention
 from lake.cleanup import GraceCleanup
 from lake.compaction import commit, planning, recovery
+from lake.compaction.aggregating import AggregateSync
 from lake.compaction.metrics import CompactionMetrics, CycleReport
 from lake.compaction.planning import CompactionPlan
 from lake.compaction.reading import (
@@ -79,6 +80,7 @@ class Compactor:
         # Right before each commit: on object storage, the check that this compactor still holds its lease.
         self._before_commit = before_commit
         self.cleanup = GraceCleanup(storage, self.grace_seconds, clock=clock, hook=self._step)
+        self.aggregates = AggregateSync(storage, before_commit=before_commit)  # the persisted pre-aggregates
         self._table: LakeTable | None = None
         # Inputs that could not be read in this cycle: left out of its later plans, tried again next cycle.
         self._unreadable: set[str] = set()
@@ -341,7 +343,9 @@ class Compactor:
             return out.first, out.first + keep
         if size > self.max_bytes:
             log.warning("%s alone is larger than the ceiling (%d bytes); compacted on its own", sources[0], size)
+        persisted = self.aggregates.compute_output(out.tmp)  # from the file just written, before it moves
         info = commit.publish_output(self.storage, out, lo, hi, self._step)
+        self.aggregates.remember(info.key, persisted)
         finished.append(commit.Finished(info, tuple(out.inputs), out.rows, predicted))
         log.debug("published %s: %d inputs, %d rows, %d bytes", info.key, len(sources), out.rows, info.size)
         return None
@@ -377,7 +381,8 @@ class Compactor:
 
     # -- one cycle -----------------------------------------------------------------------------------------
     def run_cycle(self) -> CycleReport:
-        """Expire what retention says, compact while due, then clean up what is due. Stops early when asked.
+        """Expire what retention says, compact while due, bring the aggregates table up to date, then clean up
+        what is due. Stops early when asked.
 
         Inputs that cannot be read are left out of the cycle's later compactions (the others go on)
         and tried again in the next cycle.
@@ -401,5 +406,20 @@ class Compactor:
             if metrics.interrupted or metrics.stale or (metrics.files_in == 0 and not metrics.unreadable):
                 break
         if not self.stop_event.is_set():
+            self.sync_aggregates()
+        if not self.stop_event.is_set():
             report.deleted = self.clean_up()
         return report
+
+    # -- the persisted pre-aggregates ------------------------------------------------------------------------
+    def sync_aggregates(self) -> tuple[int, int]:
+        """Commit the aggregates of the compacted files that lack them, remove those of files that left the
+        table (see :mod:`lake.compaction.aggregating`); returns (added, removed). Failures are logged."""
+        try:
+            snapshot = self.snapshot()
+        except LakeError as exc:
+            log.warning("aggregates not updated: %s", exc)
+            return 0, 0
+        if snapshot is None:
+            return 0, 0
+        return self.aggregates.sync(snapshot)

@@ -1,0 +1,452 @@
+"""Pre-aggregates: the dashboard's aggregates of a data file, defined once, computed once, and persisted.
+
+**Definitions.** The time axis is the event time, ``badge_out_timestamp``. Four base aggregates (each an
+:class:`Aggregate`), and their coarser roll-ups (:attr:`Aggregate.base` names the aggregate a roll-up
+sums up, whose columns every query over the family uses):
+
+* ``cube``: events per badge-out **minute** x department x building x access, with the premature count
+  (granted and ``duration_s < 14400``) and the newest badge-out; rolled up per **hour** (``cube_hour``)
+  and per **day** (``cube_day``). At most 48 cells a bucket, whatever the rows.
+* ``arrivals``: events per badge-out **hour** x department x building x badge-in hour of day (the
+  heatmap); per day: ``arrivals_day``.
+* ``users``: granted and premature sessions per badge-out **hour** x employee x department x building;
+  per day: ``users_day``.
+* ``doors``: events per badge-out **hour** x department x building x door, from the records of version 2
+  on (``door_id``, a column the table gained by schema evolution); per day: ``doors_day``.
+
+Every measure is a count (sums) except the newest badge-out (a maximum): partials of the same cell merge
+exactly, so a roll-up is the sum of its buckets and any set of files is the sum of its files.
+
+**Persisted.** The compactor computes every level of a compacted file from the rows it has just written
+(:func:`compute`) and stores them as one Parquet file of the **aggregates table**, a Delta table of its own
+at ``<lake>/aggregates`` (:class:`lake.table.AggregatesTable`), at the same relative path as the data file
+(``aggregates/compacted/date=.../compacted-....parquet`` holds the aggregates of
+``compacted/date=.../compacted-....parquet``). Guarantees:
+
+* an aggregate file is used only if a commit of the aggregates table adds it (a foreign file is inert),
+  only for the data file at its path, and only if the data file is in the events table's snapshot the
+  reader answers for with exactly the rows the aggregates were computed from (``source_rows``);
+* data file names are unique and files are immutable, so an aggregate never goes stale: when its data
+  file leaves the events table (compaction, retention) the aggregate is removed by the next commit of
+  the aggregates table and deleted after grace like any file out of its table;
+* it is committed after the events table's commit that adds its data file (never describes a file that
+  is not, or not yet, in the lake); a crash in between leaves the file without aggregates, which the
+  next cycle computes (:meth:`lake.compaction.Compactor.sync_aggregates`), and a reader meanwhile
+  computes them itself. Missing aggregates make a reader slower, never wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from utils.records import COMPLIANCE_SECONDS, DOOR_ID
+
+US_PER_MINUTE: Final = 60_000_000
+US_PER_HOUR: Final = 3_600_000_000
+US_PER_DAY: Final = 86_400_000_000
+MINUTES_PER_HOUR: Final = 60
+
+_OUT_US: Final = "epoch_us(badge_out_timestamp)"
+_PREMATURE: Final = f"duration_s < {COMPLIANCE_SECONDS}"
+
+ZONE: Final = "aggregates"  # the aggregates table's root under the lake
+TABLE_NAME: Final = "badge_aggregates"
+CHUNK_ROWS: Final = 1_048_576  # rows aggregated at a time by compute(): its memory is a chunk, not a file
+ROW_GROUP_ROWS: Final = 65_536  # of a persisted file: a reader of one level and span skips the rest
+
+
+@dataclass(frozen=True)
+class Measure:
+    """An aggregated column: its value per raw row, its aggregate over raw rows, and how partials merge."""
+
+    name: str
+    raw: str  # one source row's contribution
+    scan: str  # the aggregate over source rows
+    merge: str  # "sum" or "max": how two partials of the same cell combine
+    type: pa.DataType = field(default_factory=pa.int64)
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One partial aggregate: grouping keys over the raw columns, measures, and which rows it covers.
+
+    Its SQL holds only constant expressions and identifiers, never a value; every partial of it has :attr:`schema`.
+    A roll-up (:meth:`rollup`) has the same keys and measures with a coarser first (time) key, and ``base``:
+    the aggregate whose columns it is read in (:meth:`as_base`).
+    """
+
+    name: str
+    time_column: str  # "minute", "hour" or "day": badge-out time bucket
+    time_us: int
+    keys: tuple[tuple[str, str, pa.DataType], ...]  # (name, expression over lake columns, type); time first
+    measures: tuple[Measure, ...]
+    where: str = "true"  # rows it covers
+    always_keep: bool = True  # False: a reader keeps it only when much smaller than the file
+    # A column of a later record version it needs (schema evolution): a file without it holds none of its
+    # rows (its partial is empty, it is never read for it), and files are read with their columns by name.
+    requires: str | None = None
+    base: Aggregate | None = None  # a roll-up: the finer aggregate it sums up (None: a base aggregate)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([(n, t) for n, _, t in self.keys] + [(m.name, m.type) for m in self.measures])
+
+    @property
+    def root(self) -> Aggregate:
+        """The base aggregate of its family (itself for a base aggregate)."""
+        return self if self.base is None else self.base.root
+
+    @property
+    def minutes_per_bucket(self) -> int:
+        return self.time_us // US_PER_MINUTE
+
+    @property
+    def additive(self) -> bool:
+        """Whether every measure is a sum (so a partly selected bucket may be the bucket minus the rest)."""
+        return all(m.merge == "sum" for m in self.measures)
+
+    def rollup(self, name: str, time_column: str, time_us: int) -> Aggregate:
+        """The same aggregate over coarser buckets of ``time_us`` (a multiple of this one's)."""
+        assert time_us % self.time_us == 0
+        keys = ((time_column, f"{_OUT_US} // {time_us}", pa.int64()), *self.keys[1:])
+        return replace(self, name=name, time_column=time_column, time_us=time_us, keys=keys, base=self)
+
+    def raw_select(self, sign: int = 1) -> str:
+        """Projection of source rows onto this aggregate's columns (one row each), for direct reads.
+
+        ``sign=-1`` negates the (additive) measures: rows to subtract from a cached bucket.
+        """
+        assert sign == 1 or self.additive
+        cols = [f"{expr} AS {name}" for name, expr, _ in self.keys]
+        cols += [f"{'-' if sign < 0 else ''}({m.raw}) AS {m.name}" for m in self.measures]
+        return ", ".join(cols)
+
+    def as_base(self, sign: int = 1, time_column: str | None = None) -> str:
+        """Projection of this aggregate's rows onto its base's columns: the bucket's first base bucket.
+
+        ``time_column``: where this aggregate's time is (default its own name; ``bucket`` in a persisted file).
+        """
+        assert sign == 1 or self.additive
+        root = self.root
+        factor = self.time_us // root.time_us
+        cols = [f"{time_column or self.time_column} * {factor} AS {root.time_column}"]
+        cols += [name for name, _, _ in self.keys[1:]]
+        cols += [f"{'-' if sign < 0 else ''}{m.name} AS {m.name}" for m in self.measures]
+        return ", ".join(cols)
+
+    def scan_sql(self, source: str | None = None) -> str:
+        """Aggregate ``source`` per file (``file_index``) into this partial, sorted by file.
+
+        The default source is the files ``$files`` (``file_index``: position in the list); another is a
+        relation with the lake's columns and a ``file_index`` column (rows read through the storage).
+        """
+        source = source or self.files_source("$files")
+        cols = [f"{expr} AS {name}" for name, expr, _ in self.keys] + [f"{m.scan} AS {m.name}" for m in self.measures]
+        return (
+            f"SELECT file_index, {', '.join(cols)} FROM {source} "  # noqa: S608 (constants only)
+            f"WHERE {self.where} GROUP BY ALL ORDER BY file_index"
+        )
+
+    def files_source(self, files: str) -> str:
+        """DuckDB's read of the parameter ``files`` (local paths) for this aggregate."""
+        return f"read_parquet({files}, union_by_name = true)" if self.requires else f"read_parquet({files})"
+
+    def merge_sql(self) -> str:
+        """Re-aggregate table ``parts`` (partials of several files) into one partial."""
+        keys = ", ".join(n for n, _, _ in self.keys)
+        aggs = ", ".join(f"{m.merge}({m.name}) AS {m.name}" for m in self.measures)
+        return f"SELECT {keys}, {aggs} FROM parts GROUP BY ALL"  # noqa: S608 (constant identifiers only)
+
+    def rollup_sql(self) -> str:
+        """This roll-up from table ``parts`` (partials of its base)."""
+        assert self.base is not None
+        factor = self.time_us // self.base.time_us
+        keys = [f"{self.base.time_column} // {factor} AS {self.time_column}"] + [n for n, _, _ in self.keys[1:]]
+        aggs = ", ".join(f"{m.merge}({m.name}) AS {m.name}" for m in self.measures)
+        return f"SELECT {', '.join(keys)}, {aggs} FROM parts GROUP BY ALL"  # noqa: S608 (constants only)
+
+
+CUBE: Final = Aggregate(
+    "cube",
+    "minute",
+    US_PER_MINUTE,
+    (
+        ("minute", f"{_OUT_US} // {US_PER_MINUTE}", pa.int64()),
+        ("dept", "dept", pa.string()),
+        ("building", "building_location", pa.string()),
+        ("granted", "access_granted", pa.bool_()),
+    ),
+    (
+        Measure("events", "1::BIGINT", "count(*)", "sum"),
+        Measure(
+            "premature",
+            f"(access_granted AND {_PREMATURE})::BIGINT",
+            f"count(*) FILTER (WHERE access_granted AND {_PREMATURE})",
+            "sum",
+        ),
+        Measure("last_out_us", _OUT_US, f"max({_OUT_US})", "max"),
+    ),
+)
+ARRIVALS: Final = Aggregate(
+    "arrivals",
+    "hour",
+    US_PER_HOUR,
+    (
+        ("hour", f"{_OUT_US} // {US_PER_HOUR}", pa.int64()),
+        ("dept", "dept", pa.string()),
+        ("building", "building_location", pa.string()),
+        ("in_hour", f"((epoch_us(badge_in_timestamp) // {US_PER_HOUR}) % 24)::INTEGER", pa.int32()),
+    ),
+    (Measure("events", "1::BIGINT", "count(*)", "sum"),),
+)
+USERS: Final = Aggregate(
+    "users",
+    "hour",
+    US_PER_HOUR,
+    (
+        ("hour", f"{_OUT_US} // {US_PER_HOUR}", pa.int64()),
+        ("user_id", "user_id", pa.string()),
+        ("dept", "dept", pa.string()),
+        ("building", "building_location", pa.string()),
+    ),
+    (
+        Measure("sessions", "1::BIGINT", "count(*)", "sum"),
+        Measure("premature", f"({_PREMATURE})::BIGINT", f"count(*) FILTER (WHERE {_PREMATURE})", "sum"),
+    ),
+    where="access_granted",  # a denied attempt is not a session
+    always_keep=False,
+)
+DOORS: Final = Aggregate(
+    "doors",
+    "hour",
+    US_PER_HOUR,
+    (
+        ("hour", f"{_OUT_US} // {US_PER_HOUR}", pa.int64()),
+        ("dept", "dept", pa.string()),
+        ("building", "building_location", pa.string()),
+        ("door", DOOR_ID, pa.string()),
+    ),
+    (Measure("events", "1::BIGINT", "count(*)", "sum"),),
+    where=f"{DOOR_ID} IS NOT NULL",  # record version 2 onwards: the reader the badge was presented to
+    requires=DOOR_ID,
+)
+CUBE_HOUR: Final = CUBE.rollup("cube_hour", "hour", US_PER_HOUR)
+CUBE_DAY: Final = CUBE_HOUR.rollup("cube_day", "day", US_PER_DAY)
+ARRIVALS_DAY: Final = ARRIVALS.rollup("arrivals_day", "day", US_PER_DAY)
+USERS_DAY: Final = USERS.rollup("users_day", "day", US_PER_DAY)
+DOORS_DAY: Final = DOORS.rollup("doors_day", "day", US_PER_DAY)
+
+AGGREGATES: Final[tuple[Aggregate, ...]] = (CUBE, ARRIVALS, USERS, DOORS)  # the base aggregates
+ROLLUPS: Final[tuple[Aggregate, ...]] = (CUBE_HOUR, CUBE_DAY, ARRIVALS_DAY, USERS_DAY, DOORS_DAY)  # bases first
+LEVELS: Final[tuple[Aggregate, ...]] = AGGREGATES + ROLLUPS
+# Each family's levels, coarsest first, its base last: how a query is answered (whole days, then whole
+# hours, then what is left from the base).
+FAMILIES: Final[dict[str, tuple[Aggregate, ...]]] = {
+    CUBE.name: (CUBE_DAY, CUBE_HOUR, CUBE),
+    ARRIVALS.name: (ARRIVALS_DAY, ARRIVALS),
+    USERS.name: (USERS_DAY, USERS),
+    DOORS.name: (DOORS_DAY, DOORS),
+}
+BY_NAME: Final[dict[str, Aggregate]] = {a.name: a for a in LEVELS}
+
+# One persisted file: every level's rows, a level's own columns filled and the others null.
+LEVEL: Final = "level"
+BUCKET: Final = "bucket"  # the level's time bucket (minute, hour or day number since the epoch)
+SOURCE_ROWS: Final = "source_rows"  # rows of the data file the aggregates were computed from
+PERSISTED_SCHEMA: Final = pa.schema(
+    [
+        (LEVEL, pa.string()),
+        (SOURCE_ROWS, pa.int64()),
+        (BUCKET, pa.int64()),
+        ("dept", pa.string()),
+        ("building", pa.string()),
+        ("granted", pa.bool_()),
+        ("in_hour", pa.int32()),
+        ("user_id", pa.string()),
+        ("door", pa.string()),
+        ("events", pa.int64()),
+        ("premature", pa.int64()),
+        ("last_out_us", pa.int64()),
+        ("sessions", pa.int64()),
+    ]
+)
+STATS_COLUMNS: Final[tuple[str, ...]] = (SOURCE_ROWS,)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table``'s columns of ``schema``, in its order and types, in one chunk."""
+    return table.select(schema.names).cast(schema).combine_chunks()
+
+
+def merge_tables(con: duckdb.DuckDBPyConnection, aggregate: Aggregate, tables: Sequence[pa.Table]) -> pa.Table:
+    """One partial from several of the same aggregate (cells summed, newest kept)."""
+    filled = [t for t in tables if t.num_rows]
+    if not filled:
+        return aggregate.schema.empty_table()
+    if len(filled) == 1:
+        return filled[0]
+    cur = con.cursor()
+    try:
+        cur.register("parts", pa.concat_tables(filled))
+        return conform(cur.sql(aggregate.merge_sql()).to_arrow_table(), aggregate.schema)
+    finally:
+        cur.close()
+
+
+def roll_up(con: duckdb.DuckDBPyConnection, level: Aggregate, base: pa.Table) -> pa.Table:
+    """The roll-up ``level`` of ``base`` (a partial of ``level.base``)."""
+    if base.num_rows == 0:
+        return level.schema.empty_table()
+    cur = con.cursor()
+    try:
+        cur.register("parts", base)
+        return conform(cur.sql(level.rollup_sql()).to_arrow_table(), level.schema)
+    finally:
+        cur.close()
+
+
+def with_rollups(con: duckdb.DuckDBPyConnection, bases: Mapping[str, pa.Table]) -> dict[str, pa.Table]:
+    """``bases`` (a partial of each base aggregate) and every roll-up of them."""
+    out = dict(bases)
+    for level in ROLLUPS:
+        assert level.base is not None
+        out[level.name] = roll_up(con, level, out[level.base.name])
+    return out
+
+
+def compute(
+    con: duckdb.DuckDBPyConnection, chunks: Iterable[pa.Table | pa.RecordBatch], columns: Collection[str]
+) -> dict[str, pa.Table]:
+    """Every level of the rows of ``chunks`` (one data file's), by level name.
+
+    ``columns``: the file's columns; an aggregate requiring one it lacks is empty. Memory: one chunk and
+    the partials (at most 48 cells a minute for the cube, one row per employee and hour for users).
+    """
+    bases = [a for a in AGGREGATES if a.requires is None or a.requires in columns]
+    pieces: dict[str, list[pa.Table]] = {a.name: [] for a in AGGREGATES}
+    cur = con.cursor()
+    try:
+        for chunk in chunks:
+            if chunk.num_rows == 0:
+                continue
+            rows = pa.Table.from_batches([chunk]) if isinstance(chunk, pa.RecordBatch) else chunk
+            cur.register("file_rows", rows.append_column("file_index", pa.repeat(pa.scalar(0, pa.int64()), len(rows))))
+            for agg in bases:
+                result = cur.sql(agg.scan_sql("file_rows")).to_arrow_table().drop_columns(["file_index"])
+                pieces[agg.name].append(conform(result, agg.schema))
+            cur.unregister("file_rows")
+    finally:
+        cur.close()
+    return with_rollups(con, {a.name: merge_tables(con, a, pieces[a.name]) for a in AGGREGATES})
+
+
+def compute_file(con: duckdb.DuckDBPyConnection, source: str | pa.NativeFile) -> dict[str, pa.Table]:
+    """Every level of the Parquet file ``source``: a local path (DuckDB scans it, in parallel, once per base
+    aggregate, reading only its columns), or an open file (read a chunk at a time, see :func:`compute`)."""
+    if not isinstance(source, str):
+        with pq.ParquetFile(source) as pf:
+            return compute(con, pf.iter_batches(batch_size=CHUNK_ROWS), set(pf.schema_arrow.names))
+    names = set(pq.read_schema(source).names)
+    bases: dict[str, pa.Table] = {}
+    cur = con.cursor()
+    try:
+        for agg in AGGREGATES:
+            if agg.requires is not None and agg.requires not in names:
+                bases[agg.name] = agg.schema.empty_table()
+                continue
+            result = cur.sql(agg.scan_sql(), params={"files": [source]}).to_arrow_table().drop_columns(["file_index"])
+            bases[agg.name] = conform(result, agg.schema)
+    finally:
+        cur.close()
+    return with_rollups(con, bases)
+
+
+def to_persisted(levels: Mapping[str, pa.Table], source_rows: int) -> pa.Table:
+    """One persisted file's rows: every level of ``levels``, sorted by level and bucket."""
+    parts: list[pa.Table] = []
+    for level in LEVELS:
+        table = levels.get(level.name)
+        if table is None or table.num_rows == 0:
+            continue
+        n = table.num_rows
+        cols: dict[str, pa.Array | pa.ChunkedArray] = {
+            LEVEL: pa.repeat(pa.scalar(level.name), n),
+            SOURCE_ROWS: pa.repeat(pa.scalar(source_rows, pa.int64()), n),
+            BUCKET: table.column(level.time_column),
+        }
+        for name in table.schema.names[1:]:
+            cols[name] = table.column(name)
+        parts.append(pa.table(cols).sort_by([(BUCKET, "ascending")]))
+    if not parts:  # an empty data file: one row that says how many rows its aggregates are of
+        marker = {name: pa.nulls(1, PERSISTED_SCHEMA.field(name).type) for name in PERSISTED_SCHEMA.names}
+        marker[SOURCE_ROWS] = pa.array([source_rows], pa.int64())
+        return pa.table(marker, schema=PERSISTED_SCHEMA)
+    whole = pa.concat_tables(parts, promote_options="default")
+    return pa.table(
+        [
+            whole.column(f.name) if f.name in whole.column_names else pa.nulls(whole.num_rows, f.type)
+            for f in PERSISTED_SCHEMA
+        ],
+        schema=PERSISTED_SCHEMA,
+    )
+
+
+def write_persisted(table: pa.Table, sink: str) -> None:
+    """Write a persisted file (small row groups, so one level's span is read alone)."""
+    pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+
+
+def from_persisted(table: pa.Table, level: Aggregate) -> pa.Table:
+    """``level``'s partial out of a persisted file's rows (all or some of its levels)."""
+    rows = table.filter(pc.equal(table.column(LEVEL), level.name))
+    cols = {level.time_column: rows.column(BUCKET)}
+    for name in level.schema.names[1:]:
+        cols[name] = rows.column(name)
+    return conform(pa.table(cols), level.schema)
+
+
+def persisted_rows(table: pa.Table) -> int | None:
+    """The data file's rows a persisted file's aggregates are of (None: not one value: not a persisted file)."""
+    if table.num_rows == 0:
+        return None
+    bounds = pc.min_max(table.column(SOURCE_ROWS))
+    lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+    return int(lo) if lo is not None and lo == hi else None
+
+
+__all__ = [
+    "AGGREGATES",
+    "ARRIVALS",
+    "ARRIVALS_DAY",
+    "BUCKET",
+    "CUBE",
+    "CUBE_DAY",
+    "CUBE_HOUR",
+    "DOORS",
+    "DOORS_DAY",
+    "FAMILIES",
+    "LEVEL",
+    "LEVELS",
+    "PERSISTED_SCHEMA",
+    "ROLLUPS",
+    "USERS",
+    "USERS_DAY",
+    "ZONE",
+    "Aggregate",
+    "Measure",
+    "compute",
+    "compute_file",
+    "conform",
+    "from_persisted",
+    "merge_tables",
+    "roll_up",
+    "to_persisted",
+    "with_rollups",
+]

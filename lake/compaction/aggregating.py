@@ -1,0 +1,156 @@
+"""Persisting the pre-aggregates of compacted files into the aggregates table (:mod:`lake.aggregates`).
+
+The compactor computes an output's aggregates from the file it has just written, while it is still in
+``temp/`` (:meth:`AggregateSync.compute_output`), and after the compaction's commit has added the output to
+the events table it publishes them under ``aggregates/`` and commits them (:meth:`AggregateSync.sync`), in
+one commit of the aggregates table that also removes the aggregates of data files that left the events
+table (compacted again, expired). The same step computes, a few per cycle, the aggregates of compacted
+files that lack them (a crash between the two commits, a lake compacted before this step existed): the
+table converges on "every compacted file has its aggregates". Failures are logged and tried again next
+cycle; they never affect the events table, and a reader without an aggregate computes it itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Final
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lake import aggregates, layout
+from lake.filestats import FileStats
+from lake.snapshot import DataFile, Snapshot
+from lake.storage import FileInfo, LocalStorage, Storage
+from lake.table import AggregatesTable, Persisted
+from utils.errors import LakeError, LeaseLostError
+
+log = logging.getLogger(__name__)
+
+BACKFILL_PER_CYCLE: Final = 8  # compacted files without aggregates computed per cycle (each read once)
+DUCKDB_MEMORY: Final = "256MB"  # the compactor's aggregation: a chunk of rows and the partials
+DUCKDB_THREADS: Final = 2  # it runs between the compaction's reads and writes, not beside them
+
+
+class AggregateSync:
+    """The compactor's side of the aggregates table. Not thread-safe: the compactor's worker calls it."""
+
+    def __init__(self, storage: Storage, *, before_commit: Callable[[], None] | None = None) -> None:
+        self.storage = storage
+        self._before_commit = before_commit
+        self._con = duckdb.connect(config={"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY})
+        self._fresh: dict[str, pa.Table] = {}  # output key -> its persisted rows, awaiting the next sync
+        self._table: AggregatesTable | None = None
+
+    def close(self) -> None:
+        self._con.close()
+
+    def compute_output(self, tmp: Path) -> pa.Table | None:
+        """The persisted rows of a closed output still in ``temp/``; None if they cannot be computed (logged:
+        the sync computes them from the published file instead)."""
+        try:
+            levels = aggregates.compute_file(self._con, str(tmp))
+            rows = pq.read_metadata(str(tmp)).num_rows
+        except (OSError, duckdb.Error, pa.ArrowException) as exc:
+            log.warning("aggregates of %s not computed (%s); computed from the published file later", tmp.name, exc)
+            return None
+        return aggregates.to_persisted(levels, rows)
+
+    def remember(self, key: str, rows: pa.Table | None) -> None:
+        """Hold the persisted rows of the output published as ``key`` until the next :meth:`sync`."""
+        if rows is not None:
+            self._fresh[key] = rows
+
+    def forget(self, keys: Mapping[str, object] | list[str]) -> None:
+        for key in keys:
+            self._fresh.pop(key, None)
+
+    def _open(self) -> AggregatesTable:
+        if self._table is None:
+            table = AggregatesTable.open(self.storage, create=True)
+            assert table is not None
+            self._table = table
+        else:
+            self._table.refresh()
+        return self._table
+
+    def sync(self, snapshot: Snapshot, backfill: int = BACKFILL_PER_CYCLE) -> tuple[int, int]:
+        """Bring the aggregates table in line with ``snapshot`` of the events table: add the aggregates of its
+        compacted files that lack them (those just written, then up to ``backfill`` more), remove those of
+        files no longer in it. One commit; returns (added, removed).
+
+        Raises LeaseLostError if the lease is lost; any other failure is logged and returns (0, 0).
+        """
+        try:
+            return self._sync(snapshot, backfill)
+        except LeaseLostError:
+            raise
+        except (LakeError, OSError, duckdb.Error, pa.ArrowException) as exc:
+            self._table = None
+            log.warning("aggregates table not updated (%s); tried again next cycle", exc)
+            return 0, 0
+
+    def _sync(self, snapshot: Snapshot, backfill: int) -> tuple[int, int]:
+        compacted = {f.key: f for f in snapshot.in_zone(layout.COMPACTED)}
+        self.forget([k for k in self._fresh if k not in compacted])
+        if not compacted and not self.storage.has_table(aggregates.ZONE):
+            return 0, 0
+        table = self._open()
+        persisted = table.persisted()
+        current = {k for k, p in persisted.items() if k in compacted and compacted[k].row_count == p.source_rows}
+        stale = [p for k, p in persisted.items() if k not in current]
+        wanted = [f for key, f in compacted.items() if key not in current]
+        wanted.sort(key=lambda f: (f.key not in self._fresh, f.event_id_min))  # just written first
+        todo = [f for f in wanted if f.key in self._fresh] + [f for f in wanted if f.key not in self._fresh][:backfill]
+        added: list[tuple[FileInfo, FileStats]] = []
+        try:
+            for f in todo:
+                added.append(self._publish(table, f))
+            if self._before_commit is not None and (added or stale):
+                self._before_commit()  # LakeError (lease lost or unverifiable): nothing committed
+            table.update(added, stale)
+        except BaseException:
+            for info, _ in added:  # never committed: no reader can have seen them
+                with contextlib.suppress(OSError, LakeError):
+                    self.storage.delete(info.key)
+            raise
+        self.forget([f.key for f in todo])
+        if added or stale:
+            log.info("aggregates table: %d file(s) added, %d removed", len(added), len(stale))
+        return len(added), len(stale)
+
+    def _publish(self, table: AggregatesTable, f: DataFile) -> tuple[FileInfo, FileStats]:
+        """Write and publish the aggregates of ``f`` at their place (replacing an uncommitted leftover there)."""
+        rows = self._fresh.get(f.key)
+        if rows is None:
+            rows = self._compute(f)
+        counted = aggregates.persisted_rows(rows)
+        if counted != f.row_count:
+            raise LakeError(f"the aggregates of {f.key} are of {counted} rows, not {f.row_count}")
+        key = table.key_for(f.key)
+        where = PurePosixPath(key)
+        tmp = self.storage.new_temp_path(f"{aggregates.ZONE}-{where.name}")
+        try:
+            aggregates.write_persisted(rows, str(tmp))
+            # A file at that place is in no commit (the table lacks it): a leftover of a failed sync.
+            self.storage.delete(key)
+            info = self.storage.publish(tmp, str(where.parent), where.name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return info, FileStats.of_table(rows, aggregates.STATS_COLUMNS)
+
+    def _compute(self, f: DataFile) -> pa.Table:
+        """The persisted rows of the published data file ``f`` (read once, a chunk at a time)."""
+        if isinstance(self.storage, LocalStorage):
+            levels = aggregates.compute_file(self._con, str(self.storage.path(f.key)))
+        else:
+            with self.storage.open_input(f.key) as source:
+                levels = aggregates.compute_file(self._con, source)
+        return aggregates.to_persisted(levels, f.row_count)
+
+
+__all__ = ["BACKFILL_PER_CYCLE", "AggregateSync", "Persisted"]

@@ -1,0 +1,273 @@
+"""Persisted pre-aggregates (lake.aggregates): computed by the compactor, committed in the aggregates table, read
+by the dashboard instead of the data files, and exact.
+
+Every figure over a lake whose compacted files have their aggregates persisted equals ground truth and the
+in-memory reference, for selections that cut minutes, hours and days and for every traffic bucket; an
+aggregates file that no commit added, or that describes other rows than its data file's, is never used; the
+compactor writes them for its outputs, fills in missing ones, and removes (then deletes after grace) those of
+files that left the table; the dashboard's DuckDB runs under a memory limit.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analytics.engine import LakeAnalytics
+from analytics.filters import ALL, Filters
+from analytics.monitor import QUERY_HISTORY
+from analytics.partials import HELD_WHEN_PERSISTED
+from lake import aggregates, layout
+from lake.aggregates import CUBE, CUBE_DAY, CUBE_HOUR, USERS
+from lake.cleanup import GraceCleanup
+from lake.compaction import Compactor
+from lake.compaction.aggregating import AggregateSync
+from lake.filestats import FileStats
+from lake.storage import LocalStorage
+from lake.table import AggregatesTable, read_snapshot
+from testkit import lakes as lg
+from testkit.landing import publish_landing
+from testkit.processes import make_settings
+from utils.records import BUILDINGS, DEPARTMENTS
+
+START = lg.DEFAULT_START
+DAYS = 3
+
+
+def _sync(storage: LocalStorage, backfill: int = 100) -> tuple[int, int]:
+    sync = AggregateSync(storage)
+    try:
+        return sync.sync(read_snapshot(storage), backfill=backfill)
+    finally:
+        sync.close()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[lg.BuiltLake, pd.DataFrame]:
+    table = lg.make_table(60_000, seed=21, users=40, days=DAYS)
+    table = pa.concat_tables([table, lg.edge_cases(60_000, START + timedelta(days=1))])
+    storage = LocalStorage(tmp_path_factory.mktemp("persisted") / "lake")
+    built = lg.publish(storage, table, landing_files=4, compacted_share=0.7, compacted_files=3)
+    assert _sync(storage) == (3, 0)
+    return built, lg.truth_frame(table)
+
+
+def _figures(snap: object, f: Filters) -> dict[str, object]:
+    """Every figure of the page for ``f``, as plain values."""
+    out: dict[str, object] = {}
+    for name in (
+        "kpis",
+        "access_distribution",
+        "premature_by_dept_building",
+        "compliance_distribution",
+        "building_hour_heatmap",
+        "denial_rates",
+        "compliance_by_department",
+    ):
+        value = getattr(snap, name)(f)
+        out[name] = value.to_dict() if isinstance(value, pd.DataFrame) else value
+    for bucket in ("minute", "hour", "day", "auto"):
+        out[f"traffic {bucket}"] = snap.traffic(f, bucket=bucket).to_dict()  # type: ignore[attr-defined]
+    out["repeat"] = snap.repeat_offenders(f, min_premature=1, limit=1000).to_dict()  # type: ignore[attr-defined]
+    out["bounds"] = snap.time_bounds(f)  # type: ignore[attr-defined]
+    out["freshness"] = snap.freshness(f).newest  # type: ignore[attr-defined]
+    return out
+
+
+def _selections(count: int, seed: int) -> list[Filters]:
+    rng = random.Random(seed)
+    span = DAYS * 24 * 60 + 13 * 60
+    out = [
+        ALL,
+        Filters(START + timedelta(hours=20, minutes=13), START + timedelta(days=2, hours=9, minutes=47)),
+        Filters(START + timedelta(days=1, hours=10, minutes=5), START + timedelta(days=1, hours=10, minutes=50)),
+        Filters(START + timedelta(days=1), START + timedelta(days=2)),  # whole days
+        Filters(START + timedelta(hours=3), START + timedelta(days=1, hours=23)),  # most of a day: subtracted
+    ]
+    for _ in range(count):
+        lo, hi = sorted(rng.sample(range(span), 2))
+        out.append(
+            Filters(
+                rng.choice([None, START + timedelta(minutes=lo)]),
+                rng.choice([None, START + timedelta(minutes=hi)]),
+                tuple(rng.sample(DEPARTMENTS, rng.randint(0, 2))),
+                tuple(rng.sample(BUILDINGS, rng.randint(0, 2))),
+            )
+        )
+    return out
+
+
+def test_the_compacted_files_are_answered_from_their_persisted_aggregates(
+    built: tuple[lg.BuiltLake, pd.DataFrame],
+) -> None:
+    lake, _ = built
+    snap = LakeAnalytics(lake.storage).snapshot()
+    assert snap.partials is not None
+    compacted = {f.key for f in lake.compacted}
+    for key, partial in snap.partials.items():
+        if key in compacted:
+            assert partial.persisted is not None and partial.persisted.source == key
+            # only the coarse levels are held; the fine ones stay in the aggregates file
+            assert set(partial.tables) == {level.name for level in HELD_WHEN_PERSISTED}
+            assert partial.table(CUBE) is None and partial.table(USERS) is None
+        else:
+            assert partial.persisted is None and partial.table(CUBE) is not None  # a landing file: scanned
+
+
+def test_a_cold_refresh_reads_no_compacted_data_file(built: tuple[lg.BuiltLake, pd.DataFrame]) -> None:
+    lake, _ = built
+    QUERY_HISTORY.clear()
+    snap = LakeAnalytics(lake.storage).snapshot()
+    assert QUERY_HISTORY.records("refresh")[-1].files == len(lake.landing)
+    QUERY_HISTORY.clear()
+    snap.kpis()
+    snap.traffic()
+    snap.repeat_offenders()
+    assert all(r.files == 0 for name in ("kpis", "traffic over time") for r in QUERY_HISTORY.records(name))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_every_figure_equals_ground_truth_and_the_in_memory_reference(
+    built: tuple[lg.BuiltLake, pd.DataFrame], seed: int
+) -> None:
+    lake, truth = built
+    persisted = LakeAnalytics(lake.storage).snapshot()
+    reference = LakeAnalytics(lake.storage, persisted=False).snapshot()
+    direct = LakeAnalytics(lake.storage, mode="direct").snapshot()
+    for f in _selections(6, seed):
+        got = _figures(persisted, f)
+        assert got == _figures(reference, f) == _figures(direct, f), f
+        df = lg.select(truth, f.start, f.end, f.departments, f.buildings)
+        k = persisted.kpis(f)
+        t = lg.truth_kpis(df)
+        assert (k.total_events, k.denied, k.sessions, k.premature) == (
+            t["total_events"],
+            t["denied"],
+            t["sessions"],
+            t["premature"],
+        )
+        assert {
+            (str(b), int(h)): int(e) for b, h, e in persisted.building_hour_heatmap(f).itertuples(index=False)
+        } == lg.truth_heatmap(df)
+        repeat = persisted.repeat_offenders(f, min_premature=2, limit=20)
+        rows, total = lg.truth_repeat(df, 2, 20)
+        assert [tuple(r) for r in repeat[["user_id", "dept", "sessions", "premature"]].itertuples(index=False)] == rows
+        assert (int(repeat["repeat_employees"].iloc[0]) if len(repeat) else 0) == total
+
+
+def test_long_windows_are_answered_from_the_day_and_hour_roll_ups(built: tuple[lg.BuiltLake, pd.DataFrame]) -> None:
+    lake, _ = built
+    snap = LakeAnalytics(lake.storage).snapshot()
+    compacted = [p for p in (snap.partials or {}).values() if p.persisted is not None]
+    day, hour = snap.table(CUBE_DAY), snap.table(CUBE_HOUR)
+    # a day holds at most 48 cells, an hour too: the roll-ups are small whatever the rows
+    assert 0 < day.num_rows <= 48 * (DAYS + 1) * len(snap.lake.files)
+    assert hour.num_rows <= 48 * 24 * (DAYS + 1) * len(snap.lake.files)
+    assert sum(p.rows for p in compacted) > 20 * sum(t.num_rows for p in compacted if (t := p.table(CUBE_DAY)))
+
+
+def test_an_aggregates_file_no_commit_added_is_inert(built: tuple[lg.BuiltLake, pd.DataFrame], tmp_path: Path) -> None:
+    lake, truth = built
+    root = tmp_path / "lake"
+    shutil.copytree(lake.storage.root, root)
+    storage = LocalStorage(root)
+    landing = lake.landing[0].key
+    # a foreign file at the place of a landing file's aggregates, claiming a huge count
+    forged = pa.table(
+        {"level": ["cube_day"], "source_rows": [lake.landing[0].size], "bucket": [20_000], "events": [10**9]}
+    )
+    target = root / aggregates.ZONE / landing
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(forged, target)
+    snap = LakeAnalytics(storage).snapshot()
+    assert snap.partials is not None and snap.partials[landing].persisted is None
+    assert snap.kpis().total_events == len(truth)
+
+
+def test_committed_aggregates_of_other_rows_are_not_used(
+    built: tuple[lg.BuiltLake, pd.DataFrame], tmp_path: Path
+) -> None:
+    lake, truth = built
+    root = tmp_path / "lake"
+    shutil.copytree(lake.storage.root, root)
+    storage = LocalStorage(root)
+    table = AggregatesTable.open(storage)
+    assert table is not None
+    victim = lake.landing[0]
+    rows = aggregates.to_persisted({CUBE_DAY.name: pa.table({"day": [20_000], "dept": ["HR"]})}, 999_999)
+    tmp = storage.new_temp_path("forged")
+    aggregates.write_persisted(rows, str(tmp))
+    info = storage.publish(tmp, f"{aggregates.ZONE}/{layout.LANDING}", victim.key.split("/")[-1])
+    table.update([(info, FileStats.of_table(rows, aggregates.STATS_COLUMNS))], [])
+    assert victim.key in table.persisted()
+    snap = LakeAnalytics(storage).snapshot()
+    assert snap.partials is not None and snap.partials[victim.key].persisted is None  # 999,999 rows: not its own
+    assert snap.kpis().total_events == len(truth)
+
+
+def test_the_compactor_persists_backfills_and_retires_aggregates(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    storage.ensure_layout()
+    publish_landing(storage, 0, 5_000, 12)
+    settings = make_settings(storage.root, compaction_min_files=10, compaction_grace_seconds=0.0)
+    compactor = Compactor(storage, settings)
+    report = compactor.run_cycle()
+    assert report.compactions and report.compactions[0].files_in == 12
+    snapshot = read_snapshot(storage)
+    outputs = {f.key for f in snapshot.in_zone(layout.COMPACTED)}
+    table = AggregatesTable.open(storage)
+    assert table is not None and set(table.persisted()) == outputs
+    # exact: the persisted levels are those of the output's rows
+    for key in outputs:
+        stored = pq.read_table(storage.path(table.key_for(key)))
+        direct = aggregates.compute_file(__import__("duckdb").connect(), str(storage.path(key)))
+        for level in aggregates.LEVELS:
+            mine = aggregates.from_persisted(stored, level).sort_by([(n, "ascending") for n in level.schema.names])
+            theirs = aggregates.conform(direct[level.name], level.schema).sort_by(
+                [(n, "ascending") for n in level.schema.names]
+            )
+            assert mine.equals(theirs), level.name
+
+    # the aggregates of a compacted file that lacks them (a crash between the two commits) are filled in
+    table.update([], list(table.persisted().values()))
+    assert AggregatesTable.open(storage).persisted() == {}  # type: ignore[union-attr]
+    assert compactor.sync_aggregates() == (len(outputs), 0)
+
+    # more landing files: the small compacted file is merged again; its aggregates leave the table
+    publish_landing(storage, 60_000, 5_000, 12)
+    before = AggregatesTable.open(storage).persisted()  # type: ignore[union-attr]
+    compactor.run_cycle()
+    after = AggregatesTable.open(storage).persisted()  # type: ignore[union-attr]
+    now = {f.key for f in read_snapshot(storage).in_zone(layout.COMPACTED)}
+    assert set(after) == now and not set(before) & set(after)
+    # ... and their files go after grace, like any file out of its table
+    GraceCleanup(storage, 0.0, clock=lambda: 4e9).run()
+    gone = [p.info.key for p in before.values()]
+    assert not any(storage.exists(k) for k in gone)
+    assert all(storage.exists(p.info.key) for p in after.values())
+
+
+def test_backfill_is_bounded_per_cycle(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    table = lg.make_table(9_000, seed=3, users=10, days=1)
+    lg.publish(storage, table, landing_files=1, compacted_share=1.0, compacted_files=3)
+    assert _sync(storage, backfill=2) == (2, 0)
+    assert _sync(storage, backfill=2) == (1, 0)
+    assert _sync(storage, backfill=2) == (0, 0)
+
+
+def test_the_dashboards_duckdb_has_a_memory_limit(tmp_path: Path) -> None:
+    engine = LakeAnalytics(LocalStorage(tmp_path), memory_limit_mb=300)
+    con = engine.connect()
+    try:
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    finally:
+        con.close()
+    assert limit is not None and limit[0].replace(" ", "") in {"300.0MiB", "286.1MiB", "300.0MB"}
