@@ -7,12 +7,13 @@ STAMP := $(VENV)/.installed
 PY := $(BIN)/python
 BROWSER_PATH := $(VENV)/.browser
 JAVA_PATH := $(VENV)/.java
+SCALES ?= 20M,200M,1B
 
 .DEFAULT_GOAL := help
-.PHONY: help run test browser java lint typecheck pytest bench api pipeline compactor dashboard stats verify clean
+.PHONY: help run test browser java lint typecheck pytest bench bench-scale api pipeline compactor dashboard stats verify clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +49,10 @@ pytest: $(STAMP) browser java
 
 bench: $(STAMP) ## every benchmark, side by side with its reference (benchmarks/results.md)
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# Not part of `make bench`: 1B events takes a long while and about 11 GB of disk under benchmarks/.work/.
+bench-scale: $(STAMP) ## empty lake to N events per size (SCALES=20M,200M,1B): rates, backlog, dashboard, verify (results-scale.md)
+	$(PY) -m benchmarks.bench_scale --scales $(SCALES) $(BENCH_SCALE_ARGS)
 
 api: $(STAMP) ## the generator service alone
 	$(PY) -m api.main
