@@ -54,7 +54,6 @@ from lake.aggregates import (
     CUBE_DAY,
     CUBE_HOUR,
     DOORS_DAY,
-    LEVEL,
     LEVELS,
     US_PER_MINUTE,
     USERS,
@@ -63,6 +62,7 @@ from lake.aggregates import (
     conform,
     from_persisted,
     merge_tables,
+    read_levels,
     with_rollups,
 )
 from lake.snapshot import DataFile
@@ -284,14 +284,14 @@ class PartialCache:
         """
         if not files:
             return []
-        names = [level.name for level in HELD_WHEN_PERSISTED]
 
         def load(f: DataFile) -> FilePartial:
             p = stored[f.key]
             if isinstance(storage, LocalStorage):
-                rows = pq.read_table(storage.path(p.info.key), filters=[(LEVEL, "in", names)])
-            else:
-                rows = pq.read_table(pa.BufferReader(storage.read_bytes(p.info.key)), filters=[(LEVEL, "in", names)])
+                rows = read_levels(str(storage.path(p.info.key)), HELD_WHEN_PERSISTED)
+            else:  # ranged reads: the footer, then the row groups of those levels
+                with storage.open_input(p.info.key) as source:
+                    rows = read_levels(source, HELD_WHEN_PERSISTED)
             held = HELD_WHEN_PERSISTED
             tables: dict[str, pa.Table | None] = {level.name: from_persisted(rows, level) for level in held}
             lo, hi = _stat_minutes(f, tables[CUBE_HOUR.name])

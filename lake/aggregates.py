@@ -403,6 +403,21 @@ def write_persisted(table: pa.Table, sink: str) -> None:
     pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="zstd")
 
 
+def read_levels(source: str | pa.NativeFile, levels: Collection[Aggregate]) -> pa.Table:
+    """The rows of ``levels`` in the persisted file ``source`` (a local path or an open file): only the row groups
+    whose ``level`` statistics may hold one of them are read (rows are sorted by level, so the others are not)."""
+    names = {level.name for level in levels}
+    with pq.ParquetFile(source) as pf:
+        index = pf.schema_arrow.get_field_index(LEVEL)
+        groups: list[int] = []
+        for i in range(pf.metadata.num_row_groups):
+            stats = pf.metadata.row_group(i).column(index).statistics
+            if stats is None or not stats.has_min_max or any(stats.min <= n <= stats.max for n in names):
+                groups.append(i)
+        table = pf.read_row_groups(groups) if groups else pf.schema_arrow.empty_table()
+    return table.filter(pc.is_in(table.column(LEVEL), pa.array(sorted(names))))
+
+
 def from_persisted(table: pa.Table, level: Aggregate) -> pa.Table:
     """``level``'s partial out of a persisted file's rows (all or some of its levels)."""
     rows = table.filter(pc.equal(table.column(LEVEL), level.name))
