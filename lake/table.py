@@ -277,6 +277,25 @@ def _create(
         raise LakeError(f"creating the table at {root} failed: {exc}") from exc
 
 
+def _open_or_create(
+    storage: Storage,
+    prefix: str,
+    schema: pa.Schema,
+    name: str,
+    *,
+    stats_columns: Sequence[str],
+    create: bool,
+) -> DeltaTable | None:
+    """The unpartitioned side table at ``prefix`` (quarantine, aggregates); created empty if absent and ``create``
+    (None if absent otherwise)."""
+    if storage.has_table(prefix):
+        return _open(storage, prefix)
+    if not create:
+        return None
+    configuration = {**LOG_PROPERTIES, "delta.dataSkippingStatsColumns": ",".join(stats_columns)}
+    return _create(storage, prefix, schema, name, configuration)
+
+
 class LakeTable(_DeltaFiles):
     """The events table: what every reader reads, what the pipeline appends to and the compactor rewrites."""
 
@@ -520,13 +539,15 @@ class QuarantineTable(_DeltaFiles):
     @classmethod
     def open(cls, storage: Storage, *, create: bool = False) -> QuarantineTable | None:
         """The lake's quarantine table; None if it does not exist (and ``create`` is False)."""
-        if storage.has_table(layout.QUARANTINE):
-            return cls(storage, layout.QUARANTINE, _open(storage, layout.QUARANTINE))
-        if not create:
-            return None
-        configuration = {**LOG_PROPERTIES, "delta.dataSkippingStatsColumns": ",".join(QUARANTINE_STATS_COLUMNS)}
-        table = _create(storage, layout.QUARANTINE, QUARANTINE_SCHEMA, QUARANTINE_TABLE_NAME, configuration)
-        return cls(storage, layout.QUARANTINE, table)
+        opened = _open_or_create(
+            storage,
+            layout.QUARANTINE,
+            QUARANTINE_SCHEMA,
+            QUARANTINE_TABLE_NAME,
+            stats_columns=QUARANTINE_STATS_COLUMNS,
+            create=create,
+        )
+        return None if opened is None else cls(storage, layout.QUARANTINE, opened)
 
     def append(self, info: FileInfo, stats: FileStats) -> None:
         """Add the published file ``info``; idempotent (a file already in the table is not added again)."""
@@ -565,13 +586,15 @@ class AggregatesTable(_DeltaFiles):
     @classmethod
     def open(cls, storage: Storage, *, create: bool = False) -> AggregatesTable | None:
         """The lake's aggregates table; None if it does not exist (and ``create`` is False)."""
-        if storage.has_table(aggregates.ZONE):
-            return cls(storage, aggregates.ZONE, _open(storage, aggregates.ZONE))
-        if not create:
-            return None
-        configuration = {**LOG_PROPERTIES, "delta.dataSkippingStatsColumns": ",".join(aggregates.STATS_COLUMNS)}
-        table = _create(storage, aggregates.ZONE, aggregates.PERSISTED_SCHEMA, aggregates.TABLE_NAME, configuration)
-        return cls(storage, aggregates.ZONE, table)
+        opened = _open_or_create(
+            storage,
+            aggregates.ZONE,
+            aggregates.PERSISTED_SCHEMA,
+            aggregates.TABLE_NAME,
+            stats_columns=aggregates.STATS_COLUMNS,
+            create=create,
+        )
+        return None if opened is None else cls(storage, aggregates.ZONE, opened)
 
     def key_for(self, source: str) -> str:
         """Where the aggregates of the data file ``source`` are kept."""
