@@ -75,7 +75,20 @@ from analytics.sql import (
     TRAFFIC_SQL,
 )
 from analytics.timeutil import MINUTES_PER_DAY, moment_of_minute, moment_of_us
-from lake.aggregates import ARRIVALS, BUCKET, CUBE, DOORS, DOORS_DAY, FAMILIES, LEVEL, US_PER_MINUTE, USERS, Aggregate
+from lake.aggregates import (
+    ARRIVALS,
+    BUCKET,
+    CUBE,
+    DOORS,
+    DOORS_DAY,
+    FAMILIES,
+    LEVEL,
+    US_PER_MINUTE,
+    USERS,
+    Aggregate,
+    from_persisted,
+    read_levels,
+)
 from lake.snapshot import Snapshot as TableSnapshot
 from lake.storage import LocalStorage, Storage
 from lake.table import AggregatesReader, SnapshotReader
@@ -113,7 +126,7 @@ class LakeAnalytics:
         self.storage = storage
         self.mode: Mode = mode
         self.threads = threads or os.cpu_count() or 1
-        self.cache = cache or PartialCache.for_storage(storage)
+        self.cache = cache if cache is not None else PartialCache.for_storage(storage)
         self.memory_limit_mb = memory_limit_mb
         self._db = duckdb.connect(config={"threads": self.threads, "memory_limit": f"{memory_limit_mb}MB"})
         self._db_lock = threading.Lock()
@@ -243,19 +256,33 @@ class _Sources:
     def stored(
         self, level: Aggregate, partials: list[FilePartial], lo: int | None, hi: int | None, *, tag: str, sign: int
     ) -> None:
-        """Add ``level``'s rows in buckets [lo, hi) from the aggregates files of ``partials`` (local paths:
-        DuckDB reads only the row groups of that level and span), in the base's columns."""
-        where, p = self.filters.where(raw=False, time_column=BUCKET, lo=lo, hi=hi, tag=tag)
+        """Add ``level``'s rows in buckets [lo, hi) from the aggregates files of ``partials``, in the base's columns.
+
+        Only the row groups of that level and span are read: by DuckDB from local paths; on object storage
+        through the storage (ranged reads), as Arrow. A failed read is a LakeError (the query fails, nothing
+        is left out).
+        """
         storage = self.lake.storage
-        assert isinstance(storage, LocalStorage)
-        self.params[f"{tag}files"] = [str(storage.path(f.persisted.info.key)) for f in partials if f.persisted]
+        keys = [f.persisted.info.key for f in partials if f.persisted is not None]
+        self.read.update(keys)
+        if not isinstance(storage, LocalStorage):
+            tables: list[pa.Table] = []
+            for key in keys:
+                try:
+                    with storage.open_input(key) as source:
+                        tables.append(from_persisted(read_levels(source, [level], lo, hi), level))
+                except (OSError, pa.ArrowException) as exc:
+                    raise LakeError(f"{level.name} query failed reading {key}: {exc}") from exc
+            self.held(level, tables, lo, hi, tag=tag, sign=sign)
+            return
+        where, p = self.filters.where(raw=False, time_column=BUCKET, lo=lo, hi=hi, tag=tag)
+        self.params[f"{tag}files"] = [str(storage.path(key)) for key in keys]
         self.params[f"{tag}level"] = level.name
         self.sources.append(
             f"SELECT {level.as_base(sign, BUCKET)} FROM read_parquet(${tag}files) "  # noqa: S608 (constants only)
             f"WHERE {LEVEL} = ${tag}level AND {where}"
         )
         self.params.update(p)
-        self.read.update(f.persisted.info.key for f in partials if f.persisted)
 
     def close(self) -> None:
         for stream in self.streams:
@@ -352,8 +379,8 @@ class Snapshot:
     ) -> None:
         """Add sources answering minutes [lo, hi) of ``files`` exactly, coarsest level first.
 
-        Each file's whole buckets of ``levels[0]`` come from where it holds that level (in memory, or its
-        aggregates file for a base level kept there); the partly selected buckets go one level down (or are
+        Each file's whole buckets of ``levels[0]`` come from where it has that level (held in memory, else its
+        aggregates file, which holds every level); the partly selected buckets go one level down (or are
         subtracted from the whole bucket, when most of it is selected and the measures are sums), and below
         the last level the data files' rows are read. Every selected minute of every file is counted once
         (:func:`analytics.spans.plan_spans` per level), whatever mix of sources the files have.
@@ -365,10 +392,9 @@ class Snapshot:
             q.direct([_ref(p) for p in files], lo, hi, f"{tag}r_", sign)
             return
         level, finer = levels[0], levels[1:]
-        local = isinstance(self.lake.storage, LocalStorage)
         held = [p for p in files if p.table(level) is not None]
-        stored = [p for p in files if p.table(level) is None and p.persisted is not None and local and not finer]
-        rest = [p for p in files if p.table(level) is None and not (p.persisted is not None and local and not finer)]
+        stored = [p for p in files if p.table(level) is None and p.persisted is not None]  # every level is there
+        rest = [p for p in files if p.table(level) is None and p.persisted is None]
         self._plan(q, finer, rest, span, sign=sign, tag=f"{tag}n")
         size = level.minutes_per_bucket
         for g, group in enumerate((held, stored)):

@@ -23,8 +23,12 @@ Arrow (:mod:`analytics.reading`), and every aggregate is computed from those row
 the same partials. A scanned or derived file holds every level (its ``users`` only where it is much smaller
 than the file); the roll-ups are computed from the bases.
 
-Memory: what is held per file is bounded by its time span (per day: 48 cube cells a minute for a scanned
-file, per hour for a persisted one, and one row per employee and day), never by its rows.
+Memory: what is held per file is bounded by its time span, never by its rows. For a persisted file: at
+most 48 cube cells per hour and per day (about 2.5 KB per hour of events, 22 MB a year), and, while the
+cache's budget allows (``held_budget_bytes``, 256 MB), its hourly arrivals and daily users and doors; beyond
+the budget those stay in the aggregates file and the queries needing them read them from there. A scanned
+file (the compactor's bounded landing backlog) holds every level. So the partials of a lake take at most
+the budget plus the cube roll-ups plus the landing backlog's, whatever its number of events.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import logging
 import threading
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import duckdb
@@ -76,6 +80,10 @@ MINUTES_PER_HOUR: Final = 60
 KEEP_EVERY_PARTIAL: Final = 1.0  # a users_max_share that keeps every users partial (it never outgrows its file)
 # The levels held in memory for a file whose aggregates are persisted; the others are read from the file.
 HELD_WHEN_PERSISTED: Final[tuple[Aggregate, ...]] = (CUBE_HOUR, CUBE_DAY, ARRIVALS, ARRIVALS_DAY, USERS_DAY, DOORS_DAY)
+# Of those, the levels that grow with employees or doors, not only with time: held while the cache's
+# budget allows, else read from the aggregates file by the queries that need them.
+BUDGETED: Final[tuple[Aggregate, ...]] = (ARRIVALS, USERS_DAY, DOORS_DAY)
+HELD_BUDGET_BYTES: Final = 256 * 1024 * 1024
 LOAD_THREADS: Final = 4  # aggregates files read at once on a cold refresh (I/O bound)
 
 
@@ -125,6 +133,13 @@ def _minute_range(cube: pa.Table) -> tuple[int | None, int | None]:
     return int(mm["min"].as_py()), int(mm["max"].as_py())
 
 
+def _budgeted_bytes(partial: FilePartial) -> int:
+    """Bytes of the budgeted levels a persisted file's partial holds (0 for any other partial)."""
+    if partial.persisted is None:
+        return 0
+    return sum(t.nbytes for level in BUDGETED if (t := partial.table(level)) is not None)
+
+
 def _stat_minutes(f: DataFile, cube_hour: pa.Table | None) -> tuple[int | None, int | None]:
     """The badge-out minutes a file covers, from its statistics in the log (else its hourly cube's hours)."""
     if f.row_count == 0:
@@ -167,9 +182,11 @@ class PartialCache:
     for want of one: what :meth:`for_storage` chooses on object storage, where each read is a request.
     """
 
-    def __init__(self, users_max_share: float = 0.2) -> None:
+    def __init__(self, users_max_share: float = 0.2, held_budget_bytes: int = HELD_BUDGET_BYTES) -> None:
         self.users_max_share = users_max_share
+        self.held_budget_bytes = held_budget_bytes
         self._by_key: dict[str, FilePartial] = {}
+        self._budgeted = 0  # bytes of BUDGETED levels held for persisted files
         self._lock = threading.Lock()
 
     @classmethod
@@ -196,7 +213,13 @@ class PartialCache:
         keep = {i.key: i for i in infos}
         with self._lock:
             for key in [k for k, p in self._by_key.items() if keep.get(k) != p.info]:
-                del self._by_key[key]
+                self._budgeted -= _budgeted_bytes(self._by_key.pop(key))
+
+    @property
+    def budgeted_bytes(self) -> int:
+        """Bytes of the budgeted levels held (at most ``held_budget_bytes``)."""
+        with self._lock:
+            return self._budgeted
 
     def _kept(self, aggregate: Aggregate, table: pa.Table, rows: int) -> pa.Table | None:
         return table if aggregate.always_keep or table.num_rows <= self.users_max_share * rows else None
@@ -269,13 +292,24 @@ class PartialCache:
             assert cube is not None
             lo, hi = _minute_range(cube)
             out[f.key] = FilePartial(f.info, f.row_count, tables, lo, hi, derived=f.key in derived)
-        new = loaded | {f.key for f in missing}
-        with self._lock:
-            for key in new:
-                self._by_key[key] = out[key]
+        self._store(out, loaded | {f.key for f in missing})
         if read:
             log.debug("read %d files for partial aggregates", len(read))
         return out, len(read)
+
+    def _store(self, out: dict[str, FilePartial], keys: Iterable[str]) -> None:
+        """Cache ``out[key]`` for ``keys``; a persisted file's budgeted levels only while the budget allows
+        (``out`` then says what is held)."""
+        with self._lock:
+            for key in keys:
+                partial = out[key]
+                size = _budgeted_bytes(partial)
+                if size and self._budgeted + size > self.held_budget_bytes:  # these stay in its aggregates file
+                    partial = out[key] = replace(partial, tables={**partial.tables, **{b.name: None for b in BUDGETED}})
+                    size = 0
+                old = self._by_key.get(key)
+                self._budgeted += size - (_budgeted_bytes(old) if old is not None else 0)
+                self._by_key[key] = partial
 
     def _load(self, storage: Storage, files: Sequence[DataFile], stored: Mapping[str, Persisted]) -> list[FilePartial]:
         """The partials of ``files`` from their aggregates files (the levels held in memory only), read in parallel.
@@ -297,8 +331,6 @@ class PartialCache:
             lo, hi = _stat_minutes(f, tables[CUBE_HOUR.name])
             return FilePartial(f.info, f.row_count, tables, lo, hi, persisted=p)
 
-        if len(files) == 1:
-            return [load(files[0])]
         with ThreadPoolExecutor(min(LOAD_THREADS, len(files))) as pool:
             return list(pool.map(load, files))
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
@@ -403,19 +403,37 @@ def write_persisted(table: pa.Table, sink: str) -> None:
     pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="zstd")
 
 
-def read_levels(source: str | pa.NativeFile, levels: Collection[Aggregate]) -> pa.Table:
-    """The rows of ``levels`` in the persisted file ``source`` (a local path or an open file): only the row groups
-    whose ``level`` statistics may hold one of them are read (rows are sorted by level, so the others are not)."""
-    names = {level.name for level in levels}
+def _may_hold(stats: pq.Statistics | None, lo: Any, hi: Any) -> bool:
+    """Whether a row group with column ``stats`` may hold a value in [lo, hi] (None: unbounded)."""
+    if stats is None or not stats.has_min_max:
+        return True
+    return (lo is None or stats.max >= lo) and (hi is None or stats.min <= hi)
+
+
+def read_levels(
+    source: str | pa.NativeFile, levels: Collection[Aggregate], lo: int | None = None, hi: int | None = None
+) -> pa.Table:
+    """The rows of ``levels`` in buckets [lo, hi) (None: unbounded) of the persisted file ``source`` (a local path
+    or an open file). Only the row groups whose statistics may hold such rows are read: rows are sorted by level
+    and bucket, so a level's span is a few row groups."""
+    names = sorted({level.name for level in levels})
     with pq.ParquetFile(source) as pf:
-        index = pf.schema_arrow.get_field_index(LEVEL)
-        groups: list[int] = []
-        for i in range(pf.metadata.num_row_groups):
-            stats = pf.metadata.row_group(i).column(index).statistics
-            if stats is None or not stats.has_min_max or any(stats.min <= n <= stats.max for n in names):
-                groups.append(i)
+        at_level = pf.schema_arrow.get_field_index(LEVEL)
+        at_bucket = pf.schema_arrow.get_field_index(BUCKET)
+        groups = [
+            i
+            for i in range(pf.metadata.num_row_groups)
+            if any(_may_hold(pf.metadata.row_group(i).column(at_level).statistics, n, n) for n in names)
+            and _may_hold(pf.metadata.row_group(i).column(at_bucket).statistics, lo, None if hi is None else hi - 1)
+        ]
         table = pf.read_row_groups(groups) if groups else pf.schema_arrow.empty_table()
-    return table.filter(pc.is_in(table.column(LEVEL), pa.array(sorted(names))))
+    keep = pc.is_in(table.column(LEVEL), pa.array(names))
+    bucket = table.column(BUCKET)
+    if lo is not None:
+        keep = pc.and_(keep, pc.greater_equal(bucket, lo))
+    if hi is not None:
+        keep = pc.and_(keep, pc.less(bucket, hi))
+    return table.filter(keep)
 
 
 def from_persisted(table: pa.Table, level: Aggregate) -> pa.Table:

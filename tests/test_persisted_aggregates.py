@@ -23,7 +23,7 @@ import pytest
 from analytics.engine import LakeAnalytics
 from analytics.filters import ALL, Filters
 from analytics.monitor import QUERY_HISTORY
-from analytics.partials import HELD_WHEN_PERSISTED
+from analytics.partials import BUDGETED, HELD_WHEN_PERSISTED, PartialCache
 from lake import aggregates, layout
 from lake.aggregates import CUBE, CUBE_DAY, CUBE_HOUR, USERS
 from lake.cleanup import GraceCleanup
@@ -271,3 +271,27 @@ def test_the_dashboards_duckdb_has_a_memory_limit(tmp_path: Path) -> None:
     finally:
         con.close()
     assert limit is not None and limit[0].replace(" ", "") in {"300.0MiB", "286.1MiB", "300.0MB"}
+
+
+@pytest.mark.parametrize("budget", [0, 150_000])
+def test_beyond_the_memory_budget_levels_stay_in_the_aggregates_files_and_stay_exact(
+    built: tuple[lg.BuiltLake, pd.DataFrame], budget: int
+) -> None:
+    lake, _ = built
+    engine = LakeAnalytics(lake.storage, cache=PartialCache(held_budget_bytes=budget))
+    snap = engine.snapshot()
+    assert snap.partials is not None
+    persisted = [p for p in snap.partials.values() if p.persisted is not None]
+    assert engine.cache.budgeted_bytes <= budget
+    dropped = [p for p in persisted if all(p.table(level) is None for level in BUDGETED)]
+    if budget == 0:
+        assert len(dropped) == len(persisted) == len(lake.compacted)
+    else:  # room for some, not all
+        assert 0 < len(dropped) < len(persisted)
+    for p in persisted:
+        assert p.table(CUBE_DAY) is not None and p.table(CUBE_HOUR) is not None  # the cube roll-ups always
+    reference = LakeAnalytics(lake.storage, mode="direct").snapshot()
+    for f in _selections(3, seed=budget + 7):
+        assert _figures(snap, f) == _figures(reference, f), f
+    engine.cache.retain([])
+    assert engine.cache.budgeted_bytes == 0
