@@ -17,16 +17,33 @@ file natively by its path (an ``OSError`` carrying an errno is the OS failing); 
 byte comes through :meth:`~lake.storage.Storage.open_input` wrapped in a recorder, so a failure of a read
 itself is told apart exactly from a decoding failure of bytes that did arrive.
 
-Memory is bounded by the id range (one byte per event id), not by the number of rows read: files are
-streamed batch by batch, on either backend (ranged reads on object storage, never a whole object).
+Memory is bounded whatever the lake's size (a billion events or more): ``verify`` sweeps the id space
+0..committed position in windows of WINDOW_IDS ids, keeping one byte per id of the current window only (the
+ledger), and streams each file batch by batch (ranged reads on object storage, never a whole object). A
+file is read whole once, in the window of its first event id (by its add action); the row groups holding
+ids of later windows are recorded then, and only their ``event_id`` column is read again, in those windows
+(a file within one window, most of them, is read once; one spanning several has the event ids of its part
+beyond the first window read once more, a row group straddling a boundary once per window it reaches).
+Each window is judged (its absent ids counted, the first few named) before the next begins; a run of
+windows no file reaches is judged by arithmetic, allocating nothing. In each window the files of the table
+are read before those of quarantine, each table's in its order, so an id held twice is reported on the
+same file as a single pass would report it. (A file holding ids below the first its add action gives, a
+lie of its statistics reported as such, has those ids noted, not checked: their window was judged before.)
+
+So memory is at most WINDOW_IDS bytes (32 MiB) for the ledger, plus one batch of BATCH_ROWS rows of the
+columns read and the Parquet reader's buffers for one row group, plus at most 3 MiB of temporaries per
+_CHUNK_IDS ids judged: under 100 MiB above the interpreter and its libraries, whatever the number of events
+or the span of their ids. What grows with the lake is per *file* only: the logs' metadata (the snapshot,
+one entry per file, as every reader of the table holds it) and a few words per file being verified.
+``stats`` reads the logs and listings only: it holds per-file metadata, never anything per event or row.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +67,9 @@ from lake.table import APP_ID, LakeTable, QuarantineTable, describe_log, ensure_
 from utils.errors import LakeError, one_line
 
 BATCH_ROWS: Final = 256 * 1024  # rows per streamed batch: memory per file stays flat whatever its size
+# Event ids judged at a time: the ledger's size in bytes (32 MiB), whatever the lake's size or its ids' span.
+WINDOW_IDS: Final = 32 * 1024 * 1024
+_CHUNK_IDS: Final = 256 * 1024  # ids of a window counted at a time (temporaries: at most 3 MiB)
 _ATTEMPTS: Final = 3  # verifications restarted on a newer snapshot when a file of the old one is gone
 _READ_TRIES: Final = 2  # a failed read of a file gets one more try before it is reported
 _GIVE_UP_AFTER: Final = 3  # files in a row that failed with an I/O error: the rest are not read (the store is down)
@@ -174,32 +194,43 @@ class _Opened:
             self.reads.close()
 
 
-def _examples(ids: np.ndarray) -> str:
-    return ", ".join(str(int(i)) for i in ids[:_EXAMPLES])
+def _ids(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The non-null event ids of ``column`` as int64."""
+    ids: np.ndarray = column.drop_null().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return ids
 
 
 class _Ledger:
-    """One byte per event id 0..top: absent, in the table, or in quarantine."""
+    """One byte per event id of one window ``base``..``last`` of the id space: absent, in the table, or in quarantine.
 
-    def __init__(self, top: int) -> None:
-        self.top = top
-        self.marks = np.zeros(max(0, top + 1), dtype=np.uint8)
+    Its buffer is allocated once, the size of the largest window (at most WINDOW_IDS bytes), and cleared for
+    each window in turn: it never grows with the lake's id range.
+    """
 
-    def add(self, ids: np.ndarray, mark: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Record ``ids``; return (ids outside 0..top, ids already in the table, ids already in quarantine)."""
-        inside = (ids >= 0) & (ids <= self.top)
-        outside = ids[~inside]
-        ids = ids[inside]
+    def __init__(self, size: int) -> None:
+        self.buffer = np.zeros(max(0, size), dtype=np.uint8)
+        self.base, self.last = 0, -1
+        self.marks = self.buffer[:0]
+
+    def start(self, base: int, last: int) -> None:
+        """Begin the window ``base``..``last`` (no wider than the buffer), every id in it absent."""
+        if last - base + 1 > len(self.buffer):
+            raise ValueError(f"a window of {last - base + 1} ids in a ledger of {len(self.buffer)}")
+        self.base, self.last = base, last
+        self.marks = self.buffer[: max(0, last - base + 1)]
+        self.marks.fill(_ABSENT)
+
+    def add(self, ids: np.ndarray, mark: int) -> tuple[np.ndarray, np.ndarray]:
+        """Record ``ids`` (every one in the window); return (ids already in the table, ids already in quarantine),
+        an id twice in ``ids`` counting once more as already held by ``mark``'s side."""
+        offsets = ids - self.base
         ordered = np.sort(ids)
         again = ordered[1:][np.diff(ordered) == 0]  # twice within this batch
-        before = self.marks[ids]
+        before = self.marks[offsets]
         in_table = np.concatenate([ids[before == _IN_TABLE], again if mark == _IN_TABLE else again[:0]])
         in_quarantine = np.concatenate([ids[before == _IN_QUARANTINE], again if mark == _IN_QUARANTINE else again[:0]])
-        self.marks[ids] = mark
-        return outside, in_table, in_quarantine
-
-    def absent(self) -> np.ndarray:
-        return np.flatnonzero(self.marks == _ABSENT)
+        self.marks[offsets] = mark
+        return in_table, in_quarantine
 
 
 @dataclass
@@ -219,7 +250,7 @@ class _Found:
 
 @dataclass
 class _Seen:
-    """What one file turned out to hold, accumulated batch by batch."""
+    """What one file turned out to hold, accumulated batch by batch (and window by window)."""
 
     rows: int = 0
     minimum: dict[str, Any] = field(default_factory=dict)
@@ -227,6 +258,8 @@ class _Seen:
     outside: _Found = field(default_factory=_Found)  # ids outside 0..committed position
     in_table: _Found = field(default_factory=_Found)  # ids the table already held
     in_quarantine: _Found = field(default_factory=_Found)  # ids quarantine already held
+    early: _Found = field(default_factory=_Found)  # ids of windows judged before it was read (below its log's min)
+    later: dict[int, set[int]] = field(default_factory=dict)  # window -> row groups with ids of it, to mark then
     null_ids: int = 0
     no_reason: int = 0
 
@@ -237,6 +270,48 @@ class _Seen:
             self.minimum[name] = lo
         if hi is not None and (self.maximum.get(name) is None or hi > self.maximum[name]):
             self.maximum[name] = hi
+
+
+@dataclass(eq=False)
+class _Item:
+    """One file to verify, in the sweep's order: the window of its first event id, the events table before
+    quarantine, then its place in its table (by first event id)."""
+
+    first: int  # the window it is read whole in
+    phase: int  # 0: a file of the events table; 1: of the quarantine table
+    index: int  # its place among its table's files, sorted by first event id
+    table: LakeTable | QuarantineTable
+    f: DataFile
+    seen: _Seen | None = None  # what it held, once read whole
+
+    @property
+    def quarantine(self) -> bool:
+        return self.phase == 1
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return QUARANTINE_COLUMNS if self.quarantine else EVENT_COLUMNS
+
+    @property
+    def stats_columns(self) -> tuple[str, ...]:
+        return QUARANTINE_STATS_COLUMNS if self.quarantine else STATS_COLUMNS
+
+    @property
+    def mark(self) -> int:
+        return _IN_QUARANTINE if self.quarantine else _IN_TABLE
+
+
+class _Actions:
+    """A table's add actions at its handle's version, looked up by path: one Arrow table, no Python dict per file."""
+
+    def __init__(self, table: LakeTable | QuarantineTable | None) -> None:
+        self.actions = pa.table({}) if table is None else table.add_actions()
+        paths = self.actions.column("path").to_pylist() if "path" in self.actions.column_names else []
+        self.row = {path: i for i, path in enumerate(paths)}
+
+    def of(self, path: str) -> dict[str, Any]:
+        i = self.row.get(path)
+        return {} if i is None else dict(self.actions.slice(i, 1).to_pylist()[0])
 
 
 class _Verifier:
@@ -251,6 +326,7 @@ class _Verifier:
         self.snap: Snapshot = self.table.snapshot(refresh=False)
         # Read after the events table: every quarantine entry the pipeline committed before its position is in it.
         self.quarantine = QuarantineTable.open(storage)
+        self.actions = (_Actions(self.table), _Actions(self.quarantine))  # by phase
         self.inodes: dict[tuple[int, int], str] = {}
         local = isinstance(storage, LocalStorage)
         self.place = "disk" if local else "the bucket"  # where files lie, for messages
@@ -258,11 +334,17 @@ class _Verifier:
         self.unread: list[DataFile] = []  # files that failed with an I/O error or were skipped: their ids unchecked
         self.failed_in_a_row = 0  # files in a row that failed with an I/O error
         self.skipped = 0  # files not read once _GIVE_UP_AFTER failed in a row
+        self.window = max(1, int(WINDOW_IDS))  # read at each verification (tests shrink it)
+        self.top = -1  # the last event id that must be held: the committed position
+        self.windows = 1  # windows of the id space 0..top
+        self.expired: int | None = None
+        self.missing = _Found()  # ids neither in the table nor in quarantine (nor expired), in id order
+        self.unchecked = 0  # absent ids in the range of a file that could not be read: not called missing
 
     def run(self) -> VerifyReport:
         report, snap = self.report, self.snap
         report.version, report.committed_event_id = snap.version, snap.committed_event_id
-        report.expired_through = expired = snap.expired_through
+        report.expired_through = self.expired = expired = snap.expired_through
         top = snap.committed_event_id
         if top is None:
             if snap.files:
@@ -271,19 +353,26 @@ class _Verifier:
                     f"(application transaction {APP_ID})"
                 )
             top = snap.max_event_id if snap.max_event_id is not None else -1
-        ledger = _Ledger(top)
+        self.top = top
+        self.windows = top // self.window + 1 if top >= 0 else 1
         self._check_held_once(snap.files, "table")
-        stats = {r["path"]: r for r in self.table.add_actions().to_pylist()}
-        for f in snap.files:
-            seen = self._read(self.table, f, EVENT_COLUMNS, ledger, _IN_TABLE)
-            if seen is not None:
-                report.table_rows += seen.rows
-                self._compare(f, stats.get(self.table.path_of(f.key), {}), seen, STATS_COLUMNS)
-                self._judge_ids(f, seen, top, quarantine=False)
-        self._verify_quarantine(ledger, top)
-        absent = ledger.absent()
+        items = [self._item(0, i, self.table, f) for i, f in enumerate(snap.files)]
+        pending = 0
+        if self.quarantine is not None:
+            files = self.quarantine.data_files()
+            self._check_held_once(files, "quarantine table")
+            for i, f in enumerate(files):
+                if f.row_count and f.event_id_min > top:
+                    pending += f.row_count  # beyond the committed position: not confirmed yet (or an orphan)
+                else:
+                    items.append(self._item(1, i, self.quarantine, f))
+        self._sweep(sorted(items, key=lambda it: (it.first, it.phase, it.index)))
+        if pending:
+            report.notes.append(
+                f"{pending} quarantined record(s) beyond the committed position: a flush in progress, "
+                "or the orphan of one that the pipeline's next start removes"
+            )
         if expired is not None:
-            absent = absent[absent > expired]
             report.notes.append(f"event ids 0 to {expired} are expired by retention (RETENTION_DAYS): not missing")
             early = [f.key for f in snap.files if f.row_count and f.event_id_min <= expired]
             if early:
@@ -291,26 +380,165 @@ class _Verifier:
                     f"retention expired the ids through {expired}, but {len(early)} file(s) of the table still hold "
                     f"some (e.g. {early[0]}): an expiry removed only part of them"
                 )
-        unchecked = self._unchecked(absent)
-        if unchecked.any():
+        if self.unchecked:
             report.notes.append(
-                f"{int(unchecked.sum())} event id(s) in the range of the {len(self.unread)} file(s) that could not "
+                f"{self.unchecked} event id(s) in the range of the {len(self.unread)} file(s) that could not "
                 "be read were not checked"
             )
-            absent = absent[~unchecked]
         if self.skipped:
             report.problems.append(
                 f"{self.skipped} file(s) not read: the {_GIVE_UP_AFTER} files before them failed with I/O errors in "
                 f"a row ({self.place} is not answering); not damage: verify again"
             )
-        if len(absent):
+        if self.missing.count:
             report.problems.append(
-                f"{len(absent)} event id(s) from {0 if expired is None else expired + 1} to {top} are neither in the "
-                "table nor in quarantine "
-                f"(the first: {_examples(absent)}{self._between(int(absent[0]))})"
+                f"{self.missing.count} event id(s) from {0 if expired is None else expired + 1} to {top} are neither "
+                "in the table nor in quarantine "
+                f"(the first: {self.missing.named()}{self._between(self.missing.examples[0])})"
             )
         self._note_beside()
         return report
+
+    # -- the sweep of the id space ----------------------------------------------------------------------
+    def _item(self, phase: int, index: int, table: LakeTable | QuarantineTable, f: DataFile) -> _Item:
+        """``f`` to be read whole in the window of its first event id (by its add action)."""
+        first = min(max(f.event_id_min, 0) // self.window, self.windows - 1)
+        return _Item(first, phase, index, table, f)
+
+    def _sweep(self, items: Sequence[_Item]) -> None:
+        """Read the files of ``items`` (sorted by the window they are read whole in) and judge 0..top window by window.
+
+        In each window: the files of the events table, then those of quarantine, each in its table's order
+        (as a single pass over the whole id space would read them, so each id is held first by the same file);
+        a file read whole in an earlier window has the row groups that hold ids of this one read again (their
+        ``event_id`` column only). Then the window's absent ids are counted and the ledger is cleared for the
+        next one. Windows that no file reaches are judged together, by arithmetic.
+        """
+        ledger = _Ledger(self.window if self.windows > 1 else self.top + 1)
+        queue = deque(items)
+        spanning: dict[tuple[int, int], _Item] = {}  # read whole, with ids of later windows to mark
+        window = 0
+        while window < self.windows:
+            upcoming = [min(it.seen.later) for it in spanning.values() if it.seen is not None]
+            if queue:
+                upcoming.append(queue[0].first)
+            reached = min(upcoming, default=self.windows)
+            if reached > window:
+                self._judge_span(window * self.window, min(self.top, reached * self.window - 1))
+                window = reached
+                continue
+            base = window * self.window
+            ledger.start(base, min(self.top, base + self.window - 1))
+            due = [it for it in spanning.values() if it.seen is not None and window in it.seen.later]
+            while queue and queue[0].first == window:
+                due.append(queue.popleft())
+            for it in sorted(due, key=lambda it: (it.phase, it.index)):
+                if it.seen is None:
+                    it.seen = self._read_whole(it, ledger)
+                    if it.seen is None:
+                        continue
+                else:
+                    self._read_again(it, window, ledger)
+                if it.seen.later:
+                    spanning[it.phase, it.index] = it
+                    continue
+                spanning.pop((it.phase, it.index), None)
+                self._judge_ids(it.f, it.seen, quarantine=it.quarantine)
+            self._judge_window(ledger)
+            window += 1
+
+    def _read_whole(self, it: _Item, ledger: _Ledger) -> _Seen | None:
+        """Read ``it``'s file whole, mark its ids of the ledger's window, and compare it with its add action."""
+        seen = self._read(it.table, it.f, it.columns, ledger, it.mark)
+        if seen is None:
+            return None
+        if it.quarantine:
+            self.report.quarantined_rows += seen.rows
+        else:
+            self.report.table_rows += seen.rows
+        self._compare(it.f, self.actions[it.phase].of(it.table.path_of(it.f.key)), seen, it.stats_columns)
+        if seen.no_reason:
+            self.report.problems.append(f"{it.f.key}: {seen.no_reason} quarantined record(s) without a reason")
+        if seen.early.count:
+            self.report.notes.append(
+                f"{it.f.key}: {seen.early.count} event id(s) below the first its add action gives (e.g. "
+                f"{seen.early.named()}), among ids judged before it was read: not checked against the other files"
+            )
+        return seen
+
+    def _read_again(self, it: _Item, window: int, ledger: _Ledger) -> None:
+        """Mark ``it``'s ids of ``window``: the ``event_id`` column of the row groups its whole read found holding
+        some. If that fails (one problem naming the file), its later windows are dropped: their ids unchecked."""
+        seen = it.seen
+        assert seen is not None
+        row_groups = sorted(seen.later.pop(window))
+        marked = False
+
+        def ids_of_window(parquet: pq.ParquetFile) -> None:
+            nonlocal marked
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=row_groups, columns=["event_id"]):
+                ids = _ids(batch.column("event_id"))
+                ids = ids[(ids >= ledger.base) & (ids <= ledger.last)]
+                marked = marked or bool(len(ids))
+                self._mark(ids, seen, ledger, it.mark)
+
+        if not self._attempt(it.table, it.f, ids_of_window, lambda: marked, identify=False):
+            seen.later.clear()
+
+    def _judge_window(self, ledger: _Ledger) -> None:
+        """Count the ledger's absent ids (expired ones and those in the range of a file that could not be read
+        aside), naming the first few, _CHUNK_IDS ids at a time; the window can then be dropped."""
+        start = ledger.base if self.expired is None else max(ledger.base, self.expired + 1)
+        for lo in range(start, ledger.last + 1, _CHUNK_IDS):
+            hi = min(ledger.last, lo + _CHUNK_IDS - 1)
+            absent = ledger.marks[lo - ledger.base : hi - ledger.base + 1] == _ABSENT
+            count = int(np.count_nonzero(absent))
+            if not count:
+                continue
+            unread = self._unread_in(lo, hi)
+            if not unread and len(self.missing.examples) >= _EXAMPLES:
+                self.missing.count += count
+                continue
+            ids = np.flatnonzero(absent)
+            ids += lo
+            if unread:
+                unchecked = np.zeros(len(ids), dtype=bool)
+                for a, b in unread:
+                    unchecked |= (ids >= a) & (ids <= b)
+                self.unchecked += int(np.count_nonzero(unchecked))
+                ids = ids[~unchecked]
+            self.missing.add(ids)
+
+    def _judge_span(self, lo: int, hi: int) -> None:
+        """Judge the ids ``lo``..``hi`` that no file reaches: every one is absent but the expired ones and those in
+        the range of a file that could not be read. Counted by arithmetic: nothing is allocated per id."""
+        if self.expired is not None:
+            lo = max(lo, self.expired + 1)
+        if lo > hi:
+            return
+        merged: list[list[int]] = []
+        for a, b in sorted(self._unread_in(lo, hi)):
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        covered = sum(b - a + 1 for a, b in merged)
+        self.unchecked += covered
+        self.missing.count += hi - lo + 1 - covered
+        at = lo
+        for a, b in [*merged, [hi + 1, hi + 1]]:
+            while at < a and len(self.missing.examples) < _EXAMPLES:
+                self.missing.examples.append(at)
+                at += 1
+            at = max(at, b + 1)
+
+    def _unread_in(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The event-id ranges (by their add actions) of the files that could not be read, within ``lo``..``hi``."""
+        return [
+            (max(g.event_id_min, lo), min(g.event_id_max, hi))
+            for g in self.unread
+            if g.row_count and g.event_id_min <= hi and g.event_id_max >= lo
+        ]
 
     # -- reading ----------------------------------------------------------------------------------------
     def _open(self, f: DataFile) -> _Opened:
@@ -353,7 +581,8 @@ class _Verifier:
     def _read(
         self, table: LakeTable | QuarantineTable, f: DataFile, columns: Sequence[str], ledger: _Ledger, mark: int
     ) -> _Seen | None:
-        """Stream ``f``'s columns into the ledger; None (and one problem naming the file and why) if it cannot be.
+        """Stream ``f``'s columns, row group by row group, marking its ids of the ledger's window (and noting the
+        row groups with ids of later windows); None (and one problem naming the file and why) if it cannot be.
 
         A failed read is tried once more (unless part of the file is in the ledger already: a second pass
         would count it twice). What is then reported is what is known: missing from storage; an I/O failure
@@ -362,40 +591,63 @@ class _Verifier:
         longer holds raises _Vanished (a newer snapshot exists). After _GIVE_UP_AFTER files in a row failed
         with I/O errors, the remaining files are not read, only counted.
         """
+        attempts: list[_Seen] = []
+
+        def whole(parquet: pq.ParquetFile) -> None:
+            seen = _Seen()
+            attempts.append(seen)
+            for group in range(parquet.num_row_groups):
+                for batch in parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=list(columns)):
+                    self._take(batch, seen, ledger, mark, group)
+
+        if not self._attempt(table, f, whole, lambda: bool(attempts and attempts[-1].rows), identify=True):
+            return None
+        self.report.files_checked += 1
+        return attempts[-1]
+
+    def _attempt(
+        self,
+        table: LakeTable | QuarantineTable,
+        f: DataFile,
+        body: Callable[[pq.ParquetFile], None],
+        progressed: Callable[[], bool],
+        *,
+        identify: bool,
+    ) -> bool:
+        """Open ``f`` and run ``body`` on it: True if that went through; False, with one problem, if it did not
+        (see :meth:`_read`). A failure is tried once more unless ``progressed()``; ``identify`` checks the file
+        against its add action first (its size, and on a local disk that it is no other key's file)."""
         if self.failed_in_a_row >= _GIVE_UP_AFTER:
             self.skipped += 1
             self.unread.append(f)
-            return None
+            return False
         error: BaseException | None = None
-        io = identified = False
+        io = False
         for _ in range(_READ_TRIES):
-            seen = _Seen()
             opened: _Opened | None = None
             try:
                 opened = self._open(f)
-                if not identified:
+                if identify:
                     self._identify(f, opened)
-                    identified = True
+                    identify = False
                 with pq.ParquetFile(opened.source) as parquet:
-                    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(columns)):
-                        self._take(batch, seen, ledger, mark)
+                    body(parquet)
             except FileNotFoundError as exc:
-                if not seen.rows:
+                if not progressed():
                     self._missing(table, f)
-                    return None
+                    return False
                 error, io = exc, True
                 break
             except (ReadFailed, OSError, ValueError, KeyError, pa.ArrowException) as exc:
                 error, io = exc, _is_io(exc, opened)
-                if seen.rows:
+                if progressed():
                     break
                 continue
             finally:
                 if opened is not None:
                     opened.close()
             self.failed_in_a_row = 0
-            self.report.files_checked += 1
-            return seen
+            return True
         assert error is not None  # the loop ends early only after a failure
         detail = str(error) if isinstance(error, ReadFailed) else f"{type(error).__name__}: {one_line(error)}"
         if io:
@@ -406,7 +658,7 @@ class _Verifier:
             self.report.problems.append(
                 f"{f.key}: unreadable: damaged, its bytes were read and do not decode as its table's Parquet ({detail})"
             )
-        return None
+        return False
 
     def _missing(self, table: LakeTable | QuarantineTable, f: DataFile) -> None:
         """``f`` is not in storage: gone with a newer version (raise _Vanished), or lost from the table (a problem)."""
@@ -433,27 +685,36 @@ class _Verifier:
         self.report.io_failures.append(f.key)
         self.report.problems.append(f"{f.key}: {what}")
 
-    def _unchecked(self, ids: np.ndarray) -> np.ndarray:
-        """A mask of ``ids`` that fall in the event-id range of a file that could not be read."""
-        mask = np.zeros(len(ids), dtype=bool)
-        for g in self.unread:
-            if g.row_count:
-                mask |= (ids >= g.event_id_min) & (ids <= g.event_id_max)
-        return mask
-
-    def _take(self, batch: pa.RecordBatch, seen: _Seen, ledger: _Ledger, mark: int) -> None:
+    def _take(self, batch: pa.RecordBatch, seen: _Seen, ledger: _Ledger, mark: int, row_group: int) -> None:
+        """One batch of a whole read: its statistics, and its ids sorted out by where they fall."""
         column = batch.column("event_id")
         seen.rows += batch.num_rows
         seen.null_ids += column.null_count
-        ids = column.drop_null().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        ids = _ids(column)
         for name in batch.schema.names:
             if name != "reason":
                 seen.bound(name, batch.column(name))
         if "reason" in batch.schema.names:
             reasons = pc.utf8_trim_whitespace(batch.column("reason"))
             seen.no_reason += int(pc.sum(pc.or_kleene(pc.is_null(reasons), pc.equal(reasons, ""))).as_py() or 0)
-        outside, in_table, in_quarantine = ledger.add(ids, mark)
-        seen.outside.add(outside)
+        outside = (ids < 0) | (ids > self.top)
+        if outside.any():
+            seen.outside.add(ids[outside])
+            ids = ids[~outside]
+        early = ids < ledger.base
+        if early.any():
+            seen.early.add(ids[early])
+            ids = ids[~early]
+        late = ids > ledger.last
+        if late.any():
+            for window in np.unique(ids[late] // self.window).tolist():
+                seen.later.setdefault(int(window), set()).add(row_group)
+            ids = ids[~late]
+        self._mark(ids, seen, ledger, mark)
+
+    @staticmethod
+    def _mark(ids: np.ndarray, seen: _Seen, ledger: _Ledger, mark: int) -> None:
+        in_table, in_quarantine = ledger.add(ids, mark)
         seen.in_table.add(in_table)
         seen.in_quarantine.add(in_quarantine)
 
@@ -471,7 +732,8 @@ class _Verifier:
                         f"{f.key}: {kind} {name} is {logged} in the log but {actual} in the file"
                     )
 
-    def _judge_ids(self, f: DataFile, seen: _Seen, top: int, *, quarantine: bool) -> None:
+    def _judge_ids(self, f: DataFile, seen: _Seen, *, quarantine: bool) -> None:
+        top = self.top
         what = "quarantined record(s)" if quarantine else "event id(s)"
         if seen.outside.count:
             self.report.problems.append(
@@ -509,31 +771,6 @@ class _Verifier:
         counts = Counter(f.key for f in files)
         for key in sorted(k for k, n in counts.items() if n > 1):
             self.report.problems.append(f"{key}: added to the {what} more than once")
-
-    def _verify_quarantine(self, ledger: _Ledger, top: int) -> None:
-        if self.quarantine is None:
-            return
-        files = self.quarantine.data_files()
-        self._check_held_once(files, "quarantine table")
-        stats = {r["path"]: r for r in self.quarantine.add_actions().to_pylist()}
-        pending = 0
-        for f in files:
-            if f.row_count and f.event_id_min > top:
-                pending += f.row_count  # beyond the committed position: not confirmed yet (or an orphan)
-                continue
-            seen = self._read(self.quarantine, f, QUARANTINE_COLUMNS, ledger, _IN_QUARANTINE)
-            if seen is None:
-                continue
-            self.report.quarantined_rows += seen.rows
-            self._compare(f, stats.get(self.quarantine.path_of(f.key), {}), seen, QUARANTINE_STATS_COLUMNS)
-            if seen.no_reason:
-                self.report.problems.append(f"{f.key}: {seen.no_reason} quarantined record(s) without a reason")
-            self._judge_ids(f, seen, top, quarantine=True)
-        if pending:
-            self.report.notes.append(
-                f"{pending} quarantined record(s) beyond the committed position: a flush in progress, "
-                "or the orphan of one that the pipeline's next start removes"
-            )
 
     def _note_beside(self) -> None:
         try:
@@ -597,7 +834,8 @@ def verify(storage: Storage, grace_seconds: float, now: float | None = None) -> 
     """Check the lake is whole at one version of its table; read-only, safe while the pipeline and compactor run.
 
     Runs on any backend (a local directory, S3-compatible object storage), streaming each file in batches
-    (memory bounded by the id range, not by rows or file sizes). Each file that cannot be read is one
+    and judging the ids window by window (memory bounded whatever the lake's size or the span of its ids:
+    see the module). Each file that cannot be read is one
     problem naming it, its cause known: missing, an I/O failure (``io_failures``: the disk or a request
     failed, which is never called damage) or damaged (``damaged``: bytes read that do not decode); after
     a few I/O failures in a row the rest is counted, not read. A file that leaves the table and storage
