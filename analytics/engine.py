@@ -10,11 +10,12 @@ no commit added (foreign, forged, orphaned, or removed by a compaction and await
 The lake may be on a local disk or on object storage (any :class:`lake.storage.Storage`). Locally DuckDB
 scans the files by path. On object storage a file is read through the storage, as Arrow (a small file in
 one GET, a larger one in ranged GETs: :mod:`analytics.reading`), and DuckDB runs the same SQL over those
-rows, so the figures are the same. In cached mode a refresh there reads each new file once and keeps
-every partial of it (:meth:`analytics.partials.PartialCache.for_storage`), so a query reads no file at
-all, with one exception: a time filter that does not start or end on a whole hour reads the files holding
-that partial hour again (a large file only its row groups of that hour), for the two hourly figures
-(heatmap and repeat offenders).
+rows, so the figures are the same. In cached mode a refresh reads each new file once (a compacted file
+whose aggregates the compactor persisted: only their coarse levels, from its aggregates file) and keeps
+its partials (:mod:`analytics.partials`). A query over whole days reads no file at all; the whole hours
+of a partly selected day, and the minutes of a partly selected hour, come from the next finer level:
+held in memory, else the file's aggregates file (the row groups of that level and span), and below the
+finest level the data files' rows (a large file only its row groups of that span).
 
 A file of the snapshot missing from storage while a refresh reads it means a newer snapshot exists (a
 compaction removed it and the clean-up deleted it): the refresh takes the newer snapshot and tries again,
@@ -91,7 +92,7 @@ from lake.aggregates import (
 )
 from lake.snapshot import Snapshot as TableSnapshot
 from lake.storage import LocalStorage, Storage
-from lake.table import AggregatesReader, SnapshotReader
+from lake.table import AggregatesReader, Persisted, SnapshotReader
 from utils.errors import LakeError
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,17 @@ class LakeAnalytics:
         """
         return [f.key for f in table.files if self.cache.get(f.info) is None and not self.storage.exists(f.key)]
 
+    def _persisted(self) -> Mapping[str, Persisted]:
+        """The aggregates table's files by data file; none if it is not used, or its log cannot be read now
+        (logged: the files are then read, which is slower, never wrong)."""
+        if self._aggregates is None:
+            return {}
+        try:
+            return self._aggregates.persisted()
+        except LakeError as exc:
+            log.warning("the aggregates table cannot be read (%s): the data files are read instead", exc)
+            return {}
+
     @sql_monitoring("refresh")
     def snapshot(self) -> Snapshot:
         """What the lake holds now: the table's newest snapshot and, in cached mode, the partials of its files.
@@ -168,12 +180,17 @@ class LakeAnalytics:
             missing: list[str] = []
             for attempt in range(_REFRESH_ATTEMPTS):
                 table = self._reader.snapshot()
+                stored = self._persisted()
                 last = self._last
-                if last is not None and last.lake.version == table.version and last.lake.files == table.files:
+                if (
+                    last is not None
+                    and last.lake.version == table.version
+                    and last.lake.files == table.files
+                    and not last.gains(stored)
+                ):
                     return last
                 con = self.connect()
                 try:
-                    stored = self._aggregates.persisted() if self._aggregates is not None else {}
                     partials, read = self.cache.ensure(con, self.storage, table.files, table.columns, stored)
                 except (duckdb.Error, OSError, pa.ArrowException) as exc:
                     missing = self._missing(table)
@@ -308,6 +325,15 @@ class Snapshot:
     @property
     def is_empty(self) -> bool:
         return self.lake.rows == 0
+
+    def gains(self, stored: Mapping[str, Persisted]) -> bool:
+        """Whether ``stored`` has aggregates files for files this view computed itself (committed since)."""
+        if self.partials is None:
+            return False
+        return any(
+            p.persisted is None and (s := stored.get(key)) is not None and s.source_rows == p.rows
+            for key, p in self.partials.items()
+        )
 
     @property
     def num_rows(self) -> int:
@@ -491,7 +517,12 @@ class Snapshot:
         """Whether any file of the snapshot holds door ids (record version 2 onwards)."""
         if self.partials is None:  # direct mode: ask the files
             return bool(not self.busiest_doors(ALL, limit=1).empty)
-        return bool(self.table(DOORS_DAY).num_rows > 0)
+        if self.table(DOORS_DAY).num_rows > 0:
+            return True
+        # files whose doors stay in their aggregates file (beyond the memory budget): ask them
+        if any(p.table(DOORS_DAY) is None for p in self._ordered()):
+            return bool(not self.busiest_doors(ALL, limit=1).empty)
+        return False
 
     @sql_monitoring("busiest doors")
     def busiest_doors(self, filters: Filters = ALL, *, limit: int = 15) -> pd.DataFrame:

@@ -8,9 +8,9 @@ obtains partials only for files it has not seen, the cheapest way that is exact:
 * **persisted** (a compacted file): its aggregates file in the aggregates table, committed by the compactor
   and matching the file's key and ``numRecords`` (:class:`lake.table.Persisted`). Only the coarse levels are
   held in memory (:data:`HELD_WHEN_PERSISTED`: hour and day cubes, hourly and daily arrivals, daily users and
-  doors); the fine ones (the minute cube, hourly users and doors) stay in the file, which a query over a
-  partly selected day reads with DuckDB (only the row groups of that level and span), or, on object
-  storage, the rows of the data file itself;
+  doors); the fine ones (the minute cube, hourly users and doors) stay in the file, whose row groups of that
+  level and span a query over a partly selected day reads (with DuckDB by path; on object storage in
+  ranged reads). If its aggregates file cannot be read, the data file is scanned instead;
 * **derived**: a compacted file whose sources are all held gets its partials by merging theirs: the file is
   in the table's snapshot (the log says it exists), its footer's ``badge.sources`` is read only as a hint
   naming the files it replaced, and the merge is used only if their row counts add up to the file's
@@ -133,6 +133,11 @@ def _minute_range(cube: pa.Table) -> tuple[int | None, int | None]:
     return int(mm["min"].as_py()), int(mm["max"].as_py())
 
 
+def _usable(p: Persisted | None, f: DataFile) -> bool:
+    """Whether the aggregates file ``p`` describes ``f`` as the log has it (its rows)."""
+    return p is not None and p.source_rows == f.row_count
+
+
 def _budgeted_bytes(partial: FilePartial) -> int:
     """Bytes of the budgeted levels a persisted file's partial holds (0 for any other partial)."""
     if partial.persisted is None:
@@ -241,18 +246,40 @@ class PartialCache:
         """
         out: dict[str, FilePartial] = {}
         missing: list[DataFile] = []
+        stored = persisted or {}
         for f in files:
             hit = self.get(f.info)
-            if hit is not None:
+            # a file computed here before its aggregates were committed: their coarse levels replace its own
+            fresh = hit is not None and hit.persisted is None and _usable(stored.get(f.key), f)
+            if hit is not None and not fresh:
                 out[f.key] = hit
             else:
                 missing.append(f)
-        stored = persisted or {}
-        usable = [f for f in missing if (p := stored.get(f.key)) is not None and p.source_rows == f.row_count]
+        usable = [f for f in missing if _usable(stored.get(f.key), f)]
         for f, partial in zip(usable, self._load(storage, usable, stored), strict=True):
-            out[f.key] = partial
-        loaded = {f.key for f in usable}
-        missing = [f for f in missing if f.key not in loaded]
+            if partial is not None:  # else unreadable: computed from the data file below
+                out[f.key] = partial
+        loaded = {f.key for f in usable if f.key in out}
+        try:
+            rest = [f for f in missing if f.key not in loaded]
+            return self._compute(con, storage, files=files, columns=columns, out=out, missing=rest, loaded=loaded)
+        except BaseException:
+            with self._lock:  # the budget reserved by what was loaded is not used
+                self._budgeted -= sum(_budgeted_bytes(out[k]) for k in loaded)
+            raise
+
+    def _compute(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        storage: Storage,
+        *,
+        files: Sequence[DataFile],
+        columns: Collection[str] | None,
+        out: dict[str, FilePartial],
+        missing: list[DataFile],
+        loaded: set[str],
+    ) -> tuple[dict[str, FilePartial], int]:
+        """The rest of :meth:`ensure`: derive or scan ``missing``, then cache them and ``loaded``."""
         to_scan: dict[str, list[DataFile]] = {agg.name: [] for agg in AGGREGATES}
         derived: dict[str, FilePartial] = {}
         current = {f.key for f in files}
@@ -298,38 +325,49 @@ class PartialCache:
         return out, len(read)
 
     def _store(self, out: dict[str, FilePartial], keys: Iterable[str]) -> None:
-        """Cache ``out[key]`` for ``keys``; a persisted file's budgeted levels only while the budget allows
-        (``out`` then says what is held)."""
+        """Cache ``out[key]`` for ``keys`` (the budget of a loaded file's levels was reserved when it was read)."""
         with self._lock:
             for key in keys:
-                partial = out[key]
-                size = _budgeted_bytes(partial)
-                if size and self._budgeted + size > self.held_budget_bytes:  # these stay in its aggregates file
-                    partial = out[key] = replace(partial, tables={**partial.tables, **{b.name: None for b in BUDGETED}})
-                    size = 0
                 old = self._by_key.get(key)
-                self._budgeted += size - (_budgeted_bytes(old) if old is not None else 0)
-                self._by_key[key] = partial
+                if old is not None:
+                    self._budgeted -= _budgeted_bytes(old)
+                self._by_key[key] = out[key]
 
-    def _load(self, storage: Storage, files: Sequence[DataFile], stored: Mapping[str, Persisted]) -> list[FilePartial]:
-        """The partials of ``files`` from their aggregates files (the levels held in memory only), read in parallel.
+    def _load(
+        self, storage: Storage, files: Sequence[DataFile], stored: Mapping[str, Persisted]
+    ) -> list[FilePartial | None]:
+        """The partials of ``files`` from their aggregates files (the levels held in memory only), read in parallel;
+        None for a file whose aggregates file cannot be read (it is then computed from its data file).
 
-        OSError / ArrowException / LakeError if one cannot be read (nothing of the refresh is kept then).
+        The budgeted levels of each are kept only if the budget has room once it is read (reserved then, so
+        memory never holds much more than the budget); else they stay in its aggregates file.
         """
         if not files:
             return []
 
-        def load(f: DataFile) -> FilePartial:
+        def load(f: DataFile) -> FilePartial | None:
             p = stored[f.key]
-            if isinstance(storage, LocalStorage):
-                rows = read_levels(str(storage.path(p.info.key)), HELD_WHEN_PERSISTED)
-            else:  # ranged reads: the footer, then the row groups of those levels
-                with storage.open_input(p.info.key) as source:
-                    rows = read_levels(source, HELD_WHEN_PERSISTED)
-            held = HELD_WHEN_PERSISTED
-            tables: dict[str, pa.Table | None] = {level.name: from_persisted(rows, level) for level in held}
+            try:
+                if isinstance(storage, LocalStorage):
+                    rows = read_levels(str(storage.path(p.info.key)), HELD_WHEN_PERSISTED)
+                else:  # ranged reads: the footer, then the row groups of those levels
+                    with storage.open_input(p.info.key) as source:
+                        rows = read_levels(source, HELD_WHEN_PERSISTED)
+            except (OSError, pa.ArrowException, LakeError) as exc:
+                log.warning("aggregates of %s not read (%s): computed from the data file", f.key, exc)
+                return None
+            tables: dict[str, pa.Table | None] = {
+                level.name: from_persisted(rows, level) for level in HELD_WHEN_PERSISTED
+            }
+            del rows
             lo, hi = _stat_minutes(f, tables[CUBE_HOUR.name])
-            return FilePartial(f.info, f.row_count, tables, lo, hi, persisted=p)
+            partial = FilePartial(f.info, f.row_count, tables, lo, hi, persisted=p)
+            size = _budgeted_bytes(partial)
+            with self._lock:
+                if self._budgeted + size <= self.held_budget_bytes:
+                    self._budgeted += size
+                    return partial
+            return replace(partial, tables={**tables, **{level.name: None for level in BUDGETED}})
 
         with ThreadPoolExecutor(min(LOAD_THREADS, len(files))) as pool:
             return list(pool.map(load, files))

@@ -19,13 +19,14 @@ exactly, so a roll-up is the sum of its buckets and any set of files is the sum 
 
 **Persisted.** The compactor computes every level of a compacted file from the rows it has just written
 (:func:`compute`) and stores them as one Parquet file of the **aggregates table**, a Delta table of its own
-at ``<lake>/aggregates`` (:class:`lake.table.AggregatesTable`), at the same relative path as the data file
-(``aggregates/compacted/date=.../compacted-....parquet`` holds the aggregates of
+at ``<lake>/aggregates`` (:class:`lake.table.AggregatesTable`), beside the data file's relative path
+(``aggregates/compacted/date=.../compacted-...~<12 hex>.parquet`` holds the aggregates of
 ``compacted/date=.../compacted-....parquet``). Guarantees:
 
 * an aggregate file is used only if a commit of the aggregates table adds it (a foreign file is inert),
-  only for the data file at its path, and only if the data file is in the events table's snapshot the
-  reader answers for with exactly the rows the aggregates were computed from (``source_rows``);
+  only for the data file its path names (:func:`source_of`), and only if the data file is in the events
+  table's snapshot the reader answers for with exactly the rows the aggregates were computed from
+  (``source_rows``); its name has a random part, so a name is never used twice;
 * data file names are unique and files are immutable, so an aggregate never goes stale: when its data
   file leaves the events table (compaction, retention) the aggregate is removed by the next commit of
   the aggregates table and deleted after grace like any file out of its table;
@@ -37,6 +38,8 @@ at ``<lake>/aggregates`` (:class:`lake.table.AggregatesTable`), at the same rela
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -116,7 +119,10 @@ class Aggregate:
         """The same aggregate over coarser buckets of ``time_us`` (a multiple of this one's)."""
         assert time_us % self.time_us == 0
         keys = ((time_column, f"{_OUT_US} // {time_us}", pa.int64()), *self.keys[1:])
-        return replace(self, name=name, time_column=time_column, time_us=time_us, keys=keys, base=self)
+        # a roll-up is small whatever the rows (one row per bucket and key): always kept
+        return replace(
+            self, name=name, time_column=time_column, time_us=time_us, keys=keys, base=self, always_keep=True
+        )
 
     def raw_select(self, sign: int = 1) -> str:
         """Projection of source rows onto this aggregate's columns (one row each), for direct reads.
@@ -278,6 +284,23 @@ PERSISTED_SCHEMA: Final = pa.schema(
     ]
 )
 STATS_COLUMNS: Final[tuple[str, ...]] = (SOURCE_ROWS,)
+
+
+_SUFFIX: Final = ".parquet"
+_NAMED: Final = re.compile(r"(.+)~[0-9a-f]{12}\.parquet")
+
+
+def file_path(source: str) -> str:
+    """A new path (relative to the aggregates table) for aggregates of the data file ``source``: its path with a
+    random part, so that no path is ever used twice (a name never comes back, as for data files)."""
+    stem = source.removesuffix(_SUFFIX)
+    return f"{stem}~{uuid.uuid4().hex[:12]}{_SUFFIX}"
+
+
+def source_of(path: str) -> str | None:
+    """The data file an aggregates file's path (relative to its table) describes; None if it names none."""
+    named = _NAMED.fullmatch(path)
+    return None if named is None else f"{named.group(1)}{_SUFFIX}"
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

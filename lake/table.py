@@ -579,8 +579,10 @@ class Persisted:
 class AggregatesTable(_DeltaFiles):
     """The aggregates table at ``<lake>/aggregates``: persisted pre-aggregates of the events table's data files.
 
-    Each file sits at the data file's own path under ``aggregates/`` and is used only while a commit of this
-    table adds it and its data file is in the events table with the rows it was computed from.
+    Each file sits beside the data file's own path under ``aggregates/``, named after it plus a random part
+    (``aggregates/compacted/date=.../x~<12 hex>.parquet`` for ``compacted/date=.../x.parquet``), so no name is
+    ever used twice, and is used only while a commit of this table adds it and its data file is in the events
+    table with the rows it was computed from.
     """
 
     @classmethod
@@ -597,23 +599,32 @@ class AggregatesTable(_DeltaFiles):
         return None if opened is None else cls(storage, aggregates.ZONE, opened)
 
     def key_for(self, source: str) -> str:
-        """Where the aggregates of the data file ``source`` are kept."""
-        return self.key_of(source)
+        """A new key for aggregates of the data file ``source`` (never used before: a random part)."""
+        return self.key_of(aggregates.file_path(source))
 
-    def persisted(self) -> dict[str, Persisted]:
-        """The aggregates files of the handle's version, by the data file they describe."""
+    def entries(self) -> list[Persisted]:
+        """Every aggregates file of the handle's version that describes a data file, sorted by key."""
         actions = self.add_actions()
         if actions.num_rows == 0:
-            return {}
+            return []
         cols = actions.to_pydict()
         rows = cols.get(f"min.{aggregates.SOURCE_ROWS}", [None] * actions.num_rows)
         top = cols.get(f"max.{aggregates.SOURCE_ROWS}", [None] * actions.num_rows)
-        out: dict[str, Persisted] = {}
+        out: list[Persisted] = []
         for i, path in enumerate(cols["path"]):
-            if rows[i] is None or rows[i] != top[i]:
-                continue  # not one of ours: no single row count
+            source = aggregates.source_of(str(path))
+            if source is None or rows[i] is None or rows[i] != top[i]:
+                continue  # not one of ours: no data file named, or no single row count
             info = FileInfo(self.key_of(path), int(cols["size_bytes"][i]), int(cols["modification_time"][i]) * 10**6)
-            out[str(path)] = Persisted(info, str(path), int(rows[i]))
+            out.append(Persisted(info, source, int(rows[i])))
+        return sorted(out, key=lambda p: p.info.key)
+
+    def persisted(self) -> dict[str, Persisted]:
+        """The aggregates files of the handle's version by the data file they describe (the first by key where
+        two describe one: both were computed from the same immutable file)."""
+        out: dict[str, Persisted] = {}
+        for p in self.entries():
+            out.setdefault(p.source, p)
         return out
 
     def update(self, added: Sequence[tuple[FileInfo, FileStats]], removed: Sequence[Persisted]) -> None:
@@ -636,14 +647,21 @@ class AggregatesReader:
         self._table: AggregatesTable | None = None
 
     def persisted(self) -> dict[str, Persisted]:
-        """The newest version's aggregates files by data file (none while the table does not exist)."""
-        if self._table is None:
-            self._table = AggregatesTable.open(self.storage)
+        """The newest version's aggregates files by data file (none while the table does not exist).
+
+        Raises LakeError if the log cannot be read (the handle is opened afresh next time).
+        """
+        try:
             if self._table is None:
-                return {}
-        else:
-            self._table.refresh()
-        return self._table.persisted()
+                self._table = AggregatesTable.open(self.storage)
+                if self._table is None:
+                    return {}
+            else:
+                self._table.refresh()
+            return self._table.persisted()
+        except LakeError:
+            self._table = None
+            raise
 
 
 def read_snapshot(storage: Storage) -> Snapshot:

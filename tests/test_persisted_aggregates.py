@@ -31,10 +31,11 @@ from lake.compaction import Compactor
 from lake.compaction.aggregating import AggregateSync
 from lake.filestats import FileStats
 from lake.storage import LocalStorage
-from lake.table import AggregatesTable, read_snapshot
+from lake.table import AggregatesReader, AggregatesTable, read_snapshot
 from testkit import lakes as lg
 from testkit.landing import publish_landing
 from testkit.processes import make_settings
+from utils.errors import LakeError
 from utils.records import BUILDINGS, DEPARTMENTS
 
 START = lg.DEFAULT_START
@@ -183,7 +184,7 @@ def test_an_aggregates_file_no_commit_added_is_inert(built: tuple[lg.BuiltLake, 
     forged = pa.table(
         {"level": ["cube_day"], "source_rows": [lake.landing[0].size], "bucket": [20_000], "events": [10**9]}
     )
-    target = root / aggregates.ZONE / landing
+    target = root / aggregates.ZONE / aggregates.file_path(landing)
     target.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(forged, target)
     snap = LakeAnalytics(storage).snapshot()
@@ -204,7 +205,8 @@ def test_committed_aggregates_of_other_rows_are_not_used(
     rows = aggregates.to_persisted({CUBE_DAY.name: pa.table({"day": [20_000], "dept": ["HR"]})}, 999_999)
     tmp = storage.new_temp_path("forged")
     aggregates.write_persisted(rows, str(tmp))
-    info = storage.publish(tmp, f"{aggregates.ZONE}/{layout.LANDING}", victim.key.split("/")[-1])
+    name = aggregates.file_path(victim.key).split("/")[-1]
+    info = storage.publish(tmp, f"{aggregates.ZONE}/{layout.LANDING}", name)
     table.update([(info, FileStats.of_table(rows, aggregates.STATS_COLUMNS))], [])
     assert victim.key in table.persisted()
     snap = LakeAnalytics(storage).snapshot()
@@ -226,7 +228,7 @@ def test_the_compactor_persists_backfills_and_retires_aggregates(tmp_path: Path)
     assert table is not None and set(table.persisted()) == outputs
     # exact: the persisted levels are those of the output's rows
     for key in outputs:
-        stored = pq.read_table(storage.path(table.key_for(key)))
+        stored = pq.read_table(storage.path(table.persisted()[key].info.key))
         direct = aggregates.compute_file(__import__("duckdb").connect(), str(storage.path(key)))
         for level in aggregates.LEVELS:
             mine = aggregates.from_persisted(stored, level).sort_by([(n, "ascending") for n in level.schema.names])
@@ -295,3 +297,96 @@ def test_beyond_the_memory_budget_levels_stay_in_the_aggregates_files_and_stay_e
         assert _figures(snap, f) == _figures(reference, f), f
     engine.cache.retain([])
     assert engine.cache.budgeted_bytes == 0
+
+
+def _copy(lake: lg.BuiltLake, tmp_path: Path) -> LocalStorage:
+    root = tmp_path / "lake"
+    shutil.copytree(lake.storage.root, root)
+    return LocalStorage(root)
+
+
+def test_a_commit_that_fails_after_landing_leaves_its_files(
+    built: tuple[lg.BuiltLake, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake, truth = built
+    storage = _copy(lake, tmp_path)
+    table = AggregatesTable.open(storage)
+    assert table is not None
+    table.update([], table.entries())  # as if the compactor had not written them yet
+    real = AggregatesTable.update
+
+    def lands_then_fails(self: AggregatesTable, *args: object, **kwargs: object) -> None:
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+        raise LakeError("the answer to the commit was lost")
+
+    monkeypatch.setattr(AggregatesTable, "update", lands_then_fails)
+    assert _sync(storage) == (0, 0)  # logged, not raised
+    monkeypatch.undo()
+    committed = AggregatesTable.open(storage).persisted()  # type: ignore[union-attr]
+    assert set(committed) == {f.key for f in lake.compacted}
+    assert all(storage.exists(p.info.key) for p in committed.values())  # not deleted: they are in the table
+    snap = LakeAnalytics(storage).snapshot()
+    assert snap.partials is not None and all(snap.partials[f.key].persisted for f in lake.compacted)
+    assert snap.kpis().total_events == len(truth)
+
+
+def test_a_file_whose_aggregates_cannot_be_computed_does_not_hold_up_the_others(
+    built: tuple[lg.BuiltLake, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake, _ = built
+    storage = _copy(lake, tmp_path)
+    table = AggregatesTable.open(storage)
+    assert table is not None
+    table.update([], table.entries())
+    bad = lake.compacted[0].key
+    real = AggregateSync._compute
+
+    def fails_for_one(self: AggregateSync, f: object) -> pa.Table:
+        if getattr(f, "key", None) == bad:
+            raise OSError("EIO")
+        return real(self, f)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AggregateSync, "_compute", fails_for_one)
+    assert _sync(storage) == (len(lake.compacted) - 1, 0)
+    assert bad not in AggregatesTable.open(storage).persisted()  # type: ignore[union-attr]
+    monkeypatch.undo()
+    assert _sync(storage) == (1, 0)  # tried again next time
+
+
+def test_unreadable_aggregates_make_the_dashboard_read_the_data_files(
+    built: tuple[lg.BuiltLake, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake, truth = built
+    storage = _copy(lake, tmp_path)
+    reference = _figures(LakeAnalytics(storage, mode="direct").snapshot(), ALL)
+    # one aggregates file gone from disk though committed
+    gone = AggregatesTable.open(storage).persisted()[lake.compacted[0].key]  # type: ignore[union-attr]
+    assert storage.delete(gone.info.key)
+    snap = LakeAnalytics(storage).snapshot()
+    assert snap.partials is not None and snap.partials[lake.compacted[0].key].persisted is None
+    assert _figures(snap, ALL) == reference
+    # the aggregates table's log unreadable
+    monkeypatch.setattr(AggregatesReader, "persisted", lambda self: (_ for _ in ()).throw(LakeError("EIO")))
+    snap = LakeAnalytics(storage).snapshot()
+    assert snap.partials is not None and not any(p.persisted for p in snap.partials.values())
+    assert snap.kpis().total_events == len(truth) and _figures(snap, ALL) == reference
+
+
+def test_aggregates_committed_after_a_refresh_replace_what_it_computed(
+    built: tuple[lg.BuiltLake, pd.DataFrame], tmp_path: Path
+) -> None:
+    lake, _ = built
+    storage = _copy(lake, tmp_path)
+    table = AggregatesTable.open(storage)
+    assert table is not None
+    table.update([], table.entries())
+    engine = LakeAnalytics(storage)
+    first = engine.snapshot()
+    assert first.partials is not None and not any(p.persisted for p in first.partials.values())
+    assert _sync(storage) == (len(lake.compacted), 0)  # the compactor catches up; the events table is unchanged
+    second = engine.snapshot()
+    assert second is not first and second.partials is not None
+    assert all(second.partials[f.key].persisted is not None for f in lake.compacted)
+    assert all(second.partials[f.key].table(CUBE) is None for f in lake.compacted)  # the fine levels let go
+    assert _figures(second, ALL) == _figures(first, ALL)
+    assert engine.snapshot() is second

@@ -12,7 +12,6 @@ cycle; they never affect the events table, and a reader without an aggregate com
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
@@ -99,45 +98,48 @@ class AggregateSync:
         self.forget([k for k in self._fresh if k not in compacted])
         if not compacted and not self.storage.has_table(aggregates.ZONE):
             return 0, 0
+        if self._before_commit is not None:
+            self._before_commit()  # a compactor that lost its lease publishes nothing
         table = self._open()
-        persisted = table.persisted()
-        current = {k for k, p in persisted.items() if k in compacted and compacted[k].row_count == p.source_rows}
-        stale = [p for k, p in persisted.items() if k not in current]
+        chosen = table.persisted()
+        current = {k for k, p in chosen.items() if k in compacted and compacted[k].row_count == p.source_rows}
+        # of the others: data file gone (compacted again, expired) or other rows, or a second one of a file
+        stale = [p for p in table.entries() if p.source not in current or chosen[p.source] != p]
         wanted = [f for key, f in compacted.items() if key not in current]
         wanted.sort(key=lambda f: (f.key not in self._fresh, f.event_id_min))  # just written first
         todo = [f for f in wanted if f.key in self._fresh] + [f for f in wanted if f.key not in self._fresh][:backfill]
         added: list[tuple[FileInfo, FileStats]] = []
-        try:
-            for f in todo:
+        for f in todo:
+            try:
                 added.append(self._publish(table, f))
-            if self._before_commit is not None and (added or stale):
+            except LeaseLostError:
+                raise
+            except (LakeError, OSError, duckdb.Error, pa.ArrowException) as exc:  # the others go on
+                self.forget([f.key])
+                log.warning("aggregates of %s not written (%s); tried again next cycle", f.key, exc)
+        if added or stale:
+            if self._before_commit is not None:
                 self._before_commit()  # LakeError (lease lost or unverifiable): nothing committed
+            # If this raises, the commit may have landed: the files stay (unique names; an uncommitted one is
+            # deleted by the clean-up after grace, like any file out of its table).
             table.update(added, stale)
-        except BaseException:
-            for info, _ in added:  # never committed: no reader can have seen them
-                with contextlib.suppress(OSError, LakeError):
-                    self.storage.delete(info.key)
-            raise
         self.forget([f.key for f in todo])
         if added or stale:
             log.info("aggregates table: %d file(s) added, %d removed", len(added), len(stale))
         return len(added), len(stale)
 
     def _publish(self, table: AggregatesTable, f: DataFile) -> tuple[FileInfo, FileStats]:
-        """Write and publish the aggregates of ``f`` at their place (replacing an uncommitted leftover there)."""
+        """Write and publish the aggregates of ``f`` under a new name (nothing is ever overwritten)."""
         rows = self._fresh.get(f.key)
         if rows is None:
             rows = self._compute(f)
         counted = aggregates.persisted_rows(rows)
         if counted != f.row_count:
             raise LakeError(f"the aggregates of {f.key} are of {counted} rows, not {f.row_count}")
-        key = table.key_for(f.key)
-        where = PurePosixPath(key)
+        where = PurePosixPath(table.key_for(f.key))
         tmp = self.storage.new_temp_path(f"{aggregates.ZONE}-{where.name}")
         try:
             aggregates.write_persisted(rows, str(tmp))
-            # A file at that place is in no commit (the table lacks it): a leftover of a failed sync.
-            self.storage.delete(key)
             info = self.storage.publish(tmp, str(where.parent), where.name)
         finally:
             tmp.unlink(missing_ok=True)

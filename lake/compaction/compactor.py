@@ -403,10 +403,12 @@ class Compactor:
                 break
             report.compactions.append(metrics)
             report.unreadable.extend(metrics.unreadable)
+            if metrics.version is not None:  # its outputs' aggregates, before a reader computes them itself
+                self.sync_aggregates()
             if metrics.interrupted or metrics.stale or (metrics.files_in == 0 and not metrics.unreadable):
                 break
         if not self.stop_event.is_set():
-            self.sync_aggregates()
+            self.sync_aggregates()  # missing ones (a few), and those of files retention removed
         if not self.stop_event.is_set():
             report.deleted = self.clean_up()
         return report
