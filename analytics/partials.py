@@ -84,7 +84,7 @@ HELD_WHEN_PERSISTED: Final[tuple[Aggregate, ...]] = (CUBE_HOUR, CUBE_DAY, ARRIVA
 # budget allows, else read from the aggregates file by the queries that need them.
 BUDGETED: Final[tuple[Aggregate, ...]] = (ARRIVALS, USERS_DAY, DOORS_DAY)
 HELD_BUDGET_BYTES: Final = 256 * 1024 * 1024
-LOAD_THREADS: Final = 4  # aggregates files read at once on a cold refresh (I/O bound)
+LOAD_THREADS: Final = 2  # aggregates files read at once on a cold refresh (more: more memory held by readers)
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ from typing import Any
 from benchmarks.suite import fmt, machine
 from testkit.processes import free_port, running_service
 from utils.config import Settings, load_settings
+from utils.memory import with_preferred_pool
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -328,7 +329,8 @@ def _dashboard_child(lake: str, warm_runs: int) -> None:
 def dashboard(lake: Path, env: Mapping[str, str], log: Path, warm_runs: int, timeout: float) -> dict[str, Any]:
     out = log.with_suffix(".json")
     code = f"from benchmarks.bench_scale import _dashboard_child; _dashboard_child({str(lake)!r}, {warm_runs})"
-    proc = Proc([PYTHON, "-c", code], env, log, stdout=out)
+    # as analytics_app.py starts the dashboard: with Arrow's jemalloc pool (utils/memory.py)
+    proc = Proc([PYTHON, "-c", code], with_preferred_pool(env), log, stdout=out)
     try:
         if proc.wait(timeout) != 0:
             raise RuntimeError(f"the dashboard process exited with {proc.status}{proc.tail()}")

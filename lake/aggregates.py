@@ -38,6 +38,7 @@ at ``<lake>/aggregates`` (:class:`lake.table.AggregatesTable`), beside the data 
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -422,8 +424,19 @@ def to_persisted(levels: Mapping[str, pa.Table], source_rows: int) -> pa.Table:
 
 
 def write_persisted(table: pa.Table, sink: str) -> None:
-    """Write a persisted file (small row groups, so one level's span is read alone)."""
-    pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+    """Write a persisted file: each level in row groups of its own (of at most ROW_GROUP_ROWS rows), so a reader
+    of some levels, or of one level's span, reads only those row groups."""
+    with pq.ParquetWriter(sink, table.schema, compression="zstd") as writer:
+        if table.num_rows == 0:
+            return
+        levels = table.column(LEVEL).combine_chunks()
+        if levels.null_count:  # the marker row of an empty data file: one row group
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            return
+        changes = pc.not_equal(levels.slice(1), levels.slice(0, len(levels) - 1)).to_numpy(zero_copy_only=False)
+        starts = [0, *(np.flatnonzero(changes) + 1).tolist(), len(levels)]
+        for lo, hi in itertools.pairwise(starts):
+            writer.write_table(table.slice(lo, hi - lo), row_group_size=ROW_GROUP_ROWS)
 
 
 def _may_hold(stats: pq.Statistics | None, lo: Any, hi: Any) -> bool:

@@ -1,4 +1,4 @@
-"""utils.memory: the compactor process starts with Arrow's jemalloc pool, unless the user chose one."""
+"""utils.memory: the compactor and dashboard processes start with Arrow's jemalloc pool, unless the user chose one."""
 
 from __future__ import annotations
 
@@ -25,6 +25,24 @@ def _pool_of_the_compactor(**env: str) -> str:
 
 def test_the_compactor_process_uses_jemalloc() -> None:
     assert _pool_of_the_compactor() == "jemalloc"  # pyarrow's Linux wheels carry it
+
+
+# What `streamlit run analytics_app.py` does (the page itself replaced by a stand-in), then pyarrow's pool.
+DASHBOARD_PROBE = (
+    "import sys, types; sys.modules['analytics.dashboard'] = types.SimpleNamespace(main=lambda: None); "
+    "import analytics_app, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+)
+
+
+@pytest.mark.parametrize(("chosen", "expected"), [("", "jemalloc"), ("system", "system")])
+def test_the_dashboard_process_uses_jemalloc_unless_told_otherwise(chosen: str, expected: str) -> None:
+    base = {k: v for k, v in os.environ.items() if k != POOL_ENV}
+    env = {**base, POOL_ENV: chosen} if chosen else base
+    done = subprocess.run(
+        [PYTHON, "-c", DASHBOARD_PROBE], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
 
 
 @pytest.mark.parametrize("chosen", ["system", "mimalloc"])
