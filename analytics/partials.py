@@ -67,7 +67,9 @@ from lake.aggregates import (
     from_persisted,
     merge_tables,
     read_levels,
-    with_rollups,
+    roll_up,
+    rollups_by_file,
+    split_by_file,
 )
 from lake.snapshot import DataFile
 from lake.storage import FileInfo, LocalStorage, Storage
@@ -77,6 +79,7 @@ from utils.errors import LakeError
 log = logging.getLogger(__name__)
 
 MINUTES_PER_HOUR: Final = 60
+USER_ID: Final = "user_id"
 KEEP_EVERY_PARTIAL: Final = 1.0  # a users_max_share that keeps every users partial (it never outgrows its file)
 # The levels held in memory for a file whose aggregates are persisted; the others are read from the file.
 HELD_WHEN_PERSISTED: Final[tuple[Aggregate, ...]] = (CUBE_HOUR, CUBE_DAY, ARRIVALS, ARRIVALS_DAY, USERS_DAY, DOORS_DAY)
@@ -84,6 +87,7 @@ HELD_WHEN_PERSISTED: Final[tuple[Aggregate, ...]] = (CUBE_HOUR, CUBE_DAY, ARRIVA
 # budget allows, else read from the aggregates file by the queries that need them.
 BUDGETED: Final[tuple[Aggregate, ...]] = (ARRIVALS, USERS_DAY, DOORS_DAY)
 HELD_BUDGET_BYTES: Final = 256 * 1024 * 1024
+SCAN_BATCH_ROWS: Final = 2_000_000  # data rows aggregated per DuckDB query when files are scanned
 LOAD_THREADS: Final = 2  # aggregates files read at once on a cold refresh (more: more memory held by readers)
 
 
@@ -115,17 +119,6 @@ def holds(storage: LocalStorage, key: str, column: str) -> bool:
     return column in pq.read_schema(storage.path(key)).names
 
 
-def _split_by_file(table: pa.Table) -> dict[int, pa.Table]:
-    """Rows grouped by ``file_index`` (the table is sorted by it), without that column."""
-    if table.num_rows == 0:
-        return {}
-    codes = table.column("file_index").to_numpy()
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1])
-    ends = np.concatenate([starts[1:], [len(codes)]])
-    body = table.drop_columns(["file_index"])
-    return {int(codes[s]): body.slice(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)}
-
-
 def _minute_range(cube: pa.Table) -> tuple[int | None, int | None]:
     if cube.num_rows == 0:
         return None, None
@@ -143,6 +136,26 @@ def _budgeted_bytes(partial: FilePartial) -> int:
     if partial.persisted is None:
         return 0
     return sum(t.nbytes for level in BUDGETED if (t := partial.table(level)) is not None)
+
+
+def _compact(tables: Mapping[str, pa.Table | None]) -> dict[str, pa.Table | None]:
+    """``tables`` as held in memory: the employee ids dictionary-encoded (an index a row, each id once a table),
+    which takes the per-employee partials from about 80 to about 40 bytes a row. Queries read either form."""
+    return {name: _encoded(table) for name, table in tables.items()}
+
+
+def _encoded(table: pa.Table | None) -> pa.Table | None:
+    if table is None or USER_ID not in table.column_names or pa.types.is_dictionary(table.schema.field(USER_ID).type):
+        return table
+    return table.set_column(table.schema.get_field_index(USER_ID), USER_ID, pc.dictionary_encode(table.column(USER_ID)))
+
+
+def _held_rollup(level: Aggregate, table: pa.Table, tables: Mapping[str, pa.Table | None]) -> pa.Table | None:
+    """A roll-up as a scanned or derived file holds it: only if its base is not held, or it is much smaller (a
+    small landing file's per-employee rows per day are about its rows per hour: the hourly ones answer both)."""
+    assert level.base is not None
+    base = tables.get(level.base.name)
+    return table if base is None or 2 * table.num_rows <= base.num_rows else None
 
 
 def _stat_minutes(f: DataFile, cube_hour: pa.Table | None) -> tuple[int | None, int | None]:
@@ -298,27 +311,31 @@ class PartialCache:
         else:
             scanned = self._scan_objects(con, storage, [f for f in missing if any(f.key in w for w in wanted.values())])
         read = set().union(*wanted.values())
+        whole = [f for f in missing if f.key not in derived]  # every base scanned: their roll-ups in one go
+        rolled = rollups_by_file(
+            con,
+            {f.key: {a.name: scanned[a.name].get(f.key, a.schema.empty_table()) for a in AGGREGATES} for f in whole},
+        )
         for f in missing:
             if f.key in derived and f.key not in wanted[USERS.name]:
                 out[f.key] = derived[f.key]
                 continue
-            bases = {
-                agg.name: scanned[agg.name].get(f.key, agg.schema.empty_table())
-                for agg in AGGREGATES
-                if f.key in wanted[agg.name]
-            }
             if f.key in derived:  # only its users were read: the rest is merged
                 tables = dict(derived[f.key].tables)
-                users = with_rollups(con, {a.name: bases.get(a.name, a.schema.empty_table()) for a in AGGREGATES})
-                tables[USERS.name] = self._kept(USERS, users[USERS.name], f.row_count)
-                tables[USERS_DAY.name] = users[USERS_DAY.name]
+                users = scanned[USERS.name].get(f.key, USERS.schema.empty_table())
+                tables[USERS.name] = self._kept(USERS, users, f.row_count)
+                tables[USERS_DAY.name] = _held_rollup(USERS_DAY, roll_up(con, USERS_DAY, users), tables)
             else:
-                levels = with_rollups(con, bases)
-                tables = {level.name: self._kept(level, levels[level.name], f.row_count) for level in LEVELS}
+                levels = rolled[f.key]
+                tables = {}
+                for level in LEVELS:  # bases first: a roll-up is held only where it saves much over its base
+                    tables[level.name] = self._kept(level, levels[level.name], f.row_count)
+                    if level.base is not None:
+                        tables[level.name] = _held_rollup(level, levels[level.name], tables)
             cube = tables[CUBE.name]
             assert cube is not None
             lo, hi = _minute_range(cube)
-            out[f.key] = FilePartial(f.info, f.row_count, tables, lo, hi, derived=f.key in derived)
+            out[f.key] = FilePartial(f.info, f.row_count, _compact(tables), lo, hi, derived=f.key in derived)
         self._store(out, loaded | {f.key for f in missing})
         if read:
             log.debug("read %d files for partial aggregates", len(read))
@@ -361,7 +378,7 @@ class PartialCache:
             }
             del rows
             lo, hi = _stat_minutes(f, tables[CUBE_HOUR.name])
-            partial = FilePartial(f.info, f.row_count, tables, lo, hi, persisted=p)
+            partial = FilePartial(f.info, f.row_count, _compact(tables), lo, hi, persisted=p)
             size = _budgeted_bytes(partial)
             with self._lock:
                 if self._budgeted + size <= self.held_budget_bytes:
@@ -379,8 +396,9 @@ class PartialCache:
 
         Which files it replaced comes from its footer's hint; it is used only if none of them is still in
         the snapshot (``current``) and their rows add up to ``f``'s ``numRecords`` in the log. Every level
-        is merged; a level some source lacks (its users, or the fine levels of a persisted source) is
-        missing in the result too, and a missing cube makes the file scanned instead.
+        is merged, or rolled up from the merged base where some source does not hold it; a level that is
+        neither (its users: the caller reads them) is missing, and a missing cube (a source's fine levels
+        are in its aggregates file) makes the file scanned instead.
         """
         hint = sources_hint(storage, f)
         if not hint or len(set(hint)) != len(hint) or current.intersection(hint):
@@ -390,19 +408,27 @@ class PartialCache:
         sources = [p for p in parts if p is not None]
         if len(sources) != len(parts) or sum(p.rows for p in sources) != f.row_count:
             return None
+        full: dict[str, pa.Table | None] = {}
+        for level in LEVELS:  # bases first
+            pieces = [p.table(level) for p in sources]
+            base = full.get(level.base.name) if level.base is not None else None
+            if all(t is not None for t in pieces):
+                full[level.name] = merge_tables(con, level, [t for t in pieces if t is not None])
+            elif level.base is not None and base is not None:
+                full[level.name] = roll_up(con, level, base)
+            else:
+                full[level.name] = None
         tables: dict[str, pa.Table | None] = {}
         for level in LEVELS:
-            pieces = [p.table(level) for p in sources]
-            if any(t is None for t in pieces):
-                tables[level.name] = None
-                continue
-            merged = merge_tables(con, level, [t for t in pieces if t is not None])
-            tables[level.name] = self._kept(level, merged, f.row_count)
+            table = full[level.name]
+            tables[level.name] = None if table is None else self._kept(level, table, f.row_count)
+            if level.base is not None and table is not None:
+                tables[level.name] = _held_rollup(level, table, tables)
         cube = tables[CUBE.name]
-        if cube is None or any(tables[level.name] is None for level in HELD_WHEN_PERSISTED):
+        if cube is None:
             return None
         lo, hi = _minute_range(cube)
-        return FilePartial(f.info, f.row_count, tables, lo, hi, derived=True)
+        return FilePartial(f.info, f.row_count, _compact(tables), lo, hi, derived=True)
 
     def _scan(
         self,
@@ -412,18 +438,27 @@ class PartialCache:
         files: Sequence[DataFile],
         columns: Collection[str] | None,
     ) -> dict[str, pa.Table]:
-        """This aggregate's partial of each file, read in one DuckDB query over all of them (of those that hold the
-        column it requires: the others have none of its rows; with a table that lacks it, none does)."""
+        """This aggregate's partial of each file (of those that hold the column it requires: the others have none of
+        its rows; with a table that lacks it, none does), read in one DuckDB query per batch of files of about
+        ``SCAN_BATCH_ROWS`` rows: few queries for many small files, and memory for one batch's result."""
         if aggregate.requires is not None:
             if columns is not None and aggregate.requires not in columns:
                 return {}
             files = [f for f in files if holds(storage, f.key, aggregate.requires)]
-        if not files:
-            return {}
-        result = con.sql(
-            aggregate.scan_sql(), params={"files": [str(storage.path(f.key)) for f in files]}
-        ).to_arrow_table()
-        return {files[i].key: conform(t, aggregate.schema) for i, t in _split_by_file(result).items()}
+        out: dict[str, pa.Table] = {}
+        start = 0
+        while start < len(files):
+            end, rows = start, 0
+            while end < len(files) and (end == start or rows + files[end].row_count <= SCAN_BATCH_ROWS):
+                rows += files[end].row_count
+                end += 1
+            batch = files[start:end]
+            result = con.sql(
+                aggregate.scan_sql(), params={"files": [str(storage.path(f.key)) for f in batch]}
+            ).to_arrow_table()
+            out.update({batch[i].key: conform(t, aggregate.schema) for i, t in split_by_file(result).items()})
+            start = end
+        return out
 
     def _scan_objects(
         self, con: duckdb.DuckDBPyConnection, storage: Storage, files: Sequence[DataFile]
@@ -449,7 +484,7 @@ class PartialCache:
                 cur.register("file_rows", pa.concat_tables(batch))
                 for agg in AGGREGATES:
                     result = cur.sql(agg.scan_sql("file_rows")).to_arrow_table()
-                    for index, table in _split_by_file(result).items():
+                    for index, table in split_by_file(result).items():
                         pieces[agg.name].setdefault(index, []).append(conform(table, agg.schema))
             finally:
                 cur.close()

@@ -65,6 +65,7 @@ ZONE: Final = "aggregates"  # the aggregates table's root under the lake
 TABLE_NAME: Final = "badge_aggregates"
 CHUNK_ROWS: Final = 1_048_576  # rows aggregated at a time by compute(): its memory is a chunk, not a file
 ROW_GROUP_ROWS: Final = 65_536  # of a persisted file: a reader of one level and span skips the rest
+ROLLUP_BATCH_ROWS: Final = 262_144  # base rows rolled up in one query by rollups_by_file
 
 
 @dataclass(frozen=True)
@@ -172,11 +173,15 @@ class Aggregate:
         aggs = ", ".join(f"{m.merge}({m.name}) AS {m.name}" for m in self.measures)
         return f"SELECT {keys}, {aggs} FROM parts GROUP BY ALL"  # noqa: S608 (constant identifiers only)
 
-    def rollup_sql(self) -> str:
-        """This roll-up from table ``parts`` (partials of its base)."""
+    def rollup_sql(self, *, by_file: bool = False) -> str:
+        """This roll-up from table ``parts`` (partials of its base); ``by_file``: per ``file_index``, sorted by it."""
         assert self.base is not None
         factor = self.time_us // self.base.time_us
         keys = [f"{self.base.time_column} // {factor} AS {self.time_column}"] + [n for n, _, _ in self.keys[1:]]
+        if by_file:
+            keys.insert(0, "file_index")
+            aggs = ", ".join(f"{m.merge}({m.name}) AS {m.name}" for m in self.measures)
+            return f"SELECT {', '.join(keys)}, {aggs} FROM parts GROUP BY ALL ORDER BY file_index"  # noqa: S608
         aggs = ", ".join(f"{m.merge}({m.name}) AS {m.name}" for m in self.measures)
         return f"SELECT {', '.join(keys)}, {aggs} FROM parts GROUP BY ALL"  # noqa: S608 (constants only)
 
@@ -335,6 +340,51 @@ def roll_up(con: duckdb.DuckDBPyConnection, level: Aggregate, base: pa.Table) ->
         return conform(cur.sql(level.rollup_sql()).to_arrow_table(), level.schema)
     finally:
         cur.close()
+
+
+def split_by_file(table: pa.Table) -> dict[int, pa.Table]:
+    """Rows grouped by ``file_index`` (the table is sorted by it), without that column."""
+    if table.num_rows == 0:
+        return {}
+    codes = table.column("file_index").to_numpy()
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1])
+    ends = np.concatenate([starts[1:], [len(codes)]])
+    body = table.drop_columns(["file_index"])
+    return {int(codes[s]): body.slice(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)}
+
+
+def rollups_by_file(
+    con: duckdb.DuckDBPyConnection, bases: Mapping[str, Mapping[str, pa.Table]]
+) -> dict[str, dict[str, pa.Table]]:
+    """:func:`with_rollups` of many files at once (``bases``: each file's base partials, by file key): one query per
+    roll-up level for files of up to ``ROLLUP_BATCH_ROWS`` base rows together, so many small files cost a few
+    queries, not a few per file, and memory holds one batch."""
+    keys = list(bases)
+    out = {key: dict(bases[key]) for key in keys}
+    cur = con.cursor()
+    try:
+        for level in ROLLUPS:
+            assert level.base is not None
+            base = level.base.name
+            batch: list[pa.Table] = []
+            rows = 0
+            for i, key in enumerate(keys):
+                out[key][level.name] = level.schema.empty_table()
+                table = out[key][base]
+                if table.num_rows:
+                    batch.append(table.append_column("file_index", pa.repeat(pa.scalar(i, pa.int64()), table.num_rows)))
+                    rows += table.num_rows
+                if batch and (rows >= ROLLUP_BATCH_ROWS or i == len(keys) - 1):
+                    cur.register("parts", pa.concat_tables(batch))
+                    for index, rolled in split_by_file(
+                        cur.sql(level.rollup_sql(by_file=True)).to_arrow_table()
+                    ).items():
+                        out[keys[index]][level.name] = conform(rolled, level.schema)
+                    cur.unregister("parts")
+                    batch, rows = [], 0
+    finally:
+        cur.close()
+    return out
 
 
 def with_rollups(con: duckdb.DuckDBPyConnection, bases: Mapping[str, pa.Table]) -> dict[str, pa.Table]:
