@@ -305,14 +305,20 @@ def _copy(lake: lg.BuiltLake, tmp_path: Path) -> LocalStorage:
     return LocalStorage(root)
 
 
+def _copy_without_aggregates(lake: lg.BuiltLake, tmp_path: Path) -> LocalStorage:
+    """A copy of the lake whose aggregates table holds nothing (as if the compactor had not written them yet)."""
+    storage = _copy(lake, tmp_path)
+    table = AggregatesTable.open(storage)
+    assert table is not None
+    table.update([], table.entries())
+    return storage
+
+
 def test_a_commit_that_fails_after_landing_leaves_its_files(
     built: tuple[lg.BuiltLake, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lake, truth = built
-    storage = _copy(lake, tmp_path)
-    table = AggregatesTable.open(storage)
-    assert table is not None
-    table.update([], table.entries())  # as if the compactor had not written them yet
+    storage = _copy_without_aggregates(lake, tmp_path)
     real = AggregatesTable.update
 
     def lands_then_fails(self: AggregatesTable, *args: object, **kwargs: object) -> None:
@@ -334,10 +340,7 @@ def test_a_file_whose_aggregates_cannot_be_computed_does_not_hold_up_the_others(
     built: tuple[lg.BuiltLake, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lake, _ = built
-    storage = _copy(lake, tmp_path)
-    table = AggregatesTable.open(storage)
-    assert table is not None
-    table.update([], table.entries())
+    storage = _copy_without_aggregates(lake, tmp_path)
     bad = lake.compacted[0].key
     real = AggregateSync._compute
 
@@ -376,10 +379,7 @@ def test_aggregates_committed_after_a_refresh_replace_what_it_computed(
     built: tuple[lg.BuiltLake, pd.DataFrame], tmp_path: Path
 ) -> None:
     lake, _ = built
-    storage = _copy(lake, tmp_path)
-    table = AggregatesTable.open(storage)
-    assert table is not None
-    table.update([], table.entries())
+    storage = _copy_without_aggregates(lake, tmp_path)
     engine = LakeAnalytics(storage)
     first = engine.snapshot()
     assert first.partials is not None and not any(p.persisted for p in first.partials.values())
