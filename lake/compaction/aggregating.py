@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lake import aggregates, layout
+from lake.compaction.writing import KIND
 from lake.filestats import FileStats
 from lake.snapshot import DataFile, Snapshot
 from lake.storage import FileInfo, LocalStorage, Storage
@@ -42,31 +43,38 @@ class AggregateSync:
         self.storage = storage
         self._before_commit = before_commit
         self._con = duckdb.connect(config={"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY})
-        self._fresh: dict[str, pa.Table] = {}  # output key -> its persisted rows, awaiting the next sync
+        # output key -> its aggregates file, written in temp/ (not held in memory), awaiting the next sync
+        self._fresh: dict[str, Path] = {}
         self._table: AggregatesTable | None = None
 
     def close(self) -> None:
         self._con.close()
 
-    def compute_output(self, tmp: Path) -> pa.Table | None:
-        """The persisted rows of a closed output still in ``temp/``; None if they cannot be computed (logged:
-        the sync computes them from the published file instead)."""
+    def compute_output(self, tmp: Path) -> Path | None:
+        """The aggregates file of a closed output still in ``temp/``, written beside it in ``temp/`` (its name
+        starts as the compactor's temp files do: recovery removes it after a crash); None if it cannot be
+        computed (logged: the sync computes it from the published file instead)."""
+        staged = self.storage.new_temp_path(f"{KIND}-{aggregates.ZONE}-{tmp.name}")
         try:
             levels = aggregates.compute_file(self._con, str(tmp))
             rows = pq.read_metadata(str(tmp)).num_rows
+            aggregates.write_persisted(aggregates.to_persisted(levels, rows), str(staged))
         except (OSError, duckdb.Error, pa.ArrowException) as exc:
+            staged.unlink(missing_ok=True)
             log.warning("aggregates of %s not computed (%s); computed from the published file later", tmp.name, exc)
             return None
-        return aggregates.to_persisted(levels, rows)
+        return staged
 
-    def remember(self, key: str, rows: pa.Table | None) -> None:
-        """Hold the persisted rows of the output published as ``key`` until the next :meth:`sync`."""
-        if rows is not None:
-            self._fresh[key] = rows
+    def remember(self, key: str, staged: Path | None) -> None:
+        """Keep the aggregates file of the output published as ``key`` for the next :meth:`sync`."""
+        if staged is not None:
+            self._fresh[key] = staged
 
     def forget(self, keys: Mapping[str, object] | list[str]) -> None:
         for key in keys:
-            self._fresh.pop(key, None)
+            staged = self._fresh.pop(key, None)
+            if staged is not None:
+                staged.unlink(missing_ok=True)
 
     def _open(self) -> AggregatesTable:
         if self._table is None:
@@ -130,20 +138,21 @@ class AggregateSync:
 
     def _publish(self, table: AggregatesTable, f: DataFile) -> tuple[FileInfo, FileStats]:
         """Write and publish the aggregates of ``f`` under a new name (nothing is ever overwritten)."""
-        rows = self._fresh.get(f.key)
-        if rows is None:
-            rows = self._compute(f)
-        counted = aggregates.persisted_rows(rows)
-        if counted != f.row_count:
-            raise LakeError(f"the aggregates of {f.key} are of {counted} rows, not {f.row_count}")
         where = PurePosixPath(table.key_for(f.key))
-        tmp = self.storage.new_temp_path(f"{aggregates.ZONE}-{where.name}")
+        tmp = self._fresh.pop(f.key, None)
+        if tmp is None:
+            tmp = self.storage.new_temp_path(f"{KIND}-{aggregates.ZONE}-{where.name}")
         try:
-            aggregates.write_persisted(rows, str(tmp))
+            if not tmp.exists():
+                aggregates.write_persisted(self._compute(f), str(tmp))
+            counts = pq.read_table(str(tmp), columns=[aggregates.SOURCE_ROWS])
+            counted = aggregates.persisted_rows(counts)
+            if counted != f.row_count:
+                raise LakeError(f"the aggregates of {f.key} are of {counted} rows, not {f.row_count}")
             info = self.storage.publish(tmp, str(where.parent), where.name)
         finally:
             tmp.unlink(missing_ok=True)
-        return info, FileStats.of_table(rows, aggregates.STATS_COLUMNS)
+        return info, FileStats.of_table(counts, aggregates.STATS_COLUMNS)
 
     def _compute(self, f: DataFile) -> pa.Table:
         """The persisted rows of the published data file ``f`` (read once, a chunk at a time)."""

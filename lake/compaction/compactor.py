@@ -186,7 +186,13 @@ class Compactor:
             commit.discard_outputs(self.storage, finished)  # never committed: nobody can be reading them
             raise
         if finished:
-            self._commit(finished, metrics)
+            try:
+                self._commit(finished, metrics)
+            finally:
+                if metrics.version is None:  # not committed: their aggregates files go too
+                    self.aggregates.forget([f.info.key for f in finished])
+        if metrics.version is not None:  # the outputs' aggregates, before a reader computes them itself
+            self.sync_aggregates()
         metrics.seconds = time.perf_counter() - started
         if metrics.files_in or metrics.unreadable or metrics.interrupted:
             log.info("%s", metrics.summary())
@@ -403,8 +409,6 @@ class Compactor:
                 break
             report.compactions.append(metrics)
             report.unreadable.extend(metrics.unreadable)
-            if metrics.version is not None:  # its outputs' aggregates, before a reader computes them itself
-                self.sync_aggregates()
             if metrics.interrupted or metrics.stale or (metrics.files_in == 0 and not metrics.unreadable):
                 break
         if not self.stop_event.is_set():
