@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.suite import summarize
-from utils.memory import with_preferred_pool
+from utils.memory import limit_malloc_arenas, with_preferred_pool
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -144,6 +144,7 @@ def _warm_up() -> None:
 
 
 def _child_ours(lake: Path) -> dict[str, Any]:
+    limit_malloc_arenas()  # as the compactor process does at its start (compaction_monitoring.py)
     from lake.compaction import Compactor
     from lake.storage import LocalStorage
     from utils.config import load_settings

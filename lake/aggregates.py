@@ -41,7 +41,7 @@ from __future__ import annotations
 import itertools
 import re
 import uuid
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lake import grouping
 from utils.records import COMPLIANCE_SECONDS, DOOR_ID
 
 US_PER_MINUTE: Final = 60_000_000
@@ -63,9 +64,22 @@ _PREMATURE: Final = f"duration_s < {COMPLIANCE_SECONDS}"
 
 ZONE: Final = "aggregates"  # the aggregates table's root under the lake
 TABLE_NAME: Final = "badge_aggregates"
-CHUNK_ROWS: Final = 1_048_576  # rows aggregated at a time by compute(): its memory is a chunk, not a file
+CHUNK_ROWS: Final = 262_144  # rows of a file aggregated at a time by compute_file(): its memory is a chunk
 ROW_GROUP_ROWS: Final = 65_536  # of a persisted file: a reader of one level and span skips the rest
 ROLLUP_BATCH_ROWS: Final = 262_144  # base rows rolled up in one query by rollups_by_file
+# The lake columns the aggregates' expressions read (a file's other columns are not read for them).
+SCANNED_COLUMNS: Final = frozenset(
+    {
+        "badge_in_timestamp",
+        "badge_out_timestamp",
+        "dept",
+        "building_location",
+        "access_granted",
+        "duration_s",
+        "user_id",
+        DOOR_ID,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,9 @@ class Measure:
     raw: str  # one source row's contribution
     scan: str  # the aggregate over source rows
     merge: str  # "sum" or "max": how two partials of the same cell combine
+    # The same over arrays (Accumulator): the derived column (see derive()) summed, or maxed, per group; None:
+    # the rows counted. Tests hold it equal to ``scan``.
+    column: str | None = None
     type: pa.DataType = field(default_factory=pa.int64)
 
 
@@ -98,6 +115,7 @@ class Aggregate:
     # A column of a later record version it needs (schema evolution): a file without it holds none of its
     # rows (its partial is empty, it is never read for it), and files are read with their columns by name.
     requires: str | None = None
+    rows: str | None = None  # ``where`` over arrays: the derived boolean column (see derive()) of its rows
     base: Aggregate | None = None  # a roll-up: the finer aggregate it sums up (None: a base aggregate)
 
     @property
@@ -203,8 +221,9 @@ CUBE: Final = Aggregate(
             f"(access_granted AND {_PREMATURE})::BIGINT",
             f"count(*) FILTER (WHERE access_granted AND {_PREMATURE})",
             "sum",
+            column="granted_premature",
         ),
-        Measure("last_out_us", _OUT_US, f"max({_OUT_US})", "max"),
+        Measure("last_out_us", _OUT_US, f"max({_OUT_US})", "max", column="out_us"),
     ),
 )
 ARRIVALS: Final = Aggregate(
@@ -231,9 +250,12 @@ USERS: Final = Aggregate(
     ),
     (
         Measure("sessions", "1::BIGINT", "count(*)", "sum"),
-        Measure("premature", f"({_PREMATURE})::BIGINT", f"count(*) FILTER (WHERE {_PREMATURE})", "sum"),
+        Measure(
+            "premature", f"({_PREMATURE})::BIGINT", f"count(*) FILTER (WHERE {_PREMATURE})", "sum", column="premature"
+        ),
     ),
     where="access_granted",  # a denied attempt is not a session
+    rows="granted",
     always_keep=False,
 )
 DOORS: Final = Aggregate(
@@ -249,6 +271,7 @@ DOORS: Final = Aggregate(
     (Measure("events", "1::BIGINT", "count(*)", "sum"),),
     where=f"{DOOR_ID} IS NOT NULL",  # record version 2 onwards: the reader the badge was presented to
     requires=DOOR_ID,
+    rows="has_door",
 )
 CUBE_HOUR: Final = CUBE.rollup("cube_hour", "hour", US_PER_HOUR)
 CUBE_DAY: Final = CUBE_HOUR.rollup("cube_day", "day", US_PER_DAY)
@@ -396,51 +419,201 @@ def with_rollups(con: duckdb.DuckDBPyConnection, bases: Mapping[str, pa.Table]) 
     return out
 
 
-def compute(
-    con: duckdb.DuckDBPyConnection, chunks: Iterable[pa.Table | pa.RecordBatch], columns: Collection[str]
-) -> dict[str, pa.Table]:
-    """Every level of the rows of ``chunks`` (one data file's), by level name.
+# The keys that are text: each is held as a code of its file's own dictionary (Accumulator).
+TEXT_KEYS: Final[dict[str, str]] = {
+    "dept": "dept",
+    "building": "building_location",
+    "user_id": "user_id",
+    "door": DOOR_ID,
+}
+MERGE_ROWS: Final = 1 << 18  # partial rows an Accumulator holds per aggregate before it merges them
 
-    ``columns``: the file's columns; an aggregate requiring one it lacks is empty. Memory: one chunk and
-    the partials (at most 48 cells a minute for the cube, one row per employee and hour for users).
+
+def _micros(column: pa.Array) -> np.ndarray:
+    if column.null_count:
+        raise ValueError("a timestamp column holds nulls")
+    if column.type != pa.timestamp("us"):
+        column = pc.cast(column, pa.timestamp("us"))
+    return np.asarray(column.view(pa.int64()).to_numpy(zero_copy_only=False), np.int64)
+
+
+def _numbers(column: pa.Array) -> np.ndarray:
+    if column.null_count:
+        raise ValueError("a column the aggregates group or count by holds nulls")
+    return np.asarray(column.to_numpy(zero_copy_only=False))
+
+
+class _Dictionary:
+    """Codes of a text column that mean the same value in every batch of a file (each batch's own dictionary
+    is mapped onto them)."""
+
+    def __init__(self) -> None:
+        self.values = pa.array([], pa.string())
+
+    def codes(self, column: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
+        """(code per row, validity per row or None when every row holds a value)."""
+        if not pa.types.is_dictionary(column.type):
+            column = pc.dictionary_encode(column)
+        dictionary = column.dictionary.cast(pa.string())
+        at = pc.index_in(dictionary, value_set=self.values)
+        if at.null_count:
+            self.values = pa.concat_arrays([self.values, dictionary.filter(pc.is_null(at))])
+            at = pc.index_in(dictionary, value_set=self.values)
+        mapping = np.asarray(at.to_numpy(zero_copy_only=False), np.int64)
+        indices = column.indices
+        valid = None
+        if indices.null_count:
+            valid = np.asarray(indices.is_valid().to_numpy(zero_copy_only=False), bool)
+            indices = indices.fill_null(0)
+        return mapping[np.asarray(indices.to_numpy(zero_copy_only=False), np.int64)], valid
+
+    def decode(self, codes: np.ndarray) -> pa.Array:
+        return self.values.take(pa.array(codes, pa.int64()))
+
+
+# One partial held as arrays: each key's values (text as codes) and each measure's, in the aggregate's order.
+_Part = tuple[list[np.ndarray], list[np.ndarray]]
+
+
+def _merged(agg: Aggregate, parts: Sequence[_Part], time_factor: int = 1) -> _Part:
+    """``parts`` of ``agg`` (or of its base, with time keys divided by ``time_factor``) as one partial."""
+    keys = [np.concatenate([p[0][i] for p in parts]) for i in range(len(agg.keys))]
+    if time_factor != 1:
+        keys[0] = keys[0] // time_factor
+    groups = grouping.Groups(keys)
+    measures = []
+    for i, m in enumerate(agg.measures):
+        values = np.concatenate([p[1][i] for p in parts])
+        measures.append(groups.sums(values) if m.merge == "sum" else groups.maxima(values))
+    return _narrow(groups.keys), measures
+
+
+def _narrow(keys: list[np.ndarray]) -> list[np.ndarray]:
+    """Keys held in int32 where their values fit (codes, flags and time buckets do): partials take less memory."""
+    fits = np.iinfo(np.int32)
+    return [k.astype(np.int32) if len(k) and fits.min <= k.min() and k.max() <= fits.max else k for k in keys]
+
+
+class Accumulator:
+    """Every level of one data file's rows, fed a batch at a time (:meth:`add`), in numpy (:mod:`lake.grouping`).
+
+    Exact: the same cells as each aggregate's SQL (``scan_sql``), which the tests hold it to. Memory: the
+    batch in hand and the partials, merged whenever they pass ``MERGE_ROWS`` rows, not the rows: text keys are
+    held as codes, and the time axis as bucket numbers.
     """
-    bases = [a for a in AGGREGATES if a.requires is None or a.requires in columns]
-    pieces: dict[str, list[pa.Table]] = {a.name: [] for a in AGGREGATES}
-    cur = con.cursor()
-    try:
-        for chunk in chunks:
-            if chunk.num_rows == 0:
+
+    def __init__(self, columns: Collection[str]) -> None:
+        self._bases = tuple(a for a in AGGREGATES if a.requires is None or a.requires in columns)
+        self._text = {key: _Dictionary() for key in TEXT_KEYS}
+        self._parts: dict[str, list[_Part]] = {a.name: [] for a in self._bases}
+        self._held = dict.fromkeys(self._parts, 0)  # partial rows held, per aggregate
+        self._merged_rows = dict.fromkeys(self._parts, 0)  # of them, in the part of the last merge
+
+    def add(self, rows: pa.RecordBatch | pa.Table) -> None:
+        """Aggregate ``rows`` (columns by name: those of ``SCANNED_COLUMNS`` the file has) into the partials."""
+        for batch in rows.to_batches() if isinstance(rows, pa.Table) else [rows]:
+            if batch.num_rows:
+                self._add(batch)
+
+    def _derive(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+        """The keys, measures' columns and row selections of ``batch``, as arrays named as in the definitions."""
+        out_us = _micros(batch.column("badge_out_timestamp"))
+        in_us = _micros(batch.column("badge_in_timestamp"))
+        granted = _numbers(batch.column("access_granted")).astype(bool)
+        premature = _numbers(batch.column("duration_s")) < COMPLIANCE_SECONDS
+        derived = {
+            "out_us": out_us,
+            "minute": out_us // US_PER_MINUTE,
+            "hour": out_us // US_PER_HOUR,
+            "in_hour": (in_us // US_PER_HOUR) % 24,
+            "granted": granted,
+            "premature": premature.astype(np.int64),
+            "granted_premature": (granted & premature).astype(np.int64),
+        }
+        names = batch.schema.names
+        for key, column in TEXT_KEYS.items():
+            if column not in names:
                 continue
-            rows = pa.Table.from_batches([chunk]) if isinstance(chunk, pa.RecordBatch) else chunk
-            cur.register("file_rows", rows.append_column("file_index", pa.repeat(pa.scalar(0, pa.int64()), len(rows))))
-            for agg in bases:
-                result = cur.sql(agg.scan_sql("file_rows")).to_arrow_table().drop_columns(["file_index"])
-                pieces[agg.name].append(conform(result, agg.schema))
-            cur.unregister("file_rows")
-    finally:
-        cur.close()
-    return with_rollups(con, {a.name: merge_tables(con, a, pieces[a.name]) for a in AGGREGATES})
+            codes, valid = self._text[key].codes(batch.column(column))
+            if valid is None and key != "door":
+                derived[key] = codes
+            elif key == "door":
+                derived[key] = codes
+                derived["has_door"] = np.ones(len(codes), bool) if valid is None else valid
+            else:
+                raise ValueError(f"{column} holds nulls")
+        return derived
 
+    def _add(self, batch: pa.RecordBatch) -> None:
+        derived = self._derive(batch)
+        for agg in self._bases:
+            chosen = None if agg.rows is None else derived[agg.rows]
 
-def compute_file(con: duckdb.DuckDBPyConnection, source: str | pa.NativeFile) -> dict[str, pa.Table]:
-    """Every level of the Parquet file ``source``: a local path (DuckDB scans it, in parallel, once per base
-    aggregate, reading only its columns), or an open file (read a chunk at a time, see :func:`compute`)."""
-    if not isinstance(source, str):
-        with pq.ParquetFile(source) as pf:
-            return compute(con, pf.iter_batches(batch_size=CHUNK_ROWS), set(pf.schema_arrow.names))
-    names = set(pq.read_schema(source).names)
-    bases: dict[str, pa.Table] = {}
-    cur = con.cursor()
-    try:
+            def column(name: str, chosen: np.ndarray | None = chosen) -> np.ndarray:
+                values = derived[name]
+                return values if chosen is None else values[chosen]
+
+            keys = [np.asarray(column(name), np.int64) for name, _, _ in agg.keys]
+            if not len(keys[0]):
+                continue
+            groups = grouping.Groups(keys)
+            measures = [
+                groups.counts()
+                if m.column is None
+                else groups.sums(column(m.column))
+                if m.merge == "sum"
+                else groups.maxima(column(m.column))
+                for m in agg.measures
+            ]
+            self._parts[agg.name].append((_narrow(groups.keys), measures))
+            self._held[agg.name] += groups.count
+            # merge once the rows added since the last merge reach the merged rows (at least MERGE_ROWS): memory
+            # stays about twice the groups, and each row is merged a logarithmic number of times
+            merged = self._merged_rows[agg.name]
+            if self._held[agg.name] - merged >= max(MERGE_ROWS, merged):
+                part = _merged(agg, self._parts[agg.name])
+                self._parts[agg.name] = [part]
+                self._held[agg.name] = self._merged_rows[agg.name] = len(part[0][0])
+
+    def _table(self, level: Aggregate, part: _Part | None) -> pa.Table:
+        if part is None or not len(part[0][0]):
+            return level.schema.empty_table()
+        columns: list[pa.Array] = []
+        for (name, _, type_), values in zip(level.keys, part[0], strict=True):
+            if name in TEXT_KEYS:
+                columns.append(self._text[name].decode(values))
+            else:
+                columns.append(pa.array(values.astype(type_.to_pandas_dtype()), type_))
+        columns += [pa.array(values, m.type) for m, values in zip(level.measures, part[1], strict=True)]
+        return pa.Table.from_arrays(columns, schema=level.schema)
+
+    def levels(self) -> dict[str, pa.Table]:
+        """Every level (base aggregates and roll-ups) of the rows added, by level name."""
+        parts: dict[str, _Part | None] = {}
         for agg in AGGREGATES:
-            if agg.requires is not None and agg.requires not in names:
-                bases[agg.name] = agg.schema.empty_table()
-                continue
-            result = cur.sql(agg.scan_sql(), params={"files": [source]}).to_arrow_table().drop_columns(["file_index"])
-            bases[agg.name] = conform(result, agg.schema)
-    finally:
-        cur.close()
-    return with_rollups(con, bases)
+            held = self._parts.get(agg.name)
+            parts[agg.name] = _merged(agg, held) if held else None
+        for level in ROLLUPS:
+            assert level.base is not None
+            base = parts[level.base.name]
+            parts[level.name] = None if base is None else _merged(level, [base], level.time_us // level.base.time_us)
+        return {level.name: self._table(level, parts[level.name]) for level in LEVELS}
+
+
+def compute_file(source: str | pa.NativeFile) -> dict[str, pa.Table]:
+    """Every level of the Parquet file ``source`` (a local path or an open file), read once, a chunk at a time,
+    only the columns the aggregates use (text columns as dictionaries: each value decoded once a chunk)."""
+    schema = pq.read_schema(source)
+    wanted = [n for n in schema.names if n in SCANNED_COLUMNS]
+    text = [
+        n for n in wanted if pa.types.is_string(schema.field(n).type) or pa.types.is_large_string(schema.field(n).type)
+    ]
+    accumulator = Accumulator(wanted)
+    # pre_buffer=False: pyarrow would otherwise cache every row group's column chunks until the file is closed
+    with pq.ParquetFile(source, read_dictionary=text, pre_buffer=False) as pf:
+        for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=wanted):
+            accumulator.add(batch)
+    return accumulator.levels()
 
 
 def to_persisted(levels: Mapping[str, pa.Table], source_rows: int) -> pa.Table:
@@ -558,9 +731,9 @@ __all__ = [
     "USERS",
     "USERS_DAY",
     "ZONE",
+    "Accumulator",
     "Aggregate",
     "Measure",
-    "compute",
     "compute_file",
     "conform",
     "from_persisted",

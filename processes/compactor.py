@@ -34,6 +34,7 @@ from processes.cli import EXIT_OK
 from processes.supervision import until_reachable
 from utils.config import Settings
 from utils.errors import LeaseLostError
+from utils.memory import limit_malloc_arenas
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def run(
     compactor runs on the lake, UnmigratedLakeError for a lake in the previous layout, ConfigError if
     ``pause_at`` (see PAUSE_ENV) names no step.
     """
+    arenas = limit_malloc_arenas()  # before this process starts its threads (utils/memory.py)
     stop = stop or threading.Event()
     install_stop_handlers(stop)
     hook: StepHook | None = pause_hook(pause_at) if pause_at else None
@@ -153,7 +155,8 @@ def run(
         if before_commit is None:
             log.info("stopped while waiting for the lease")
             return EXIT_OK
-        log.info("Arrow memory pool: %s", pa.default_memory_pool().backend_name)  # see utils/memory.py
+        pool = pa.default_memory_pool().backend_name
+        log.info("Arrow memory pool: %s; malloc arenas: %s", pool, 1 if arenas else "default")  # utils/memory.py
         compactor = Compactor(storage, settings, stop=stop, hook=hook, before_commit=before_commit)
         if until_reachable("recovering", lambda: compactor.recover() or True, stop) is None:
             return EXIT_OK

@@ -1,4 +1,5 @@
-"""utils.memory: the compactor and dashboard processes start with Arrow's jemalloc pool, unless the user chose one."""
+"""utils.memory: the compactor and dashboard processes start with Arrow's jemalloc pool, unless the user chose one;
+the compactor limits glibc's malloc arenas."""
 
 from __future__ import annotations
 
@@ -54,3 +55,11 @@ def test_a_pool_the_user_chose_is_kept(chosen: str) -> None:
 def test_an_empty_choice_is_no_choice() -> None:
     assert with_preferred_pool({POOL_ENV: ""}) == {POOL_ENV: "jemalloc"}
     assert with_preferred_pool({}) == {POOL_ENV: "jemalloc"}
+
+
+def test_the_malloc_arenas_are_limited_where_the_c_library_is_glibc() -> None:
+    # glibc's mallopt() answers 1 when it took the setting; this machine's C library is glibc (Debian)
+    probe = "from utils.memory import limit_malloc_arenas; print(limit_malloc_arenas())"
+    done = subprocess.run([PYTHON, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"

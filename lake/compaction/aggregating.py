@@ -1,7 +1,8 @@
 """Persisting the pre-aggregates of compacted files into the aggregates table (:mod:`lake.aggregates`).
 
-The compactor computes an output's aggregates from the file it has just written, while it is still in
-``temp/`` (:meth:`AggregateSync.compute_output`), and after the compaction's commit has added the output to
+The compactor computes an output's aggregates from its rows as it writes them (:class:`OutputAggregator`: a
+thread beside the writing, fed each row group; the file is never read again), stores them in ``temp/`` when
+the output is closed (:meth:`AggregateSync.store`), and after the compaction's commit has added the output to
 the events table it publishes them under ``aggregates/`` and commits them (:meth:`AggregateSync.sync`), in
 one commit of the aggregates table that also removes the aggregates of data files that left the events
 table (compacted again, expired). The same step computes, a few per cycle, the aggregates of compacted
@@ -13,11 +14,12 @@ cycle; they never affect the events table, and a reader without an aggregate com
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import queue
+import threading
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Final
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -32,8 +34,61 @@ from utils.errors import LakeError, LeaseLostError
 log = logging.getLogger(__name__)
 
 BACKFILL_PER_CYCLE: Final = 8  # compacted files without aggregates computed per cycle (each read once)
-DUCKDB_MEMORY: Final = "256MB"  # the compactor's aggregation: a chunk of rows and the partials
-DUCKDB_THREADS: Final = 2  # it runs between the compaction's reads and writes, not beside them
+QUEUE_DEPTH: Final = 2  # row groups handed to an OutputAggregator and not yet aggregated (then the writer waits)
+
+
+class OutputAggregator:
+    """The aggregates of one compacted output, computed from its row groups as they are written.
+
+    :meth:`feed` hands a row group to a thread of its own that adds it to an :class:`lake.aggregates.Accumulator`,
+    so the aggregation overlaps the writing and the file is never read again. Memory: at most ``QUEUE_DEPTH``
+    row groups waiting, and the accumulator's partials. :meth:`finish` returns the levels; :meth:`cancel` ends
+    the thread and drops them. Not thread-safe: the compactor's worker calls it.
+    """
+
+    def __init__(self, columns: Collection[str]) -> None:
+        self._accumulator = aggregates.Accumulator(columns)
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=QUEUE_DEPTH)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._ended = False
+
+    def feed(self, rows: pa.Table) -> None:
+        """Aggregate ``rows`` (the next row group of the output); waits while ``QUEUE_DEPTH`` are pending."""
+        if self._ended or self._error is not None or rows.num_rows == 0:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="compactor-aggregates", daemon=True)
+            self._thread.start()
+        self._queue.put(rows.select([n for n in rows.schema.names if n in aggregates.SCANNED_COLUMNS]))
+
+    def _run(self) -> None:
+        while (rows := self._queue.get()) is not None:  # after a failure or a cancel, take the rest unread
+            if self._error is None and not self._cancelled:
+                try:
+                    self._accumulator.add(rows)
+                except Exception as exc:  # handed to the caller of finish()
+                    self._error = exc
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            if self._thread is not None:
+                self._queue.put(None)
+                self._thread.join()
+
+    def finish(self) -> dict[str, pa.Table]:
+        """Every level of the rows fed (raises what the aggregation raised)."""
+        self._end()
+        if self._error is not None:
+            raise self._error
+        return self._accumulator.levels()
+
+    def cancel(self) -> None:
+        """Stop aggregating (the output is discarded or abandoned); idempotent."""
+        self._cancelled = True
+        self._end()
 
 
 class AggregateSync:
@@ -42,24 +97,26 @@ class AggregateSync:
     def __init__(self, storage: Storage, *, before_commit: Callable[[], None] | None = None) -> None:
         self.storage = storage
         self._before_commit = before_commit
-        self._con = duckdb.connect(config={"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY})
         # output key -> its aggregates file, written in temp/ (not held in memory), awaiting the next sync
         self._fresh: dict[str, Path] = {}
         self._table: AggregatesTable | None = None
 
     def close(self) -> None:
-        self._con.close()
+        """Forget the aggregates not yet published (their staged files are removed)."""
+        self.forget(list(self._fresh))
 
-    def compute_output(self, tmp: Path) -> Path | None:
-        """The aggregates file of a closed output still in ``temp/``, written beside it in ``temp/`` (its name
-        starts as the compactor's temp files do: recovery removes it after a crash); None if it cannot be
-        computed (logged: the sync computes it from the published file instead)."""
+    def aggregator(self, columns: Collection[str]) -> OutputAggregator:
+        """A new :class:`OutputAggregator` for the next output, of ``columns``."""
+        return OutputAggregator(columns)
+
+    def store(self, aggregator: OutputAggregator, tmp: Path, rows: int) -> Path | None:
+        """The aggregates of the closed output ``tmp`` of ``rows`` rows, written beside it in ``temp/`` (its name
+        starts as the compactor's temp files do: recovery removes it after a crash); None if they could not be
+        computed (logged: the sync computes them from the published file instead)."""
         staged = self.storage.new_temp_path(f"{KIND}-{aggregates.ZONE}-{tmp.name}")
         try:
-            levels = aggregates.compute_file(self._con, str(tmp))
-            rows = pq.read_metadata(str(tmp)).num_rows
-            aggregates.write_persisted(aggregates.to_persisted(levels, rows), str(staged))
-        except (OSError, duckdb.Error, pa.ArrowException) as exc:
+            aggregates.write_persisted(aggregates.to_persisted(aggregator.finish(), rows), str(staged))
+        except (OSError, ValueError, pa.ArrowException) as exc:
             staged.unlink(missing_ok=True)
             log.warning("aggregates of %s not computed (%s); computed from the published file later", tmp.name, exc)
             return None
@@ -96,7 +153,7 @@ class AggregateSync:
             return self._sync(snapshot, backfill)
         except LeaseLostError:
             raise
-        except (LakeError, OSError, duckdb.Error, pa.ArrowException) as exc:
+        except (LakeError, OSError, ValueError, pa.ArrowException) as exc:
             self._table = None
             log.warning("aggregates table not updated (%s); tried again next cycle", exc)
             return 0, 0
@@ -122,7 +179,7 @@ class AggregateSync:
                 added.append(self._publish(table, f))
             except LeaseLostError:
                 raise
-            except (LakeError, OSError, duckdb.Error, pa.ArrowException) as exc:  # the others go on
+            except (LakeError, OSError, ValueError, pa.ArrowException) as exc:  # the others go on
                 self.forget([f.key])
                 log.warning("aggregates of %s not written (%s); tried again next cycle", f.key, exc)
         if added or stale:
@@ -157,10 +214,10 @@ class AggregateSync:
     def _compute(self, f: DataFile) -> pa.Table:
         """The persisted rows of the published data file ``f`` (read once, a chunk at a time)."""
         if isinstance(self.storage, LocalStorage):
-            levels = aggregates.compute_file(self._con, str(self.storage.path(f.key)))
+            levels = aggregates.compute_file(str(self.storage.path(f.key)))
         else:
             with self.storage.open_input(f.key) as source:
-                levels = aggregates.compute_file(self._con, source)
+                levels = aggregates.compute_file(source)
         return aggregates.to_persisted(levels, f.row_count)
 
 

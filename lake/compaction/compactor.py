@@ -18,7 +18,7 @@ import pyarrow as pa
 from lake import layout, retention
 from lake.cleanup import GraceCleanup
 from lake.compaction import commit, planning, recovery
-from lake.compaction.aggregating import AggregateSync
+from lake.compaction.aggregating import AggregateSync, OutputAggregator
 from lake.compaction.metrics import CompactionMetrics, CycleReport
 from lake.compaction.planning import CompactionPlan
 from lake.compaction.reading import (
@@ -273,7 +273,14 @@ class Compactor:
                 if out is None:
                     self._check_stop()
                     hint = layout.new_file_name(KIND, max(0, f.event_id_min), max(0, run[-1].event_id_max))
-                    out = Output(self.storage, i, hint, self._size_model(f), self._schema)
+                    out = Output(
+                        self.storage,
+                        i,
+                        hint,
+                        self._size_model(f),
+                        self._schema,
+                        tap=self.aggregates.aggregator(self._schema.names),
+                    )
                 self._copy(prefetch.batches(i - start), f, out)
                 if len(out.inputs) == 1:
                     self._step(STEP_WRITING, out.tmp.name)
@@ -349,7 +356,8 @@ class Compactor:
             return out.first, out.first + keep
         if size > self.max_bytes:
             log.warning("%s alone is larger than the ceiling (%d bytes); compacted on its own", sources[0], size)
-        persisted = self.aggregates.compute_output(out.tmp)  # from the file just written, before it moves
+        assert isinstance(out.tap, OutputAggregator)
+        persisted = self.aggregates.store(out.tap, out.tmp, out.rows)  # computed as its rows were written
         info = commit.publish_output(self.storage, out, lo, hi, self._step)
         self.aggregates.remember(info.key, persisted)
         finished.append(commit.Finished(info, tuple(out.inputs), out.rows, predicted))

@@ -8,7 +8,7 @@ crash) removes it.
 from __future__ import annotations
 
 import contextlib
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -22,13 +22,30 @@ from lake.storage import Storage, fsync_file
 KIND: Final = "compacted"  # names of compacted files and of this role's temp files start with "compacted-"
 
 
+class RowsTap(Protocol):
+    """What else sees an output's rows, a row group at a time (its aggregates: see
+    :class:`lake.compaction.aggregating.OutputAggregator`)."""
+
+    def feed(self, rows: pa.Table) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
 class Output:
     """One compacted file being written into temp/: rows buffered into full row groups, size measured."""
 
     def __init__(
-        self, storage: Storage, first: int, name_hint: str, model: SizeModel, schema: pa.Schema = WRITE_SCHEMA
+        self,
+        storage: Storage,
+        first: int,
+        name_hint: str,
+        model: SizeModel,
+        schema: pa.Schema = WRITE_SCHEMA,
+        *,
+        tap: RowsTap | None = None,
     ) -> None:
         self.schema = schema
+        self.tap = tap  # fed every row group written; cancelled if the output is abandoned
         self.tmp = storage.new_temp_path(name_hint)
         self.first = first  # index in the run of its first input
         self.model_at_start = SizeModel(model.bytes_per_row, model.fixed_bytes)
@@ -66,7 +83,10 @@ class Output:
     def _flush(self, rows: int) -> None:
         # one dictionary per column across the row group's batches (they come from several files)
         table = pa.Table.from_batches(self._pending, schema=self.schema).unify_dictionaries()
-        self._writer.write_table(table.slice(0, rows), row_group_size=rows)
+        written = table.slice(0, rows)
+        self._writer.write_table(written, row_group_size=rows)
+        if self.tap is not None:
+            self.tap.feed(written)
         rest = table.slice(rows)
         self._pending = rest.to_batches()
         self._pending_rows = rest.num_rows
@@ -101,6 +121,8 @@ class Output:
 
     def abandon(self) -> None:
         """Close the handles, leaving the temp file as a crash would (recovery removes it)."""
+        if self.tap is not None:
+            self.tap.cancel()
         if self._open:
             self._open = False
             with contextlib.suppress(Exception):
