@@ -465,6 +465,8 @@ class _Dictionary:
         if indices.null_count:
             valid = np.asarray(indices.is_valid().to_numpy(zero_copy_only=False), bool)
             indices = indices.fill_null(0)
+        if not len(mapping):  # an empty dictionary: no row holds a value
+            return np.zeros(len(column), np.int64), np.zeros(len(column), bool)
         return mapping[np.asarray(indices.to_numpy(zero_copy_only=False), np.int64)], valid
 
     def decode(self, codes: np.ndarray) -> pa.Array:

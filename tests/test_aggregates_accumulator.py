@@ -82,6 +82,21 @@ def test_every_level_equals_each_aggregates_own_sql(with_doors: bool, batch_rows
     assert (got["doors"].num_rows > 0) == with_doors
 
 
+def test_batches_without_a_single_door_count_none() -> None:
+    # files from before record version 2 carry door_id as nulls only (an empty dictionary in the compactor)
+    table = _rows(True)
+    doors = table.column(DOOR_ID).to_pylist()
+    doors[:10_000] = [None] * 10_000
+    table = table.set_column(table.schema.get_field_index(DOOR_ID), DOOR_ID, pa.array(doors, pa.string()))
+    accumulator = aggregates.Accumulator(table.schema.names)
+    for batch in table.to_batches(max_chunksize=5_000):
+        rows = pa.Table.from_batches([batch])
+        accumulator.add(
+            rows.set_column(rows.schema.get_field_index(DOOR_ID), DOOR_ID, rows[DOOR_ID].dictionary_encode())
+        )
+    _assert_same(accumulator.levels(), _by_sql(table))
+
+
 def test_partials_merged_along_the_way_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aggregates, "MERGE_ROWS", 500)  # merge after nearly every batch
     table = _rows(True)
