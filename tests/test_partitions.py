@@ -136,7 +136,9 @@ def test_three_days_land_in_one_partition_per_date_and_compact_within_dates(
     settings, _, available = three_days
     storage = LocalStorage(settings.local_lake_path("test"))
     snap = read_snapshot(storage)
-    assert len({f.partition for f in snap.files}) >= 4  # noon three dates back, two whole dates, today
+    # noon three dates back and two whole dates (and today, unless the run is just after midnight UTC: the
+    # last 1,000 events of the stream are left for later)
+    assert len({f.partition for f in snap.files}) >= 3
     for f in snap.files:
         assert f.partition is not None and f"/date={f.partition.isoformat()}/" in f.key
         assert utc_dates(pq.read_table(storage.path(f.key), columns=["badge_out_timestamp"])) == {f.partition}
