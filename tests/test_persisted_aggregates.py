@@ -256,6 +256,26 @@ def test_the_compactor_persists_backfills_and_retires_aggregates(tmp_path: Path)
     assert all(storage.exists(p.info.key) for p in after.values())
 
 
+def test_with_compaction_aggregates_off_none_are_computed_and_stale_ones_still_leave(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    storage.ensure_layout()
+    publish_landing(storage, 0, 5_000, 12)
+    Compactor(storage, make_settings(storage.root, compaction_min_files=10)).run_cycle()
+    before = AggregatesTable.open(storage).persisted()  # type: ignore[union-attr]
+    assert len(before) == 1
+
+    publish_landing(storage, 60_000, 5_000, 12)  # the small compacted file is merged again, aggregates off
+    off = make_settings(storage.root, compaction_min_files=10, compaction_aggregates=False)
+    report = Compactor(storage, off).run_cycle()
+    assert report.compactions and report.compactions[0].files_in == 13
+    assert AggregatesTable.open(storage).persisted() == {}  # type: ignore[union-attr]
+    assert not [p for p in storage.list_tree("temp") if aggregates.ZONE in p.key]  # nothing computed or staged
+    # ... and the dashboard counts every event from the data files themselves
+    snap = LakeAnalytics(storage).snapshot()
+    assert snap.partials is not None and all(p.persisted is None for p in snap.partials.values())
+    assert snap.kpis().total_events == 24 * 5_000
+
+
 def test_backfill_is_bounded_per_cycle(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "lake")
     table = lg.make_table(9_000, seed=3, users=10, days=1)

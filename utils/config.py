@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     compaction_debounce_seconds: float = Field(
         1.0, ge=0, le=3_600, description="quiet time after a burst of file events"
     )
+    compaction_aggregates: bool = Field(
+        True, description="the compactor persists the dashboard's pre-aggregates of each compacted file"
+    )
     retention_days: int = Field(
         0, ge=0, le=36_500, description="events dated before this many days ago leave the lake; 0 = keep forever"
     )
@@ -196,7 +199,13 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-_NOUNS: dict[Any, str] = {int: "an integer", float: "a number", Path: "a path", Path | str: LAKE_ALLOWED}
+_NOUNS: dict[Any, str] = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    Path: "a path",
+    Path | str: LAKE_ALLOWED,
+}
 
 
 def _allowed(field: FieldInfo) -> str:

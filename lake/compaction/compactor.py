@@ -18,7 +18,7 @@ import pyarrow as pa
 from lake import layout, retention
 from lake.cleanup import GraceCleanup
 from lake.compaction import commit, planning, recovery
-from lake.compaction.aggregating import AggregateSync, OutputAggregator
+from lake.compaction.aggregating import BACKFILL_PER_CYCLE, AggregateSync, OutputAggregator
 from lake.compaction.metrics import CompactionMetrics, CycleReport
 from lake.compaction.planning import CompactionPlan
 from lake.compaction.reading import (
@@ -81,6 +81,7 @@ class Compactor:
         self._before_commit = before_commit
         self.cleanup = GraceCleanup(storage, self.grace_seconds, clock=clock, hook=self._step)
         self.aggregates = AggregateSync(storage, before_commit=before_commit)  # the persisted pre-aggregates
+        self.persist_aggregates = settings.compaction_aggregates  # off: none computed (stale ones still removed)
         self._table: LakeTable | None = None
         # Inputs that could not be read in this cycle: left out of its later plans, tried again next cycle.
         self._unreadable: set[str] = set()
@@ -279,7 +280,7 @@ class Compactor:
                         hint,
                         self._size_model(f),
                         self._schema,
-                        tap=self.aggregates.aggregator(self._schema.names),
+                        tap=self.aggregates.aggregator(self._schema.names) if self.persist_aggregates else None,
                     )
                 self._copy(prefetch.batches(i - start), f, out)
                 if len(out.inputs) == 1:
@@ -356,8 +357,9 @@ class Compactor:
             return out.first, out.first + keep
         if size > self.max_bytes:
             log.warning("%s alone is larger than the ceiling (%d bytes); compacted on its own", sources[0], size)
-        assert isinstance(out.tap, OutputAggregator)
-        persisted = self.aggregates.store(out.tap, out.tmp, out.rows)  # computed as its rows were written
+        persisted = None
+        if isinstance(out.tap, OutputAggregator):
+            persisted = self.aggregates.store(out.tap, out.tmp, out.rows)  # computed as its rows were written
         info = commit.publish_output(self.storage, out, lo, hi, self._step)
         self.aggregates.remember(info.key, persisted)
         finished.append(commit.Finished(info, tuple(out.inputs), out.rows, predicted))
@@ -436,4 +438,4 @@ class Compactor:
             return 0, 0
         if snapshot is None:
             return 0, 0
-        return self.aggregates.sync(snapshot)
+        return self.aggregates.sync(snapshot, backfill=BACKFILL_PER_CYCLE if self.persist_aggregates else 0)
