@@ -8,6 +8,8 @@ PY := $(BIN)/python
 BROWSER_PATH := $(VENV)/.browser
 JAVA_PATH := $(VENV)/.java
 SCALES ?= 20M,200M,1B
+# The suite on every core, a file per worker (module fixtures built once); PYTEST_WORKERS= runs it in one process.
+PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile
 
 .DEFAULT_GOAL := help
 .PHONY: help run test browser java lint typecheck pytest bench bench-scale api pipeline compactor dashboard stats verify clean
@@ -45,7 +47,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP) browser java
-	BROWSER_EXECUTABLE="$$(cat $(BROWSER_PATH))" JAVA="$$(cat $(JAVA_PATH))" $(BIN)/pytest
+	BROWSER_EXECUTABLE="$$(cat $(BROWSER_PATH))" JAVA="$$(cat $(JAVA_PATH))" $(BIN)/pytest $(PYTEST_WORKERS)
 
 bench: $(STAMP) ## every benchmark, side by side with its reference (benchmarks/results.md)
 	$(PY) -m benchmarks $(BENCH_ARGS)
