@@ -276,6 +276,27 @@ def test_with_compaction_aggregates_off_none_are_computed_and_stale_ones_still_l
     assert snap.kpis().total_events == 24 * 5_000
 
 
+def test_aggregates_that_run_out_of_memory_never_fail_the_compaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = LocalStorage(tmp_path / "lake")
+    storage.ensure_layout()
+    publish_landing(storage, 0, 5_000, 12)
+
+    def out_of_memory(self: aggregates.Accumulator, batch: pa.RecordBatch) -> None:
+        raise MemoryError
+
+    with monkeypatch.context() as patched:
+        patched.setattr(aggregates.Accumulator, "_add", out_of_memory)
+        report = Compactor(storage, make_settings(storage.root, compaction_min_files=10)).run_cycle()
+    assert report.compactions and report.compactions[0].files_in == 12  # committed all the same
+    assert [f.row_count for f in read_snapshot(storage).in_zone(layout.COMPACTED)] == [60_000]
+    assert "not computed" in caplog.text and "not written" in caplog.text  # the output's, then the backfill's
+    assert AggregatesTable.open(storage) is None or AggregatesTable.open(storage).persisted() == {}  # type: ignore[union-attr]
+    # the next cycle, with memory again, fills them in
+    assert Compactor(storage, make_settings(storage.root, compaction_min_files=10)).sync_aggregates() == (1, 0)
+
+
 def test_backfill_is_bounded_per_cycle(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "lake")
     table = lg.make_table(9_000, seed=3, users=10, days=1)

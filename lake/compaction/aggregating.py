@@ -61,22 +61,35 @@ class OutputAggregator:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="compactor-aggregates", daemon=True)
             self._thread.start()
-        self._queue.put(rows.select([n for n in rows.schema.names if n in aggregates.SCANNED_COLUMNS]))
+        self._put(rows.select([n for n in rows.schema.names if n in aggregates.SCANNED_COLUMNS]))
+
+    def _put(self, item: pa.Table | None) -> None:
+        """Queue ``item``, waiting for room only while the thread lives (a dead one takes nothing)."""
+        assert self._thread is not None
+        while self._thread.is_alive():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        if self._error is None:
+            self._error = RuntimeError("the aggregation thread ended early")
 
     def _run(self) -> None:
         while (rows := self._queue.get()) is not None:  # after a failure or a cancel, take the rest unread
             if self._error is None and not self._cancelled:
                 try:
                     self._accumulator.add(rows)
-                except Exception as exc:  # handed to the caller of finish()
-                    self._error = exc
+                except BaseException as exc:  # handed to the caller of finish(), as an Exception
+                    self._error = exc if isinstance(exc, Exception) else RuntimeError(f"aggregation ended: {exc!r}")
 
     def _end(self) -> None:
-        if not self._ended:
-            self._ended = True
-            if self._thread is not None:
-                self._queue.put(None)
-                self._thread.join()
+        if self._ended:
+            return
+        if self._thread is not None:
+            self._put(None)
+            self._thread.join()
+        self._ended = True  # only now: an interrupted end is tried again by the next cancel()
 
     def finish(self) -> dict[str, pa.Table]:
         """Every level of the rows fed (raises what the aggregation raised)."""
@@ -100,6 +113,7 @@ class AggregateSync:
         # output key -> its aggregates file, written in temp/ (not held in memory), awaiting the next sync
         self._fresh: dict[str, Path] = {}
         self._table: AggregatesTable | None = None
+        self._failed: set[str] = set()  # data files whose aggregates could not be computed in this process
 
     def close(self) -> None:
         """Forget the aggregates not yet published (their staged files are removed)."""
@@ -116,7 +130,7 @@ class AggregateSync:
         staged = self.storage.new_temp_path(f"{KIND}-{aggregates.ZONE}-{tmp.name}")
         try:
             aggregates.write_persisted(aggregates.to_persisted(aggregator.finish(), rows), str(staged))
-        except (OSError, ValueError, pa.ArrowException) as exc:
+        except Exception as exc:  # aggregates are never worth a compaction: whatever failed, it goes on
             staged.unlink(missing_ok=True)
             log.warning("aggregates of %s not computed (%s); computed from the published file later", tmp.name, exc)
             return None
@@ -153,7 +167,7 @@ class AggregateSync:
             return self._sync(snapshot, backfill)
         except LeaseLostError:
             raise
-        except (LakeError, OSError, ValueError, pa.ArrowException) as exc:
+        except Exception as exc:  # never fails the compactor's cycle (out of memory included)
             self._table = None
             log.warning("aggregates table not updated (%s); tried again next cycle", exc)
             return 0, 0
@@ -171,15 +185,18 @@ class AggregateSync:
         # of the others: data file gone (compacted again, expired) or other rows, or a second one of a file
         stale = [p for p in table.entries() if p.source not in current or chosen[p.source] != p]
         wanted = [f for key, f in compacted.items() if key not in current]
-        wanted.sort(key=lambda f: (f.key not in self._fresh, f.event_id_min))  # just written first
+        # just written first; files whose aggregates failed before last, so they never hold up the others
+        wanted.sort(key=lambda f: (f.key not in self._fresh, f.key in self._failed, f.event_id_min))
         todo = [f for f in wanted if f.key in self._fresh] + [f for f in wanted if f.key not in self._fresh][:backfill]
         added: list[tuple[FileInfo, FileStats]] = []
         for f in todo:
             try:
                 added.append(self._publish(table, f))
+                self._failed.discard(f.key)
             except LeaseLostError:
                 raise
-            except (LakeError, OSError, ValueError, pa.ArrowException) as exc:  # the others go on
+            except Exception as exc:  # the others go on; this one waits behind them next cycle
+                self._failed.add(f.key)
                 self.forget([f.key])
                 log.warning("aggregates of %s not written (%s); tried again next cycle", f.key, exc)
         if added or stale:
