@@ -432,9 +432,22 @@ MERGE_ROWS: Final = 1 << 18  # partial rows an Accumulator holds per aggregate b
 def _micros(column: pa.Array) -> np.ndarray:
     if column.null_count:
         raise ValueError("a timestamp column holds nulls")
-    if column.type != pa.timestamp("us"):
-        column = pc.cast(column, pa.timestamp("us"))
+    if column.type != pa.timestamp("us"):  # finer units truncated, as DuckDB's epoch_us does
+        column = pc.cast(column, pa.timestamp("us"), safe=False)
     return np.asarray(column.view(pa.int64()).to_numpy(zero_copy_only=False), np.int64)
+
+
+def _div(values: np.ndarray, by: int) -> np.ndarray:
+    """``values // by`` as DuckDB's integer division: toward zero (numpy floors; they differ below zero only)."""
+    quotient = values // by
+    if len(values) and values.min() < 0:
+        quotient += (values < 0) & (quotient * by != values)
+    return quotient
+
+
+def _mod(values: np.ndarray, by: int) -> np.ndarray:
+    """``values % by`` as DuckDB's: the dividend's sign (numpy takes the divisor's; they differ below zero only)."""
+    return np.asarray(np.fmod(values, by))
 
 
 def _numbers(column: pa.Array) -> np.ndarray:
@@ -460,14 +473,14 @@ class _Dictionary:
             self.values = pa.concat_arrays([self.values, dictionary.filter(pc.is_null(at))])
             at = pc.index_in(dictionary, value_set=self.values)
         mapping = np.asarray(at.to_numpy(zero_copy_only=False), np.int64)
-        indices = column.indices
-        valid = None
-        if indices.null_count:
-            valid = np.asarray(indices.is_valid().to_numpy(zero_copy_only=False), bool)
-            indices = indices.fill_null(0)
         if not len(mapping):  # an empty dictionary: no row holds a value
             return np.zeros(len(column), np.int64), np.zeros(len(column), bool)
-        return mapping[np.asarray(indices.to_numpy(zero_copy_only=False), np.int64)], valid
+        indices = np.asarray(column.indices.fill_null(0).to_numpy(zero_copy_only=False), np.int64)
+        valid = None
+        if column.indices.null_count or dictionary.null_count:  # a null index, or an index of a null value
+            valid = np.asarray(column.indices.is_valid().to_numpy(zero_copy_only=False), bool)
+            valid &= np.asarray(dictionary.is_valid().to_numpy(zero_copy_only=False), bool)[indices]
+        return mapping[indices], valid
 
     def decode(self, codes: np.ndarray) -> pa.Array:
         return self.values.take(pa.array(codes, pa.int64()))
@@ -481,7 +494,7 @@ def _merged(agg: Aggregate, parts: Sequence[_Part], time_factor: int = 1) -> _Pa
     """``parts`` of ``agg`` (or of its base, with time keys divided by ``time_factor``) as one partial."""
     keys = [np.concatenate([p[0][i] for p in parts]) for i in range(len(agg.keys))]
     if time_factor != 1:
-        keys[0] = keys[0] // time_factor
+        keys[0] = _div(keys[0], time_factor)
     groups = grouping.Groups(keys)
     measures = []
     for i, m in enumerate(agg.measures):
@@ -525,9 +538,9 @@ class Accumulator:
         premature = _numbers(batch.column("duration_s")) < COMPLIANCE_SECONDS
         derived = {
             "out_us": out_us,
-            "minute": out_us // US_PER_MINUTE,
-            "hour": out_us // US_PER_HOUR,
-            "in_hour": (in_us // US_PER_HOUR) % 24,
+            "minute": _div(out_us, US_PER_MINUTE),
+            "hour": _div(out_us, US_PER_HOUR),
+            "in_hour": _mod(_div(in_us, US_PER_HOUR), 24),
             "granted": granted,
             "premature": premature.astype(np.int64),
             "granted_premature": (granted & premature).astype(np.int64),

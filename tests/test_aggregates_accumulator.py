@@ -11,11 +11,13 @@ cancelled output nor a failing aggregation ever leaves the writer waiting or a t
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -94,6 +96,43 @@ def test_batches_without_a_single_door_count_none() -> None:
         accumulator.add(
             rows.set_column(rows.schema.get_field_index(DOOR_ID), DOOR_ID, rows[DOOR_ID].dictionary_encode())
         )
+    _assert_same(accumulator.levels(), _by_sql(table))
+
+
+def _shifted(table: pa.Table, by: timedelta) -> pa.Table:
+    for name in ("badge_in_timestamp", "badge_out_timestamp"):
+        at = table.schema.get_field_index(name)
+        table = table.set_column(at, name, pc.add(table.column(name), pa.scalar(by, pa.duration("us"))))
+    return table
+
+
+def test_rows_before_1970_are_bucketed_as_duckdb_does() -> None:
+    # DuckDB's integer division and remainder go toward zero, numpy's floor: the same cells all the same
+    table = _shifted(_rows(True, rows=8_000), -timedelta(days=365 * 56))
+    assert pc.min(table.column("badge_out_timestamp")).value < 0
+    _assert_same(_accumulate(table, 3_000), _by_sql(table))
+
+
+def test_timestamps_of_other_units_are_truncated_to_microseconds_as_duckdb_does() -> None:
+    table = _rows(False, rows=8_000)
+    for name in ("badge_in_timestamp", "badge_out_timestamp"):
+        at = table.schema.get_field_index(name)
+        ns = pc.add(
+            table.column(name).cast(pa.timestamp("ns")), pa.scalar(timedelta(microseconds=0), pa.duration("ns"))
+        )
+        ns = pc.add(ns, pa.array(np.arange(table.num_rows) % 1_000, pa.duration("ns")))  # sub-microsecond parts
+        table = table.set_column(at, name, ns)
+    _assert_same(_accumulate(table, 3_000), _by_sql(table))
+
+
+def test_a_null_in_a_door_dictionary_is_no_door() -> None:
+    table = _rows(True)
+    accumulator = aggregates.Accumulator(table.schema.names)
+    for batch in table.to_batches(max_chunksize=5_000):
+        rows = pa.Table.from_batches([batch])
+        doors = pc.dictionary_encode(rows[DOOR_ID].combine_chunks(), null_encoding="encode")  # null as a value
+        assert doors.dictionary.null_count == 1 or doors.null_count == 0
+        accumulator.add(rows.set_column(rows.schema.get_field_index(DOOR_ID), DOOR_ID, doors))
     _assert_same(accumulator.levels(), _by_sql(table))
 
 
@@ -181,6 +220,27 @@ def test_a_failing_aggregation_never_blocks_the_writer_and_is_reported(
     assert not _aggregator_threads()
     assert not [p for p in (storage.root / "temp").iterdir() if aggregates.ZONE in p.name]  # nothing staged
     sync.close()
+
+
+def test_an_aggregation_ended_by_a_base_exception_never_blocks_the_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    def leaves(self: aggregates.Accumulator, rows: pa.RecordBatch | pa.Table) -> None:
+        raise SystemExit(3)
+
+    monkeypatch.setattr(aggregates.Accumulator, "add", leaves)
+    table = _rows(False)
+    aggregator = OutputAggregator(table.schema.names)
+
+    def writer() -> None:
+        for batch in table.to_batches(max_chunksize=1_000):
+            aggregator.feed(pa.Table.from_batches([batch]))
+
+    feeder = threading.Thread(target=writer)
+    feeder.start()
+    feeder.join(20)
+    assert not feeder.is_alive()
+    with pytest.raises(RuntimeError, match="SystemExit"):  # an Exception for the caller, not an exit
+        aggregator.finish()
+    assert not _aggregator_threads()
 
 
 def test_the_writer_waits_while_the_queue_is_full(monkeypatch: pytest.MonkeyPatch) -> None:
