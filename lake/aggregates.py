@@ -520,9 +520,15 @@ class Accumulator:
     def __init__(self, columns: Collection[str]) -> None:
         self._bases = tuple(a for a in AGGREGATES if a.requires is None or a.requires in columns)
         self._text = {key: _Dictionary() for key in TEXT_KEYS}
-        self._parts: dict[str, list[_Part]] = {a.name: [] for a in self._bases}
-        self._held = dict.fromkeys(self._parts, 0)  # partial rows held, per aggregate
+        self._parts: dict[str, list[_Part]] = {a.name: [] for a in self._bases}  # open: still merged
+        self._held = dict.fromkeys(self._parts, 0)  # open partial rows held, per aggregate
         self._merged_rows = dict.fromkeys(self._parts, 0)  # of them, in the part of the last merge
+        # Sealed: merged rows of buckets before the newest batch's, set aside in bucket order and never merged
+        # again (rows come in time order: event ids are badge-out order). A bucket seen again after it was
+        # sealed (rows out of order) only means one full merge at the end.
+        self._sealed: dict[str, list[_Part]] = {a.name: [] for a in self._bases}
+        self._sealed_through = dict.fromkeys(self._parts, np.iinfo(np.int64).min)  # the last sealed bucket
+        self._disordered = dict.fromkeys(self._parts, False)
 
     def add(self, rows: pa.RecordBatch | pa.Table) -> None:
         """Aggregate ``rows`` (columns by name: those of ``SCANNED_COLUMNS`` the file has) into the partials."""
@@ -580,15 +586,27 @@ class Accumulator:
                 else groups.maxima(column(m.column))
                 for m in agg.measures
             ]
-            self._parts[agg.name].append((_narrow(groups.keys), measures))
+            part = (_narrow(groups.keys), measures)
+            if int(part[0][0][0]) <= self._sealed_through[agg.name]:  # keys are sorted: [0][0] is the first bucket
+                self._disordered[agg.name] = True
+            self._parts[agg.name].append(part)
             self._held[agg.name] += groups.count
-            # merge once the rows added since the last merge reach the merged rows (at least MERGE_ROWS): memory
-            # stays about twice the groups, and each row is merged a logarithmic number of times
+            # merge once the rows added since the last merge reach the merged rows (at least MERGE_ROWS): each
+            # row is merged a logarithmic number of times; what is older than this batch is then sealed
             merged = self._merged_rows[agg.name]
             if self._held[agg.name] - merged >= max(MERGE_ROWS, merged):
-                part = _merged(agg, self._parts[agg.name])
-                self._parts[agg.name] = [part]
-                self._held[agg.name] = self._merged_rows[agg.name] = len(part[0][0])
+                self._merge(agg, before=int(part[0][0][0]))
+
+    def _merge(self, agg: Aggregate, before: int) -> None:
+        """Merge the open partials of ``agg``; seal the merged rows of buckets before ``before``."""
+        keys, measures = _merged(agg, self._parts[agg.name])
+        cut = int(np.searchsorted(keys[0], before))  # merged rows are sorted by their keys, the bucket first
+        if cut:
+            self._sealed[agg.name].append(([k[:cut] for k in keys], [m[:cut] for m in measures]))
+            self._sealed_through[agg.name] = int(keys[0][cut - 1])
+        rest = ([k[cut:].copy() for k in keys], [m[cut:].copy() for m in measures])
+        self._parts[agg.name] = [rest]
+        self._held[agg.name] = self._merged_rows[agg.name] = len(rest[0][0])
 
     def _table(self, level: Aggregate, part: _Part | None) -> pa.Table:
         if part is None or not len(part[0][0]):
@@ -602,12 +620,28 @@ class Accumulator:
         columns += [pa.array(values, m.type) for m, values in zip(level.measures, part[1], strict=True)]
         return pa.Table.from_arrays(columns, schema=level.schema)
 
+    def _final(self, agg: Aggregate) -> _Part | None:
+        """Every row of ``agg``, merged: the sealed ones then the open ones merged, or all merged again if a
+        bucket came back after it was sealed."""
+        sealed, open_ = self._sealed[agg.name], [p for p in self._parts[agg.name] if len(p[0][0])]
+        if not sealed and not open_:
+            return None
+        last = _merged(agg, open_) if open_ else None
+        if last is not None and sealed and int(last[0][0][0]) <= self._sealed_through[agg.name]:
+            self._disordered[agg.name] = True
+        if self._disordered[agg.name]:
+            return _merged(agg, sealed + open_)
+        pieces = sealed + ([last] if last is not None else [])
+        return (
+            [np.concatenate([p[0][i] for p in pieces]) for i in range(len(agg.keys))],
+            [np.concatenate([p[1][i] for p in pieces]) for i in range(len(agg.measures))],
+        )
+
     def levels(self) -> dict[str, pa.Table]:
         """Every level (base aggregates and roll-ups) of the rows added, by level name."""
         parts: dict[str, _Part | None] = {}
         for agg in AGGREGATES:
-            held = self._parts.get(agg.name)
-            parts[agg.name] = _merged(agg, held) if held else None
+            parts[agg.name] = self._final(agg) if agg in self._bases else None
         for level in ROLLUPS:
             assert level.base is not None
             base = parts[level.base.name]
@@ -632,33 +666,31 @@ def compute_file(source: str | pa.NativeFile) -> dict[str, pa.Table]:
 
 
 def to_persisted(levels: Mapping[str, pa.Table], source_rows: int) -> pa.Table:
-    """One persisted file's rows: every level of ``levels``, sorted by level and bucket."""
-    parts: list[pa.Table] = []
+    """One persisted file's rows: every level of ``levels``, sorted by level and bucket (each level a chunk of
+    every column: nothing is copied but a level whose rows are not in bucket order)."""
+    chunks: dict[str, list[pa.Array]] = {f.name: [] for f in PERSISTED_SCHEMA}  # of each column, level by level
     for level in LEVELS:
         table = levels.get(level.name)
         if table is None or table.num_rows == 0:
             continue
+        buckets = table.column(level.time_column)
+        if not pc.all(pc.greater_equal(buckets.slice(1), buckets.slice(0, len(buckets) - 1))).as_py():
+            table = table.sort_by([(level.time_column, "ascending")])  # stable: as sorting them all would be
         n = table.num_rows
-        cols: dict[str, pa.Array | pa.ChunkedArray] = {
-            LEVEL: pa.repeat(pa.scalar(level.name), n),
-            SOURCE_ROWS: pa.repeat(pa.scalar(source_rows, pa.int64()), n),
-            BUCKET: table.column(level.time_column),
+        own = {
+            LEVEL: [pa.repeat(pa.scalar(level.name), n)],
+            SOURCE_ROWS: [pa.repeat(pa.scalar(source_rows, pa.int64()), n)],
+            BUCKET: table.column(level.time_column).chunks,
         }
         for name in table.schema.names[1:]:
-            cols[name] = table.column(name)
-        parts.append(pa.table(cols).sort_by([(BUCKET, "ascending")]))
-    if not parts:  # an empty data file: one row that says how many rows its aggregates are of
+            own[name] = table.column(name).chunks
+        for f in PERSISTED_SCHEMA:
+            chunks[f.name] += [c.cast(f.type) for c in own[f.name]] if f.name in own else [pa.nulls(n, f.type)]
+    if not chunks[LEVEL]:  # an empty data file: one row that says how many rows its aggregates are of
         marker = {name: pa.nulls(1, PERSISTED_SCHEMA.field(name).type) for name in PERSISTED_SCHEMA.names}
         marker[SOURCE_ROWS] = pa.array([source_rows], pa.int64())
         return pa.table(marker, schema=PERSISTED_SCHEMA)
-    whole = pa.concat_tables(parts, promote_options="default")
-    return pa.table(
-        [
-            whole.column(f.name) if f.name in whole.column_names else pa.nulls(whole.num_rows, f.type)
-            for f in PERSISTED_SCHEMA
-        ],
-        schema=PERSISTED_SCHEMA,
-    )
+    return pa.table([pa.chunked_array(chunks[f.name], f.type) for f in PERSISTED_SCHEMA], schema=PERSISTED_SCHEMA)
 
 
 def write_persisted(table: pa.Table, sink: str) -> None:

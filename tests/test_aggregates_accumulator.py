@@ -136,10 +136,20 @@ def test_a_null_in_a_door_dictionary_is_no_door() -> None:
     _assert_same(accumulator.levels(), _by_sql(table))
 
 
-def test_partials_merged_along_the_way_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aggregates, "MERGE_ROWS", 500)  # merge after nearly every batch
-    table = _rows(True)
-    _assert_same(_accumulate(table, 2_000), _by_sql(table))
+@pytest.mark.parametrize("order", ["in time order", "shuffled"])
+def test_partials_merged_and_sealed_along_the_way_stay_exact(monkeypatch: pytest.MonkeyPatch, order: str) -> None:
+    # merged after nearly every batch, older buckets sealed; rows out of time order make a bucket come back
+    monkeypatch.setattr(aggregates, "MERGE_ROWS", 500)
+    table = _rows(True).sort_by("badge_out_timestamp")  # as a data file's rows are (event ids: badge-out order)
+    batches = table.to_batches(max_chunksize=2_000)
+    if order == "shuffled":
+        batches = [batches[i] for i in np.random.default_rng(9).permutation(len(batches))]
+    accumulator = aggregates.Accumulator(table.schema.names)
+    for batch in batches:
+        accumulator.add(batch)
+    assert accumulator._sealed["users"]  # the sealing did happen
+    assert accumulator._disordered["users"] == (order == "shuffled")  # and the full merge only when needed
+    _assert_same(accumulator.levels(), _by_sql(table))
 
 
 def test_wide_key_spaces_are_ranked_and_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
