@@ -5,7 +5,7 @@ Each case states which path it takes, so both are exercised: a body that only ca
 (unknown department, badge-out before badge-in, unparseable timestamp text, "},{" inside a string, ...)
 stays on the fast path; one that is odd *as JSON* (a null, a missing field, a number as a string,
 whitespace, an escape, a truncated body, ...) falls back. A seeded fuzz of byte edits checks the
-structural argument in api/json_decode.py: whatever the edit, both paths agree.
+structural argument in source/json_decode.py: whatever the edit, both paths agree.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from testkit.processes import ROOT
 from utils.config import SPECS, load_settings
@@ -53,3 +54,36 @@ def test_readme_commands_exist() -> None:
         assert (ROOT / script).is_file(), script
     image = re.search(r"!\[[^]]*\]\(([^)]+)\)", readme)
     assert image is not None and (ROOT / image.group(1)).is_file()
+
+
+PACKAGES = "analytics|api|benchmarks|docs|ingestion|lake|processes|source|testkit|tests|utils"
+# a repository path: one of our top-level directories, then a file with an extension (not part of a URL)
+REPO_PATH = re.compile(rf"(?<![\w/.:-])((?:{PACKAGES})/[\w./-]*\.(?:py|md|toml|txt|json|png))\b")
+# a document named on its own (README.md, lake-protocol.md, ...)
+DOCUMENT = re.compile(r"(?<![\w/.-])([\w-]+\.md)\b")
+SKIP = {".venv", ".git", ".work", "data_lake", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+
+
+def _sources() -> list[Path]:
+    out = []
+    for path in ROOT.rglob("*"):
+        wanted = path.suffix in {".py", ".md", ".toml"} or path.name in {"Makefile", ".env.example"}
+        if wanted and SKIP.isdisjoint(path.relative_to(ROOT).parts) and path.is_file():
+            out.append(path)
+    return out
+
+
+def test_every_file_named_in_code_or_docs_is_in_the_repository() -> None:
+    documents = {p.name for p in ROOT.rglob("*.md") if SKIP.isdisjoint(p.relative_to(ROOT).parts)}
+    dangling = []
+    for source in _sources():
+        text = source.read_text()
+        for m in REPO_PATH.finditer(text):
+            if not (ROOT / m.group(1)).exists():
+                dangling.append(f"{source.relative_to(ROOT)}: {m.group(1)}")
+        for m in DOCUMENT.finditer(text):
+            name = m.group(1)
+            # a name a test or benchmark creates in a temporary directory is not a reference
+            if name not in documents and not re.search(rf"[\"']{re.escape(name)}[\"']", text):
+                dangling.append(f"{source.relative_to(ROOT)}: {name}")
+    assert not dangling, "names of files that are not in the repository:\n" + "\n".join(sorted(set(dangling)))
