@@ -311,8 +311,11 @@ def test_live_rate_freshness(tmp_path: Path, lake: Lake) -> None:
     print(f"freshness at the live rate: p50 {p50:.2f} s, p95 {p95:.2f} s (FLUSH_INTERVAL_SECONDS={flush})")
     assert len(lag) > 1000
     assert lag.min() > -0.5  # no event is in the lake before its time (clock granularity aside)
-    # Functional bound, generous for a shared machine: the time-based flush really works end to end.
-    assert p95 < flush + 0.2 + 2.0
+    # Functional bounds, generous for a shared machine: the time-based flush really works end to end. Without it
+    # the records would land only when the 8 s run ends (BUFFER_RECORDS is far away): p50 ~4 s, p95 ~7.6 s. The
+    # tail is loopback S3 (moto) with the other test worker (a JVM, say) on two cores: a p95 of 2.75 s was seen.
+    assert p50 < flush + 1.0
+    assert p95 < flush + 4.0
     assert datetime.now(UTC).year >= 2024  # the lags above compare UTC with UTC (naive timestamps are UTC)
     judge(lake, env, committed_by(proc.output()))
 
