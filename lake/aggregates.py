@@ -379,7 +379,7 @@ def split_by_file(table: pa.Table) -> dict[int, pa.Table]:
 def rollups_by_file(
     con: duckdb.DuckDBPyConnection, bases: Mapping[str, Mapping[str, pa.Table]]
 ) -> dict[str, dict[str, pa.Table]]:
-    """:func:`with_rollups` of many files at once (``bases``: each file's base partials, by file key): one query per
+    """Each file's base partials (``bases``, by file key) and every roll-up of them: one query per
     roll-up level for files of up to ``ROLLUP_BATCH_ROWS`` base rows together, so many small files cost a few
     queries, not a few per file, and memory holds one batch."""
     keys = list(bases)
@@ -407,15 +407,6 @@ def rollups_by_file(
                     batch, rows = [], 0
     finally:
         cur.close()
-    return out
-
-
-def with_rollups(con: duckdb.DuckDBPyConnection, bases: Mapping[str, pa.Table]) -> dict[str, pa.Table]:
-    """``bases`` (a partial of each base aggregate) and every roll-up of them."""
-    out = dict(bases)
-    for level in ROLLUPS:
-        assert level.base is not None
-        out[level.name] = roll_up(con, level, out[level.base.name])
     return out
 
 
@@ -490,16 +481,23 @@ class _Dictionary:
 _Part = tuple[list[np.ndarray], list[np.ndarray]]
 
 
+def _concatenated(agg: Aggregate, parts: Sequence[_Part]) -> _Part:
+    """``parts`` of ``agg`` one after the other (not merged: a cell may appear in several)."""
+    return (
+        [np.concatenate([p[0][i] for p in parts]) for i in range(len(agg.keys))],
+        [np.concatenate([p[1][i] for p in parts]) for i in range(len(agg.measures))],
+    )
+
+
 def _merged(agg: Aggregate, parts: Sequence[_Part], time_factor: int = 1) -> _Part:
     """``parts`` of ``agg`` (or of its base, with time keys divided by ``time_factor``) as one partial."""
-    keys = [np.concatenate([p[0][i] for p in parts]) for i in range(len(agg.keys))]
+    keys, values = _concatenated(agg, parts)
     if time_factor != 1:
         keys[0] = _div(keys[0], time_factor)
     groups = grouping.Groups(keys)
-    measures = []
-    for i, m in enumerate(agg.measures):
-        values = np.concatenate([p[1][i] for p in parts])
-        measures.append(groups.sums(values) if m.merge == "sum" else groups.maxima(values))
+    measures = [
+        groups.sums(v) if m.merge == "sum" else groups.maxima(v) for m, v in zip(agg.measures, values, strict=True)
+    ]
     return _narrow(groups.keys), measures
 
 
@@ -556,13 +554,11 @@ class Accumulator:
             if column not in names:
                 continue
             codes, valid = self._text[key].codes(batch.column(column))
-            if valid is None and key != "door":
-                derived[key] = codes
-            elif key == "door":
-                derived[key] = codes
+            if key == "door":  # a null door is no door: its rows are left out of DOORS (``rows``)
                 derived["has_door"] = np.ones(len(codes), bool) if valid is None else valid
-            else:
+            elif valid is not None:
                 raise ValueError(f"{column} holds nulls")
+            derived[key] = codes
         return derived
 
     def _add(self, batch: pa.RecordBatch) -> None:
@@ -631,11 +627,7 @@ class Accumulator:
             self._disordered[agg.name] = True
         if self._disordered[agg.name]:
             return _merged(agg, sealed + open_)
-        pieces = sealed + ([last] if last is not None else [])
-        return (
-            [np.concatenate([p[0][i] for p in pieces]) for i in range(len(agg.keys))],
-            [np.concatenate([p[1][i] for p in pieces]) for i in range(len(agg.measures))],
-        )
+        return _concatenated(agg, sealed + ([last] if last is not None else []))  # sealed: no cell in two
 
     def levels(self) -> dict[str, pa.Table]:
         """Every level (base aggregates and roll-ups) of the rows added, by level name."""
@@ -787,5 +779,4 @@ __all__ = [
     "merge_tables",
     "roll_up",
     "to_persisted",
-    "with_rollups",
 ]

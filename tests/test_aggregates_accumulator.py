@@ -57,7 +57,7 @@ def _by_sql(table: pa.Table) -> dict[str, pa.Table]:
             continue
         result = cur.sql(agg.scan_sql("file_rows")).to_arrow_table().drop_columns(["file_index"])
         bases[agg.name] = aggregates.conform(result, agg.schema)
-    return aggregates.with_rollups(con, bases)
+    return aggregates.rollups_by_file(con, {"file": bases})["file"]
 
 
 def _assert_same(got: dict[str, pa.Table], expected: dict[str, pa.Table]) -> None:
